@@ -1,0 +1,3 @@
+from diffvae.cli import main
+
+raise SystemExit(main())
