@@ -1,0 +1,380 @@
+"""The command line: argument parsing only. Every error ends as one line and a non-zero exit.
+
+    diffvae train {vae,ddpm,ldm} --data SPEC --out RUN (--steps N | --budget MIN) [...]
+    diffvae sample RUN --n N --out grid.png|samples.npz [--sampler --steps --eta --seed]
+    diffvae eval RUN [--json] [--n N --sampler --steps]
+    diffvae interpolate RUN --out strip.png [--pairs --frames --path]
+    diffvae invert RUN [--n --steps]
+    diffvae data info SPEC
+    diffvae compare --data SPEC --budget MIN --out DIR [--families vae,ddpm,ldm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+
+from diffvae.errors import DiffvaeError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not usage + message."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise DiffvaeError(f"{self.prog.split(' ', 1)[-1] if ' ' in self.prog else 'diffvae'}: {message}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` flag per field of a config dataclass, typed from its default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        hint = str(hints.get(f.name, ""))
+        if isinstance(default, bool):
+            parser.add_argument(_flag(f.name), dest=f"model__{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default {default})")
+        elif isinstance(default, tuple):
+            parser.add_argument(_flag(f.name), dest=f"model__{f.name}", type=_int_tuple, default=None, metavar="A,B,..",
+                                help=f"comma-separated (default {','.join(map(str, default))})")
+        else:
+            kind = float if isinstance(default, float) or "float" in hint else int if isinstance(default, int) else str
+            parser.add_argument(_flag(f.name), dest=f"model__{f.name}", type=kind, default=None, help=f"(default {default})")
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required, metavar="SPEC",
+                   help="mnist | digits | shapes | folder:PATH | npz:PATH | idx:PATH")
+    p.add_argument("--size", type=int, default=None, help="resize images to SIZE×SIZE")
+    p.add_argument("--key", default=None, help="array name inside an .npz")
+    p.add_argument("--binarize", action="store_true", help="threshold the images to {0, 255}")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    length.add_argument("--budget", type=float, default=None, metavar="MINUTES", help="wall-clock budget; the LR schedule is fitted to it")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=None, help="LR warm-up steps")
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--force", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from diffvae import __version__
+    from diffvae.families import FAMILIES
+
+    parser = _Parser(prog="diffvae", description="Train, sample, evaluate and compare VAEs, pixel diffusion and latent diffusion.")
+    parser.add_argument("--version", action="version", version=f"diffvae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train one family into a run directory")
+    fam_sub = train.add_subparsers(dest="family", required=True, parser_class=_Parser)
+    for name, fam in FAMILIES.items():
+        p = fam_sub.add_parser(name, help=fam.summary)
+        _add_data_arguments(p)
+        p.add_argument("--out", required=True, metavar="RUN")
+        _add_train_arguments(p)
+        try:
+            config_class, _ = fam.load()
+        except ImportError:
+            continue
+        group = p.add_argument_group(f"{name} model")
+        add_dataclass_arguments(group, config_class)
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--out", required=True, help="grid.png, or samples.npz for the raw uint8 array")
+    _add_sampling_arguments(p)
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+
+    p = sub.add_parser("eval", help="evaluate a run (bound, sample quality, speed, interpolation, probe)")
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--n", type=int, default=None, help="samples for FID/KID/precision/recall")
+    p.add_argument("--bound-n", type=int, default=None, help="held-out images for the bound")
+    p.add_argument("--iwae", type=int, default=None, help="importance samples for the IWAE bound (VAE)")
+    p.add_argument("--quick", action="store_true", help="small sample sizes (for smoke tests)")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    _add_sampling_arguments(p)
+
+    p = sub.add_parser("interpolate", help="interpolate between held-out images through the latent")
+    p.add_argument("run")
+    p.add_argument("--out", required=True, help="strip.png")
+    p.add_argument("--pairs", type=int, default=4)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--path", default="slerp", help="slerp | linear")
+    _add_sampling_arguments(p)
+    p.add_argument("--force", action="store_true")
+
+    p = sub.add_parser("invert", help="map held-out images to their latent and back; report the round-trip error")
+    p.add_argument("run")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--out", default=None, help="PNG: originals above reconstructions")
+    _add_sampling_arguments(p)
+    p.add_argument("--force", action="store_true")
+
+    data = sub.add_parser("data", help="inspect data sources")
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    p = dsub.add_parser("info", help="print what a data spec yields")
+    p.add_argument("spec")
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--key", default=None)
+    p.add_argument("--binarize", action="store_true")
+
+    p = sub.add_parser("compare", help="train every family under one budget and write the comparison report")
+    _add_data_arguments(p)
+    p.add_argument("--budget", type=float, default=15.0, metavar="MINUTES")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--families", default="vae,ddpm,ldm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm++2m (diffusion families)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion families)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM η")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args) or 0
+    except DiffvaeError as e:
+        print(f"diffvae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffvae: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0)
+    except Exception as e:  # never a traceback for the user; DIFFVAE_DEBUG=1 shows it
+        if os.environ.get("DIFFVAE_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"diffvae: error: internal error ({type(e).__name__}: {first}); rerun with DIFFVAE_DEBUG=1 for details", file=sys.stderr)
+        return 1
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_train(args) -> int:
+    from diffvae.api import DataConfig, train_run
+    from diffvae.families import config_from_dict, get_family
+    from diffvae.train import TrainConfig
+
+    fam = get_family(args.family)
+    config_class, _ = fam.load()
+    overrides = {k[len("model__"):]: v for k, v in vars(args).items() if k.startswith("model__") and v is not None}
+    if args.binarize and "binarize" in {f.name for f in dataclasses.fields(config_class)}:
+        overrides.setdefault("binarize", True)
+    model_config = config_from_dict(config_class, overrides)
+    if args.resume and (args.steps is not None or args.budget is not None):
+        raise DiffvaeError("--resume continues the run as configured; do not pass --steps/--budget with it")
+    train_values = dict(fam.train_defaults)
+    for flag, field in [("steps", "steps"), ("budget", "budget_minutes"), ("batch", "batch_size"), ("lr", "lr"),
+                        ("weight_decay", "weight_decay"), ("warmup", "warmup_steps"), ("grad_clip", "grad_clip"),
+                        ("ema_decay", "ema_decay"), ("checkpoint_every", "checkpoint_every"), ("log_every", "log_every")]:
+        if getattr(args, flag) is not None:
+            train_values[field] = getattr(args, flag)
+    train_values.update(precision=args.precision, seed=args.seed, device=args.device)
+    train_config = TrainConfig(**train_values)
+    if not args.resume:
+        train_config.validate()
+    _check_positive(args.size, "--size")
+    _check_positive(args.limit, "--limit")
+    data = DataConfig(spec=args.data, size=args.size, key=args.key, binarize=args.binarize, limit=args.limit)
+    train_run(args.family, data, model_config, train_config, out=args.out, resume=args.resume, force=args.force,
+              progress=not args.quiet)
+    print(f"diffvae: trained {args.family} → {args.out}", file=sys.stderr)
+    return 0
+
+
+def _check_positive(value, flag: str) -> None:
+    if value is not None and value < 1:
+        raise DiffvaeError(f"{flag} must be a positive integer, got {value}")
+
+
+def _sampling_kwargs(args, model) -> dict:
+    kwargs = {k: getattr(args, k) for k in ("sampler", "steps", "eta") if getattr(args, k, None) is not None}
+    if kwargs and getattr(model, "family", "") == "vae":
+        raise DiffvaeError(f"{'/'.join('--' + k for k in kwargs)} apply to diffusion runs; a VAE decodes in one step")
+    return kwargs
+
+
+def _refuse_existing(path: str, force: bool) -> Path:
+    out = Path(path)
+    if out.exists() and not force:
+        raise DiffvaeError(f"{out} already exists; use --force to overwrite it")
+    if not out.parent.exists():
+        raise DiffvaeError(f"the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise DiffvaeError(f"cannot write in {out.parent}")
+    return out
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from diffvae.api import load
+
+    _check_positive(args.n, "--n")
+    out = _refuse_existing(args.out, args.force)
+    if out.suffix.lower() not in (".png", ".npz"):
+        raise DiffvaeError(f"--out must end in .png or .npz, got {out.name}")
+    model = load(args.run, device=args.device)
+    kwargs = _sampling_kwargs(args, model)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    with torch.inference_mode():
+        images = model.sample(args.n, generator=generator, **kwargs)
+    _write_images(images, out)
+    print(f"diffvae: wrote {args.n} samples → {out}", file=sys.stderr)
+    return 0
+
+
+def _write_images(images, out: Path, nrow: int | None = None) -> None:
+    import io
+
+    import numpy as np
+
+    from diffvae.images import make_grid
+    from diffvae.runs import atomic_write_bytes
+
+    buf = io.BytesIO()
+    if out.suffix.lower() == ".npz":
+        np.savez_compressed(buf, images=images.cpu().numpy())
+    else:
+        from PIL import Image
+
+        grid = make_grid(images, nrow=nrow)
+        Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def cmd_eval(args) -> int:
+    from diffvae.api import load
+    from diffvae.evaluate import EvalConfig, evaluate, format_table
+
+    model = load(args.run, device=args.device)
+    kwargs = _sampling_kwargs(args, model)
+    cfg = EvalConfig.quick() if args.quick else EvalConfig()
+    for name in ("n", "bound_n", "iwae"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < (0 if name == "iwae" else 1):
+                raise DiffvaeError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            setattr(cfg, {"n": "n_samples", "bound_n": "bound_n", "iwae": "iwae_samples"}[name], value)
+    cfg.seed = args.seed
+    cfg.sampler_kwargs = kwargs
+    out = _refuse_existing(args.out, True) if args.out else None
+    results = evaluate(model, cfg, progress=not args.json)
+    text = json.dumps(results, indent=2, sort_keys=True)
+    if out is not None:
+        from diffvae.runs import atomic_write_text
+
+        atomic_write_text(out, text + "\n")
+    print(text if args.json else format_table(results))
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    import torch
+
+    from diffvae.api import load, run_data
+    from diffvae.interpolation import interpolation_strip
+
+    _check_positive(args.pairs, "--pairs")
+    if args.frames < 2:
+        raise DiffvaeError(f"--frames must be at least 2, got {args.frames}")
+    if args.path not in ("slerp", "linear"):
+        raise DiffvaeError(f"--path must be slerp or linear, got {args.path!r}")
+    out = _refuse_existing(args.out, args.force)
+    model = load(args.run, device=args.device)
+    kwargs = _sampling_kwargs(args, model)
+    dataset = run_data(model)
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(dataset.test.shape[0], generator=g)[: 2 * args.pairs]
+    if idx.numel() < 2 * args.pairs:
+        raise DiffvaeError(f"the held-out split has only {dataset.test.shape[0]} images")
+    a, b = dataset.test[idx[: args.pairs]], dataset.test[idx[args.pairs:]]
+    with torch.inference_mode():
+        frames = interpolation_strip(model, a, b, args.frames, path=args.path, **kwargs)
+    _write_images(frames.flatten(0, 1), out, nrow=args.frames)
+    print(f"diffvae: wrote {args.pairs} interpolation strips of {args.frames} frames → {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_invert(args) -> int:
+    import torch
+
+    from diffvae.api import load, run_data
+    from diffvae.interpolation import roundtrip
+
+    _check_positive(args.n, "--n")
+    out = _refuse_existing(args.out, args.force) if args.out else None
+    model = load(args.run, device=args.device)
+    kwargs = _sampling_kwargs(args, model)
+    dataset = run_data(model)
+    x = dataset.test[: args.n]
+    with torch.inference_mode():
+        rec, err = roundtrip(model, x, **kwargs)
+    print(json.dumps(err, indent=2, sort_keys=True))
+    if out is not None:
+        _write_images(torch.cat([x, rec.cpu()]), out, nrow=min(x.shape[0], 16) if x.shape[0] <= 16 else None)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from diffvae.data import describe, load_data
+
+    _check_positive(args.size, "--size")
+    print(describe(load_data(args.spec, size=args.size, key=args.key, binarize=args.binarize)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from diffvae.compare.pipeline import run_compare
+
+    run_compare(args)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "interpolate": cmd_interpolate,
+            "invert": cmd_invert, "data": cmd_data, "compare": cmd_compare}

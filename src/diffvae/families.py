@@ -1,0 +1,60 @@
+"""The registry: a family name → its config dataclass, its model class and its training defaults.
+
+Imports are lazy so that ``diffvae --help`` and the data commands stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffvae.errors import DiffvaeError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    module: str
+    model_class: str
+    config_class: str
+    summary: str
+    train_defaults: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields this family changes
+
+    def load(self):
+        """(ConfigClass, ModelClass)."""
+        mod = importlib.import_module(self.module)
+        return getattr(mod, self.config_class), getattr(mod, self.model_class)
+
+
+FAMILIES: dict[str, Family] = {
+    "vae": Family("vae", "diffvae.vae.model", "VAE", "VAEConfig",
+                  "variational autoencoder: learned encoder, compressed latent, single decode",
+                  {"lr": 1e-3, "batch_size": 128, "ema_decay": 0.995}),
+    "ddpm": Family("ddpm", "diffvae.diffusion.model", "DDPM", "DDPMConfig",
+                   "pixel-space diffusion: fixed Gaussian forward process, iterative denoising",
+                   {"lr": 1e-3, "batch_size": 64, "ema_decay": 0.995, "warmup_steps": 200}),
+    "ldm": Family("ldm", "diffvae.latent.model", "LatentDiffusion", "LDMConfig",
+                  "latent diffusion: a KL autoencoder compresses, diffusion models its latent",
+                  {"lr": 1e-3, "batch_size": 64, "ema_decay": 0.995, "warmup_steps": 200}),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise DiffvaeError(f"unknown family {name!r}; choose one of: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def config_from_dict(config_class, values: dict[str, Any]):
+    """Build a config dataclass from JSON values, refusing unknown keys (a config that does not
+    match the code is an error, not something to guess around)."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise DiffvaeError(f"unknown {config_class.__name__} field(s): {', '.join(unknown)}")
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as e:
+        raise DiffvaeError(f"invalid {config_class.__name__}: {e}") from None

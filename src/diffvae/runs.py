@@ -1,0 +1,207 @@
+"""The run directory: everything a training run writes, written so that a crash never corrupts it.
+
+A run directory holds, at its top level:
+
+* ``config.json``            — family, model config, training config, data spec (dataclasses as JSON)
+* ``metrics.jsonl``          — one JSON object per logged step
+* ``checkpoint.safetensors`` — model, EMA, optimizer and RNG state in one file (key prefixes
+  ``model/``, ``ema/``, ``optimizer/``, ``rng/``), its JSON metadata holding the step and
+  everything else exact resumption needs. One file means one atomic rename: a kill at any moment
+  leaves either the previous checkpoint or the new one, never a mix.
+
+Every file is written atomically (temporary file in the same folder, fsync, rename, fsync of
+the folder). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffvae.errors import DiffvaeError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise DiffvaeError(f"cannot write in {path.parent}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise DiffvaeError(f"{path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DiffvaeError(f"{path} is not valid JSON ({e})") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
+    """Save named tensors as safetensors, atomically; ``metadata`` is stored as one JSON string."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {"diffvae": json.dumps(metadata or {}, sort_keys=True)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a safetensors file written by :func:`save_tensors` → (tensors, metadata)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DiffvaeError(f"{path} not found")
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("diffvae", "{}"))
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except Exception as e:  # safetensors raises several types for truncated/tampered files
+        raise DiffvaeError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    return tensors, meta
+
+
+def split_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose key starts with ``prefix + '/'``, with the prefix removed."""
+    p = prefix + "/"
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def add_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}/{k}": v for k, v in tensors.items()}
+
+
+class RunDir:
+    """A run directory on disk (see the module docstring for its files)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    @classmethod
+    def prepare(cls, path: str | Path, *, resume: bool = False, force: bool = False) -> "RunDir":
+        """Open ``path`` for a new run (refusing an existing one unless ``force``) or for ``resume``."""
+        run = cls(path)
+        p = run.path
+        if resume:
+            if not run.exists():
+                raise DiffvaeError(f"--resume: {p} is not a diffvae run (no {CONFIG})")
+            return run
+        if p.exists() and not p.is_dir():
+            raise DiffvaeError(f"--out {p} exists and is not a directory")
+        if p.is_dir() and any(p.iterdir()):
+            if not force:
+                raise DiffvaeError(f"--out {p} already exists; use --resume to continue it or --force to replace it")
+            if not run.exists():
+                raise DiffvaeError(f"--force refuses to replace {p}: it is not a diffvae run")
+            shutil.rmtree(p)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DiffvaeError(f"cannot create {p}: {e.strerror}") from None
+        if not os.access(p, os.W_OK):
+            raise DiffvaeError(f"cannot write in {p}")
+        return run
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json(self.config_path, config)
+
+    def read_config(self) -> dict[str, Any]:
+        if not self.path.is_dir():
+            raise DiffvaeError(f"run {self.path} not found")
+        if not self.exists():
+            raise DiffvaeError(f"{self.path} is not a diffvae run (no {CONFIG})")
+        config = read_json(self.config_path)
+        if not isinstance(config, dict) or "family" not in config:
+            raise DiffvaeError(f"{self.config_path} is not a diffvae run config")
+        return config
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All complete rows of metrics.jsonl (a torn last line from a crash is skipped)."""
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text("utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep only rows up to ``last_step`` (used on resume, so the log matches the checkpoint)."""
+        rows = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+    def save_checkpoint(self, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        save_tensors(self.checkpoint_path, tensors, metadata)
+
+    def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if not self.checkpoint_path.is_file():
+            raise DiffvaeError(f"run {self.path} has no checkpoint yet ({CHECKPOINT} missing)")
+        return load_tensors(self.checkpoint_path)

@@ -1,0 +1,391 @@
+"""One training loop for every family.
+
+AdamW, linear warm-up then cosine decay, gradient clipping, EMA weights, bf16 autocast, a
+progress bar, ``metrics.jsonl`` and periodic crash-safe checkpoints (see :mod:`diffvae.runs`).
+Length is ``steps`` or a wall-clock ``budget_minutes``: the step rate is measured early and the
+LR schedule is fitted to the number of steps that fit.
+
+Exact resumption: the data order is a pure function of (seed, step) — a fresh permutation per
+epoch from a generator seeded by ``seed`` and the epoch — and the checkpoint holds the model, EMA,
+optimizer, the global RNG state and the step; so an interrupted fp32 run resumed with ``resume``
+ends bit-identical to an uninterrupted one.
+
+Data parallel: launched by ``torchrun``, each rank takes its slice of every global batch and DDP
+all-reduces gradients; only rank 0 writes the run. The effective batch is ``batch_size`` (split
+across ranks), so a run's hyper-parameters mean the same at any world size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from diffvae.errors import DiffvaeError
+from diffvae.runs import RunDir, add_prefix, split_prefixed
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None  # train this many optimizer steps ...
+    budget_minutes: float | None = None  # ... or as many as fit in this wall-clock budget
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "auto"  # auto | bf16 | fp32
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+    def validate(self) -> None:
+        if self.steps is None and self.budget_minutes is None:
+            raise DiffvaeError("give --steps N or --budget MINUTES")
+        if self.steps is not None and self.steps < 1:
+            raise DiffvaeError(f"--steps must be a positive integer, got {self.steps}")
+        if self.budget_minutes is not None and not (self.budget_minutes > 0 and math.isfinite(self.budget_minutes)):
+            raise DiffvaeError(f"--budget must be a positive number of minutes, got {self.budget_minutes}")
+        if self.batch_size < 1:
+            raise DiffvaeError(f"--batch must be a positive integer, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise DiffvaeError(f"--lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise DiffvaeError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise DiffvaeError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise DiffvaeError("--checkpoint-every and --log-every must be positive")
+        resolve_device(self.device)
+
+
+# ----------------------------------------------------------------------------- device & precision
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda if available else cpu; validates explicit names."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DiffvaeError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise DiffvaeError(f"--device {name!r} is not a valid device") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DiffvaeError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise DiffvaeError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+
+
+def cpu_supports_bf16() -> bool:
+    """True where bf16 matmuls run natively (AVX-512 bf16 or AMX)."""
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check and check()) or (amx and amx()))
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). ``auto`` picks bf16 where the hardware does it natively."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_supports_bf16() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """A bf16 autocast context, or a no-op one for fp32."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+# ----------------------------------------------------------------------------- schedule, data order, EMA
+
+def learning_rate(step: int, total_steps: int, base_lr: float, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine from ``base_lr`` to ``base_lr·min_lr_ratio``:
+
+        lr(s) = base · (s+1)/W                                          for s < W
+        lr(s) = base · (r + (1 − r) · ½ (1 + cos(π (s − W)/(S − W))))   after
+    """
+    warmup_steps = min(warmup_steps, max(total_steps // 10, 1))
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The dataset indices of global batch ``step``: a pure function of (seed, step).
+
+    Each epoch is a permutation drawn from a generator seeded by (seed, epoch); batches never
+    straddle epochs (the last partial batch of an epoch is dropped when n ≥ batch_size).
+    """
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)[k * batch_size:(k + 1) * batch_size]
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """θ_ema ← d·θ_ema + (1 − d)·θ for parameters; buffers are copied."""
+    ema_params = list(ema.parameters())
+    params = list(model.parameters())
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay warmed up as min(decay, (1 + s)/(10 + s)) so early averages are not stale."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+# ----------------------------------------------------------------------------- checkpoint state
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Flatten an optimizer's state dict into safetensors-able tensors + JSON param groups."""
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            tensors[f"{idx}/{name}"] = torch.as_tensor(value)
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world_size); initialises torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DIFFVAE_BACKEND", "") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _LossModule(nn.Module):
+    """Wraps a family model so DDP sees ``training_loss`` as ``forward``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model.training_loss(x)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    final_loss: float
+    images_per_second: float
+
+
+def train(
+    model: nn.Module,
+    images: torch.Tensor,
+    config: TrainConfig,
+    run: RunDir | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    description: str = "train",
+    extra_metadata: dict[str, Any] | None = None,
+) -> tuple[nn.Module, TrainResult]:
+    """Train ``model`` (a family model with ``training_loss``) on uint8 ``images`` (N, C, H, W).
+
+    Returns (ema_model, result). With ``run``, writes metrics and checkpoints there; with
+    ``resume``, continues from the run's checkpoint exactly.
+    """
+    config.validate()
+    rank, world = distributed_context()
+    device = resolve_device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    autocast_dtype = resolve_precision(config.precision, device)
+    n = images.shape[0]
+    if n < 1:
+        raise DiffvaeError("the training set is empty")
+    if config.batch_size % world:
+        raise DiffvaeError(f"--batch {config.batch_size} must be divisible by the number of processes ({world})")
+
+    torch.manual_seed(config.seed)
+    model = model.to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
+    step = 0
+    total_steps = config.steps
+    elapsed_before = 0.0
+    if resume:
+        if run is None:
+            raise DiffvaeError("resume needs a run directory")
+        tensors, meta = run.load_checkpoint()
+        _load_state(model, split_prefixed(tensors, "model"), run)
+        _load_state(ema, split_prefixed(tensors, "ema"), run)
+        load_optimizer_tensors(opt, split_prefixed(tensors, "optimizer"), meta["optimizer_param_groups"])
+        torch.set_rng_state(tensors["rng/torch"])
+        if device.type == "cuda" and "rng/cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng/cuda"], device)
+        step = int(meta["step"])
+        total_steps = meta.get("total_steps") or total_steps
+        elapsed_before = float(meta.get("elapsed", 0.0))
+        if rank == 0:
+            run.truncate_metrics(step)
+        if total_steps is not None and step >= total_steps:
+            return ema.eval(), TrainResult(step, elapsed_before, float(meta.get("loss", float("nan"))), 0.0)
+
+    first_step = step
+    loss_module: nn.Module = _LossModule(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+    data = images.to(device)
+    local_batch = min(config.batch_size, n) // world
+
+    def save(loss_value: float, elapsed: float) -> None:
+        if run is None or rank != 0:
+            return
+        opt_tensors, groups = optimizer_tensors(opt)
+        tensors = {
+            **add_prefix(model.state_dict(), "model"),
+            **add_prefix(ema.state_dict(), "ema"),
+            **add_prefix(opt_tensors, "optimizer"),
+            "rng/torch": torch.get_rng_state(),
+        }
+        if device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
+        meta = {"step": step, "total_steps": total_steps, "optimizer_param_groups": groups, "loss": loss_value,
+                "elapsed": elapsed, **(extra_metadata or {})}
+        run.save_checkpoint(tensors, meta)
+
+    budget_s = config.budget_minutes * 60.0 if config.budget_minutes is not None else None
+    rate_from_step, rate_from_time = step + 3, 0.0  # the first steps are slow (allocation, kernel selection)
+    provisional_total = total_steps or 10**9
+    bar = _progress_bar(total_steps, step, description, enabled=progress and rank == 0)
+    start = time.perf_counter() - elapsed_before
+    last_log_time, last_log_step = time.perf_counter(), step
+    log_sums: dict[str, float] = {}
+    log_count = 0
+    loss_value = float("nan")
+    model.train()
+    while True:
+        if total_steps is not None and step >= total_steps:
+            break
+        if budget_s is not None and time.perf_counter() - start >= budget_s:
+            total_steps = step  # the budget is a hard limit even if the measured rate drifts
+            break
+        lr = learning_rate(step, total_steps or provisional_total, config.lr, config.warmup_steps, config.min_lr_ratio)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if hasattr(model, "set_step"):
+            model.set_step(step)
+        idx = batch_indices(step, n, config.batch_size, config.seed)[rank * local_batch:(rank + 1) * local_batch]
+        with autocast(device, autocast_dtype):
+            loss, logs = loss_module(data[idx.to(device)])
+        if not torch.isfinite(loss):
+            _stop_non_finite(step, "loss", run)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if not torch.isfinite(grad_norm):
+            _stop_non_finite(step, "gradient", run)
+        opt.step()
+        ema_update(ema, model, ema_decay_at(step, config.ema_decay))
+        step += 1
+        loss_value = float(loss)
+        log_count += 1
+        for k, v in {"loss": loss_value, "grad_norm": float(grad_norm), **logs}.items():
+            log_sums[k] = log_sums.get(k, 0.0) + float(v)
+
+        if total_steps is None:  # budget mode: measure the step rate, then fix the schedule's length
+            now = time.perf_counter()
+            if step == rate_from_step:
+                rate_from_time = now
+            elif step > rate_from_step and (step - rate_from_step >= 50 or now - rate_from_time >= min(10.0, 0.05 * budget_s)):
+                rate = (step - rate_from_step) / max(now - rate_from_time, 1e-9)
+                total_steps = max(step + 1, step + int(rate * (budget_s - (now - start))))
+                if bar is not None:
+                    bar.total = total_steps
+                    bar.refresh()
+        if step % config.log_every == 0 or step == total_steps:
+            now = time.perf_counter()
+            row = {k: v / log_count for k, v in log_sums.items()}
+            row.update(step=step, lr=lr, elapsed=round(now - start, 3),
+                       images_per_s=(step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9))
+            if run is not None and rank == 0:
+                run.append_metrics(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
+            log_sums, log_count = {}, 0
+            last_log_time, last_log_step = now, step
+        if bar is not None:
+            bar.update(1)
+        if step % config.checkpoint_every == 0:
+            save(loss_value, time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    save(loss_value, elapsed)
+    if bar is not None:
+        bar.close()
+    ema.eval()
+    return ema, TrainResult(step, elapsed, loss_value, (step - first_step) * config.batch_size / max(elapsed - elapsed_before, 1e-9))
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], run: RunDir) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise DiffvaeError(f"{run.checkpoint_path} does not match the run's config.json ({first[:160]})") from None
+
+
+def _stop_non_finite(step: int, what: str, run: RunDir | None) -> None:
+    kept = f"; the last good checkpoint in {run.path} is kept" if run is not None and run.checkpoint_path.exists() else ""
+    raise DiffvaeError(f"the {what} became NaN/Inf at step {step}{kept} — try a lower --lr or --precision fp32")
+
+
+def _progress_bar(total: int | None, initial: int, description: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True, leave=True)
+
+
+def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    return asdict(cfg)
