@@ -70,6 +70,7 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     train_config = train_config or TrainConfig(**fam.train_defaults)
     train_config.validate()
     dataset = dataset or data.load()
+    torch.manual_seed(train_config.seed)  # the initialisation is part of the seeded run
     model = model_class(model_config, dataset.image_shape)  # validates the config against the data
     if not resume:
         run = RunDir.prepare(out, force=force)

@@ -323,7 +323,7 @@ def train(
         opt.step()
         ema_update(ema, model, ema_decay_at(step, config.ema_decay))
         step += 1
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         log_count += 1
         for k, v in {"loss": loss_value, "grad_norm": float(grad_norm), **logs}.items():
             log_sums[k] = log_sums.get(k, 0.0) + float(v)
