@@ -1,2 +1,40 @@
-"""diffvae: VAEs, pixel diffusion and latent diffusion, trained and measured on your data."""
+"""diffvae: VAEs, pixel diffusion and latent diffusion, trained and measured on your data.
+
+The public API (imported lazily so that ``import diffvae`` stays quick):
+
+* ``load(run)``                     — a trained run's model (``sample``, ``bound``, ``encode``/``decode``, ``evaluate``)
+* ``train_run(family, data, ...)``  — train a family into a run directory
+* ``load_data(spec)``               — a data source as uint8 tensors with a fixed held-out split
+* ``NoiseSchedule``, ``sample``, ``ddim_invert``, ``slerp``, ``diffusion_bpd`` — diffusion math
+* ``evaluate(model)``               — the one evaluation every family gets
+"""
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "load": "diffvae.api",
+    "train_run": "diffvae.api",
+    "DataConfig": "diffvae.api",
+    "TrainConfig": "diffvae.train",
+    "load_data": "diffvae.data",
+    "NoiseSchedule": "diffvae.diffusion.schedule",
+    "sample": "diffvae.diffusion.samplers",
+    "ddim_invert": "diffvae.diffusion.samplers",
+    "slerp": "diffvae.diffusion.samplers",
+    "diffusion_bpd": "diffvae.diffusion.likelihood",
+    "diffusion_bpd_estimate": "diffvae.diffusion.likelihood",
+    "evaluate": "diffvae.evaluate",
+    "DiffvaeError": "diffvae.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diffvae' has no attribute {name!r}")
