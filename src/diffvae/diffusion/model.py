@@ -1,0 +1,206 @@
+"""The diffusion models: a UNet composed with the pure functions of this package.
+
+* :class:`Denoiser` — diffusion on any float tensor of shape (C, H, W): pixels scaled to [-1, 1]
+  for pixel diffusion, scaled autoencoder latents for latent diffusion. It owns the network and
+  the schedule and calls the one implementation of every equation (``schedule``, ``targets``,
+  ``samplers``, ``likelihood``); it holds no math of its own.
+* :class:`DDPM` — the pixel-space family: a Denoiser on images, uint8 in and out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diffvae.distributions import nats_to_bpd
+from diffvae.errors import DiffvaeError
+from diffvae.diffusion import likelihood, samplers, targets
+from diffvae.diffusion.schedule import NoiseSchedule
+from diffvae.images import to_signed, to_uint8
+from diffvae.nn.unet import UNet, UNetConfig
+
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+
+
+@dataclass
+class DiffusionConfig:
+    """A diffusion model: its forward process, training target and network, and sampling defaults."""
+
+    schedule: str = "cosine"  # linear | cosine
+    timesteps: int = 1000
+    prediction: str = "eps"  # eps | x0 | v
+    loss_weight: str = "uniform"  # uniform | min_snr
+    min_snr_gamma: float = 5.0
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (-1,)
+    dropout: float = 0.0
+    sampler: str = "dpm++2m"  # default sampler for sample()
+    sample_steps: int = 20
+    eta: float = 0.0  # DDIM η
+    invert_steps: int = 50  # DDIM steps for inversion / regeneration (interpolation, round trips)
+
+    def __post_init__(self) -> None:
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_levels = tuple(int(i) for i in self.attention_levels)
+        if self.timesteps < 2:
+            raise DiffvaeError(f"--timesteps must be at least 2, got {self.timesteps}")
+        if self.prediction not in ("eps", "x0", "v"):
+            raise DiffvaeError(f"--prediction must be eps, x0 or v, got {self.prediction!r}")
+        if self.loss_weight not in ("uniform", "min_snr"):
+            raise DiffvaeError(f"--loss-weight must be uniform or min_snr, got {self.loss_weight!r}")
+        check_sampling(self.sampler, self.sample_steps, self.timesteps, self.eta)
+        check_sampling("ddim", self.invert_steps, self.timesteps, 0.0)
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(channels=self.channels, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
+                          attention_levels=self.attention_levels, dropout=self.dropout,
+                          groups=_groups_for(self.channels, self.channel_mult))
+
+
+def _groups_for(channels: int, channel_mult: tuple[int, ...]) -> int:
+    """The largest GroupNorm group count ≤ 32 dividing every level's width."""
+    widths = [channels * m for m in channel_mult]
+    return max(g for g in range(1, 33) if all(w % g == 0 for w in widths))
+
+
+def check_sampling(sampler: str, steps: int, T: int, eta: float) -> None:
+    if sampler not in SAMPLERS:
+        raise DiffvaeError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise DiffvaeError(f"--steps must be a positive integer, got {steps}")
+    if steps > T:
+        raise DiffvaeError(f"--steps {steps} exceeds the model's {T} diffusion timesteps")
+    if not 0.0 <= eta <= 1.0:
+        raise DiffvaeError(f"--eta must be in [0, 1], got {eta}")
+
+
+class Denoiser(nn.Module):
+    """ε-, x₀- or v-predicting UNet with its noise schedule, on float tensors of shape (C, H, W)."""
+
+    def __init__(self, config: DiffusionConfig, shape: tuple[int, int, int]):
+        super().__init__()
+        self.config = config
+        self.shape = tuple(int(s) for s in shape)
+        self.schedule = NoiseSchedule.from_name(config.schedule, config.timesteps)
+        self.unet = UNet(config.unet_config(), in_channels=self.shape[0], image_size=self.shape[1])
+
+    def network(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The raw network output, computed in float32 (bf16 under an enclosing autocast)."""
+        return self.unet(x_t.float(), t)
+
+    def eps_fn(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε̂(x_t, t) in x_t's dtype, whatever the network predicts (see ``targets.split_prediction``)."""
+        output = self.network(x_t, t).to(x_t.dtype)
+        eps, _ = targets.split_prediction(output, x_t, t, self.schedule, self.config.prediction)
+        return eps
+
+    def loss(self, x0: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss: a uniform t, x_t ~ q(x_t|x₀), the weighted squared error of the target."""
+        t = torch.randint(0, self.schedule.T, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        output = self.network(x_t, t).float()
+        per_example = targets.training_loss(output, x0, noise, t, self.schedule, self.config.prediction,
+                                            self.config.loss_weight, self.config.min_snr_gamma)
+        loss = per_example.mean()
+        return loss, {"mse": float(loss.detach())}
+
+    def _sampling(self, sampler, steps, eta) -> tuple[str, int, float]:
+        sampler = sampler or self.config.sampler
+        if steps is None:  # ancestral DDPM defaults to every step unless it is the configured sampler
+            steps = self.schedule.T if sampler == "ddpm" and sampler != self.config.sampler else self.config.sample_steps
+        eta = self.config.eta if eta is None else eta
+        check_sampling(sampler, steps, self.schedule.T, eta)
+        return sampler, steps, eta
+
+    def generate(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
+                 steps: int | None = None, eta: float | None = None, x_T: torch.Tensor | None = None,
+                 progress: bool = False) -> torch.Tensor:
+        """n samples x₀ (float32) with one of the samplers of :mod:`diffvae.diffusion.samplers`."""
+        sampler, steps, eta = self._sampling(sampler, steps, eta)
+        device = next(self.parameters()).device
+        return samplers.sample(self.eps_fn, (n, *self.shape), self.schedule, sampler=sampler, steps=steps, eta=eta,
+                               x_T=x_T, generator=generator, device=device, progress=progress).float()
+
+    def nfe(self, sampler: str | None = None, steps: int | None = None, **_) -> int:
+        """Network evaluations per sample (every sampler here makes one per step)."""
+        return self._sampling(sampler, steps, None)[1]
+
+    def invert(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """x_T from x₀ by running the deterministic DDIM step backwards (``samplers.ddim_invert``)."""
+        return samplers.ddim_invert(self.eps_fn, x0.float(), self.schedule, steps or self.config.invert_steps)
+
+    def regenerate(self, x_T: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """x₀ from x_T by deterministic DDIM (η = 0) on the same timestep grid as :meth:`invert`."""
+        return self.generate(x_T.shape[0], sampler="ddim", steps=steps or self.config.invert_steps, eta=0.0, x_T=x_T)
+
+    def bound_nats(self, x0: torch.Tensor, decoder: str = "discretized", timesteps: int = 0,
+                   generator: torch.Generator | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
+        """Per-example variational bound in nats (``likelihood.diffusion_bound``), all T terms when
+        ``timesteps == 0``, else the unbiased estimate from that many sampled timesteps."""
+        if timesteps:
+            return likelihood.diffusion_bound_estimate(self.eps_fn, x0.double(), self.schedule, timesteps,
+                                                       decoder=decoder, generator=generator)
+        return likelihood.diffusion_bound(self.eps_fn, x0.double(), self.schedule, decoder=decoder, progress=progress)
+
+
+@dataclass
+class DDPMConfig(DiffusionConfig):
+    """Pixel-space diffusion: the DiffusionConfig applied to images scaled to [-1, 1]."""
+
+
+class DDPM(nn.Module):
+    """The pixel-diffusion family: a :class:`Denoiser` on images, uint8 in and out."""
+
+    family = "ddpm"
+
+    def __init__(self, config: DDPMConfig, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        self.denoiser = Denoiser(config, image_shape)
+
+    @property
+    def latent_dims(self) -> int:
+        """x_T has the data's dimension."""
+        c, h, w = self.image_shape
+        return c * h * w
+
+    def training_loss(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.denoiser.loss(to_signed(x_uint8))
+
+    def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
+               steps: int | None = None, eta: float | None = None, progress: bool = False) -> torch.Tensor:
+        return to_uint8(self.denoiser.generate(n, generator, sampler, steps, eta, progress=progress))
+
+    def nfe(self, sampler: str | None = None, steps: int | None = None, **_) -> int:
+        return self.denoiser.nfe(sampler, steps)
+
+    def to_latent(self, x_uint8: torch.Tensor, steps: int | None = None, **_) -> torch.Tensor:
+        """DDIM inversion: the x_T that deterministic DDIM maps back to x."""
+        return self.denoiser.invert(to_signed(x_uint8), steps)
+
+    def from_latent(self, x_T: torch.Tensor, steps: int | None = None, **_) -> torch.Tensor:
+        return to_uint8(self.denoiser.regenerate(x_T, steps))
+
+    def bound(self, x_uint8: torch.Tensor, timesteps: int = 0, generator: torch.Generator | None = None,
+              progress: bool = False, **_) -> dict[str, torch.Tensor]:
+        """Per-example bits/dim of the variational bound L₀ + Σ KL + L_T on the 8-bit grid, with its
+        parts; ``timesteps > 0`` gives the unbiased estimate from that many sampled t (and ``bpd_stderr``)."""
+        nats = self.denoiser.bound_nats(to_signed(x_uint8, torch.float64), "discretized", timesteps, generator, progress)
+        return bound_to_bpd(nats, self.latent_dims)
+
+
+def bound_to_bpd(nats: dict[str, torch.Tensor], dims: int) -> dict[str, torch.Tensor]:
+    """Rename a bound's parts in nats to ``bpd`` (total) and ``<part>_bpd``, converted per dimension."""
+    out = {}
+    for key, value in nats.items():
+        if key == "terms" or not torch.is_tensor(value):
+            continue
+        out["bpd" if key == "total" else f"{key}_bpd"] = nats_to_bpd(value, dims)
+    return out
+
