@@ -77,6 +77,7 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
         "image_shape": [c, h, w],
         "data_dims": c * h * w,
         "latent_dims": int(model.latent_dims),
+        "latent_ratio": int(model.latent_dims) / (c * h * w),
         "trained_steps": int(getattr(model, "trained_steps", 0)),
         "feature_space": extractor.name,
         "reference": f"held-out split ({real.shape[0]} images)",
@@ -137,6 +138,7 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
         half = pairs.numel() // 2
         a, b = real[pairs[:half]], real[pairs[half:2 * half]]
         za, zb = _call(model.to_latent, a, **kw), _call(model.to_latent, b, **kw)
+        out["latent_std"] = float(za.float().std())  # ≈ 1 for a latent that looks like N(0, I)
         mid = _call(model.from_latent, latent_path(za, zb, 3)[:, 1], **kw)
         out["midpoint_fid"] = fid(real_features, extractor.features(mid)) if half >= 2 else None
         s = min(config.strips, half)
