@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:
             continue
         group = p.add_argument_group(f"{name} model")
-        add_dataclass_arguments(group, config_class)
+        add_dataclass_arguments(group, config_class, skip=("binarize",))  # --binarize is the data flag
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run")
