@@ -38,6 +38,7 @@ def _pyplot():
 def draw_all(out: Path, results: dict[str, Any]) -> dict[str, str]:
     """Draw every plot the results allow; returns {name: relative path}."""
     drawn = {}
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, fn in (("quality_vs_nfe", quality_vs_nfe), ("bpd_bars", bpd_bars), ("training_curves", training_curves),
                      ("kl_per_dim", kl_per_dim), ("collapse", collapse)):
         rel = f"figures/{name}.png"
@@ -93,7 +94,8 @@ def bpd_bars(results: dict[str, Any], path: Path) -> bool:
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("bits/dim (upper bound on −log₂ p(x) / D)")
     ax.set_title("Likelihood bounds and their parts (held-out)")
-    ax.legend(fontsize=6)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
     _save(fig, path)
     return True
 
