@@ -13,7 +13,7 @@ import torch
 from diffvae.errors import DiffvaeError
 from diffvae.families import config_from_dict, get_family
 from diffvae.runs import RunDir, split_prefixed
-from diffvae.train import TrainConfig, train, train_config_from_dict
+from diffvae.train import TrainConfig, on_rank_zero, train, train_config_from_dict
 
 
 @dataclass
@@ -63,6 +63,8 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
         saved = run.read_config()
         if saved["family"] != family:
             raise DiffvaeError(f"--resume: {out} is a {saved['family']} run, not {family}")
+        if data is not None and data.spec is not None and data.spec != saved["data"]["spec"]:
+            raise DiffvaeError(f"--resume: {out} was trained on --data {saved['data']['spec']}, not {data.spec}")
         model_config = config_from_dict(config_class, saved["model"])
         train_config = train_config_from_dict(saved["train"])
         data = DataConfig(**{k: v for k, v in saved["data"].items() if k in DataConfig.__dataclass_fields__})
@@ -73,8 +75,11 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     torch.manual_seed(train_config.seed)  # the initialisation is part of the seeded run
     model = model_class(model_config, dataset.image_shape)  # validates the config against the data
     if not resume:
-        run = RunDir.prepare(out, force=force)
-        run.write_config(run_config(family, model_config, train_config, data, dataset))
+        def prepare() -> None:
+            RunDir.prepare(out, force=force).write_config(run_config(family, model_config, train_config, data, dataset))
+
+        on_rank_zero(prepare)  # under torchrun only rank 0 creates the run; the other ranks wait for it
+        run = RunDir(out)
     fit = getattr(model, "fit", None)
     if fit is not None:  # families with several stages (latent diffusion) drive the engine themselves
         return fit(dataset, train_config, run, resume=resume, progress=progress)

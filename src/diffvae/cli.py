@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     fam_sub = train.add_subparsers(dest="family", required=True, parser_class=_Parser)
     for name, fam in FAMILIES.items():
         p = fam_sub.add_parser(name, help=fam.summary)
-        _add_data_arguments(p)
+        _add_data_arguments(p, required=False)  # required unless --resume (checked in cmd_train)
         p.add_argument("--out", required=True, metavar="RUN")
         _add_train_arguments(p)
         try:
@@ -206,6 +206,8 @@ def cmd_train(args) -> int:
     if args.binarize and "binarize" in {f.name for f in dataclasses.fields(config_class)}:
         overrides.setdefault("binarize", True)
     model_config = config_from_dict(config_class, overrides)
+    if args.data is None and not args.resume:
+        raise DiffvaeError(f"train {args.family}: the following arguments are required: --data")
     if args.resume and (args.steps is not None or args.budget is not None):
         raise DiffvaeError("--resume continues the run as configured; do not pass --steps/--budget with it")
     train_values = dict(fam.train_defaults)
@@ -223,7 +225,8 @@ def cmd_train(args) -> int:
     data = DataConfig(spec=args.data, size=args.size, key=args.key, binarize=args.binarize, limit=args.limit)
     train_run(args.family, data, model_config, train_config, out=args.out, resume=args.resume, force=args.force,
               progress=not args.quiet)
-    print(f"diffvae: trained {args.family} → {args.out}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
+        print(f"diffvae: trained {args.family} → {args.out}", file=sys.stderr)
     return 0
 
 

@@ -12,7 +12,9 @@ ends bit-identical to an uninterrupted one.
 
 Data parallel: launched by ``torchrun``, each rank takes its slice of every global batch and DDP
 all-reduces gradients; only rank 0 writes the run. The effective batch is ``batch_size`` (split
-across ranks), so a run's hyper-parameters mean the same at any world size.
+across ranks), so a run's hyper-parameters mean the same at any world size. Every rank starts
+from the same seeded initialisation; rank r draws its training noise from its own stream
+(:func:`rank_seed`), and the checkpoint holds every rank's RNG state.
 """
 
 from __future__ import annotations
@@ -190,6 +192,63 @@ def distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _collective_device() -> torch.device:
+    """Where tensors for a collective must live: the rank's GPU under NCCL, else the CPU (gloo)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def on_rank_zero(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only while the other ranks wait; if it raised, every rank raises.
+
+    Used to create the run directory and write its config.json exactly once. No rank hangs
+    on a failure and no rank sees rank 0's freshly created folder as someone else's run.
+    """
+    rank, world = distributed_context()
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except DiffvaeError as e:
+            error = e
+    if world > 1:
+        import torch.distributed as dist
+
+        failed = torch.tensor([int(error is not None)], device=_collective_device())
+        dist.broadcast(failed, src=0)
+        if rank != 0 and failed.item():
+            raise DiffvaeError("rank 0 could not prepare the run (see its error)")
+    if error is not None:
+        raise error
+    return result
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The global-RNG seed of ``rank``: ``seed`` on rank 0 (so a 1-process run uses the same
+    stream), a distinct stream on every other rank so ranks never draw the same noise."""
+    return seed + rank * 2**32
+
+
+def _gather_rng_states(device: torch.device, world: int) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state (CPU, and CUDA when training there), gathered on all ranks."""
+    import torch.distributed as dist
+
+    local = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        local["cuda"] = torch.cuda.get_rng_state(device)
+    comm = _collective_device()
+    states: list[dict[str, torch.Tensor]] = [{} for _ in range(world)]
+    for name, value in local.items():
+        parts = [torch.empty_like(value, device=comm) for _ in range(world)]
+        dist.all_gather(parts, value.to(comm))
+        for r in range(world):
+            states[r][name] = parts[r].cpu()
+    return states
+
+
 class _LossModule(nn.Module):
     """Wraps a family model so DDP sees ``training_loss`` as ``forward``."""
 
@@ -239,7 +298,7 @@ def train(
     if config.batch_size % world:
         raise DiffvaeError(f"--batch {config.batch_size} must be divisible by the number of processes ({world})")
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(rank_seed(config.seed, rank))
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
@@ -253,10 +312,13 @@ def train(
         _load_state(model, split_prefixed(tensors, "model"), run)
         _load_state(ema, split_prefixed(tensors, "ema"), run)
         load_optimizer_tensors(opt, split_prefixed(tensors, "optimizer"), meta["optimizer_param_groups"])
-        torch.set_rng_state(tensors["rng/torch"])
-        if device.type == "cuda" and "rng/cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng/cuda"], device)
         step = int(meta["step"])
+        if _rng_key("torch", rank) in tensors:
+            torch.set_rng_state(tensors[_rng_key("torch", rank)])
+        else:  # resumed with more processes than saved it: a fresh, still seeded, stream
+            torch.manual_seed(rank_seed(config.seed + step, rank))
+        if device.type == "cuda" and _rng_key("cuda", rank) in tensors:
+            torch.cuda.set_rng_state(tensors[_rng_key("cuda", rank)], device)
         total_steps = meta.get("total_steps") or total_steps
         elapsed_before = float(meta.get("elapsed", 0.0))
         if rank == 0:
@@ -274,19 +336,23 @@ def train(
     local_batch = min(config.batch_size, n) // world
 
     def save(loss_value: float, elapsed: float) -> None:
-        if run is None or rank != 0:
+        if run is None:
             return
+        rng_states = _gather_rng_states(device, world) if world > 1 else [{"torch": torch.get_rng_state()}]
+        if rank != 0:
+            return
+        if device.type == "cuda" and world == 1:
+            rng_states[0]["cuda"] = torch.cuda.get_rng_state(device)
         opt_tensors, groups = optimizer_tensors(opt)
         tensors = {
             **add_prefix(model.state_dict(), "model"),
             **add_prefix(ema.state_dict(), "ema"),
             **add_prefix(opt_tensors, "optimizer"),
-            "rng/torch": torch.get_rng_state(),
         }
-        if device.type == "cuda":
-            tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
+        for r, states in enumerate(rng_states):
+            tensors.update({_rng_key(name, r): value for name, value in states.items()})
         meta = {"step": step, "total_steps": total_steps, "optimizer_param_groups": groups, "loss": loss_value,
-                "elapsed": elapsed, **(extra_metadata or {})}
+                "elapsed": elapsed, "world_size": world, **(extra_metadata or {})}
         run.save_checkpoint(tensors, meta)
 
     budget_s = config.budget_minutes * 60.0 if config.budget_minutes is not None else None
@@ -313,7 +379,7 @@ def train(
         idx = batch_indices(step, n, config.batch_size, config.seed)[rank * local_batch:(rank + 1) * local_batch]
         with autocast(device, autocast_dtype):
             loss, logs = loss_module(data[idx.to(device)])
-        if not torch.isfinite(loss):
+        if not _finite_on_every_rank(loss, world):  # checked together so that no rank waits for a dead one
             _stop_non_finite(step, "loss", run)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -359,6 +425,22 @@ def train(
         bar.close()
     ema.eval()
     return ema, TrainResult(step, elapsed, loss_value, (step - first_step) * config.batch_size / max(elapsed - elapsed_before, 1e-9))
+
+
+def _rng_key(name: str, rank: int) -> str:
+    """Checkpoint key of a rank's RNG state: ``rng/torch`` for rank 0, ``rng/torch/rank1``, ..."""
+    return f"rng/{name}" if rank == 0 else f"rng/{name}/rank{rank}"
+
+
+def _finite_on_every_rank(value: torch.Tensor, world: int) -> bool:
+    finite = bool(torch.isfinite(value))
+    if world == 1:
+        return finite
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(not finite)], device=_collective_device())
+    dist.all_reduce(flag)
+    return flag.item() == 0
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], run: RunDir) -> None:
