@@ -12,7 +12,7 @@ import torch
 
 from diffvae.errors import DiffvaeError
 from diffvae.families import config_from_dict, get_family
-from diffvae.runs import RunDir, split_prefixed
+from diffvae.runs import RunDir, split_prefixed, state_dict_mismatch
 from diffvae.train import TrainConfig, on_rank_zero, train, train_config_from_dict
 
 
@@ -104,7 +104,7 @@ def load(run_path: str | Path, device: str = "cpu", weights: str = "ema"):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise DiffvaeError(f"{run.checkpoint_path} does not match {run.config_path} ({str(e).splitlines()[0][:160]})") from None
+        raise DiffvaeError(f"{run.checkpoint_path} does not match {run.config_path} ({state_dict_mismatch(e)})") from None
     model.run_config = config
     model.run_dir = run.path
     model.trained_steps = int(meta.get("step", 0))

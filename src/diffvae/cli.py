@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line, not usage + message."""
 
     def error(self, message: str) -> typing.NoReturn:
-        raise DiffvaeError(f"{self.prog.split(' ', 1)[-1] if ' ' in self.prog else 'diffvae'}: {message}")
+        raise DiffvaeError(f"{self.prog.split(' ', 1)[-1]}: {message}" if " " in self.prog else message)
 
 
 def _flag(name: str) -> str:

@@ -118,6 +118,13 @@ def add_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     return {f"{prefix}/{k}": v for k, v in tensors.items()}
 
 
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """The telling line of a ``load_state_dict`` error (e.g. ``size mismatch for encoder.net.1.weight: ...``)
+    rather than its generic first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__)[:200]
+
+
 class RunDir:
     """A run directory on disk (see the module docstring for its files)."""
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from diffvae.errors import DiffvaeError
-from diffvae.runs import RunDir, add_prefix, split_prefixed
+from diffvae.runs import RunDir, add_prefix, split_prefixed, state_dict_mismatch
 
 
 @dataclass
@@ -447,8 +447,7 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], run: RunDir) 
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise DiffvaeError(f"{run.checkpoint_path} does not match the run's config.json ({first[:160]})") from None
+        raise DiffvaeError(f"{run.checkpoint_path} does not match the run's config.json ({state_dict_mismatch(e)})") from None
 
 
 def _stop_non_finite(step: int, what: str, run: RunDir | None) -> None:
