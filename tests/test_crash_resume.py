@@ -1,0 +1,153 @@
+"""Crash safety of a real ``diffvae train`` process: SIGKILL then ``--resume`` ends bit-identical to an
+uninterrupted run; a kill at any moment leaves a run that loads or says in one line that it has no
+checkpoint yet; a NaN/Inf loss stops with one line and keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffvae.api import load
+from diffvae.cli import main
+from diffvae.errors import DiffvaeError
+from diffvae.runs import RunDir
+
+SMALL_VAE = ["--data", "digits", "--batch", "32", "--width", "32", "--latent-dim", "4", "--precision", "fp32",
+             "--device", "cpu", "--seed", "5", "--quiet"]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "diffvae", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, stderr
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before {path.name} appeared: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    ref_path, cut_path = tmp_path / "ref", tmp_path / "cut"
+    train_args = [*SMALL_VAE, "--checkpoint-every", "20", "--log-every", "10", "--steps", "200"]
+    victim = start(["train", "vae", *train_args, "--out", str(cut_path)])
+    wait_for(cut_path / "checkpoint.safetensors", victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    killed_at = RunDir(cut_path).load_checkpoint()[1]["step"]
+    assert 20 <= killed_at < 200  # it really was cut short
+
+    resumed = start(["train", "vae", "--out", str(cut_path), "--resume", "--quiet"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1), so the float sums agree
+    try:
+        assert main(["train", "vae", *train_args, "--out", str(ref_path)]) == 0  # the uninterrupted run, meanwhile
+    finally:
+        torch.set_num_threads(threads)
+    rc, stderr = finish(resumed)
+    assert rc == 0, stderr
+
+    ref, ref_meta = RunDir(ref_path).load_checkpoint()
+    got, got_meta = RunDir(cut_path).load_checkpoint()
+    assert ref_meta["step"] == got_meta["step"] == 200
+    compared = [k for k in ref if k.startswith(("model/", "ema/", "optimizer/"))]
+    assert any(k.startswith("optimizer/") for k in compared) and any(k.startswith("ema/") for k in compared)
+    assert set(got) == set(ref)
+    for key in compared:
+        assert torch.equal(ref[key], got[key]), key
+    assert ref_meta["optimizer_param_groups"] == got_meta["optimizer_param_groups"]
+    ref_rows, got_rows = RunDir(ref_path).read_metrics(), RunDir(cut_path).read_metrics()
+    assert [r["step"] for r in got_rows] == [r["step"] for r in ref_rows] == list(range(10, 201, 10))
+    assert [r["loss"] for r in got_rows] == [r["loss"] for r in ref_rows]
+
+
+def test_a_kill_at_any_moment_leaves_a_loadable_run_or_one_clear_line(tmp_path, capsys):
+    """Runs checkpointing every step, SIGKILLed at random moments: one right after it starts (before
+    anything is written, typically), the others a random delay after their config.json appears
+    (before, during or between checkpoint writes)."""
+    rng = random.Random(0)
+    paths = [tmp_path / f"run{i}" for i in range(3)]
+    procs = [start(["train", "vae", *SMALL_VAE, "--checkpoint-every", "1", "--steps", "5000", "--out", str(p)]) for p in paths]
+    try:
+        time.sleep(rng.uniform(0.1, 1.0))
+        procs[0].send_signal(signal.SIGKILL)
+        for proc, path in zip(procs[1:], paths[1:]):
+            wait_for(path / "config.json", proc)
+            time.sleep(rng.uniform(1.0, 4.0))
+            proc.send_signal(signal.SIGKILL)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+
+    outcomes = []
+    for path in paths:
+        capsys.readouterr()
+        rc = main(["sample", str(path), "--n", "4", "--out", str(tmp_path / f"{path.name}.png")])
+        err = capsys.readouterr().err.strip().splitlines()
+        if rc == 0:
+            model = load(path)
+            assert model.trained_steps >= 1
+            assert all(torch.isfinite(p).all() for p in model.parameters())
+            outcomes.append("loads")
+        else:
+            assert rc == 2 and len(err) == 1, err
+            assert err[0].startswith("diffvae: error:") and "corrupt" not in err[0], err[0]
+            assert ("no checkpoint yet" in err[0] or "not a diffvae run" in err[0] or "not found" in err[0]), err[0]
+            outcomes.append("no checkpoint")
+    assert "loads" in outcomes, outcomes  # the test did kill runs that had checkpoints
+
+
+def test_nan_loss_from_the_cli_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from diffvae.vae.model import VAE
+
+    real_loss = VAE.training_loss
+
+    def poisoned(self, x):
+        loss, logs = real_loss(self, x)
+        return (loss * float("nan") if self.step >= 25 else loss), logs
+
+    monkeypatch.setattr(VAE, "training_loss", poisoned)
+    out = tmp_path / "run"
+    rc = main(["train", "vae", *SMALL_VAE, "--steps", "40", "--checkpoint-every", "10", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("diffvae: error: the loss became NaN/Inf at step 25") and "last good checkpoint" in err[0]
+    assert RunDir(out).load_checkpoint()[1]["step"] == 20
+    model = load(out)
+    assert model.trained_steps == 20 and all(torch.isfinite(p).all() for p in model.parameters())
+
+    monkeypatch.setattr(VAE, "training_loss", real_loss)  # the cause is gone: the kept checkpoint resumes
+    assert main(["train", "vae", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert RunDir(out).load_checkpoint()[1]["step"] == 40
+
+
+def test_an_exploding_learning_rate_stops_with_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "vae", *SMALL_VAE, "--steps", "50", "--checkpoint-every", "20", "--lr", "1e30", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("diffvae: error:") and "NaN/Inf" in err[0] and "lower --lr" in err[0]
+    with pytest.raises(DiffvaeError, match="no checkpoint yet"):
+        RunDir(out).load_checkpoint()  # it blew up before the first checkpoint was due: nothing half-good was written
