@@ -1,0 +1,137 @@
+"""Shared benchmark helpers: the machine's matmul peak, FLOP counting, and a warm-up timer.
+
+Numbers measured on a shared machine are noisy: every timer here reports the *best* of several
+repeats (the run least disturbed by other processes), which is the usual convention for throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def autocast_context(dtype: torch.dtype):
+    """``torch.autocast`` on CPU for bf16/fp16, a no-op context for fp32."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast("cpu", dtype=dtype)
+
+
+def peak_matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Best achieved GFLOP/s of a square ``size``×``size`` matmul (2·size³ FLOPs) in ``dtype``.
+
+    This is the practical peak of the BLAS/oneDNN kernels on this machine with the current thread
+    count; a network's achieved GFLOP/s is reported as a share of it.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    flops = 2.0 * size**3
+    seconds = best_time(lambda: torch.mm(a, b), warmup=2, repeats=repeats)
+    return flops / seconds / 1e9
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Total FLOPs (multiply-add = 2) of the matmuls/convolutions/attention that ``fn()`` runs, forward and backward.
+
+    Uses ``torch.utils.flop_counter.FlopCounterMode``, which counts the ops with known formulas
+    (mm, bmm, addmm, convolution and its backward, scaled_dot_product_attention …) and ignores
+    elementwise work (norms, activations, the optimizer), as is conventional.
+    """
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def best_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 5) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@dataclass
+class Timing:
+    """Per-call seconds of a timed function: best and median over the repeats."""
+
+    best: float
+    median: float
+
+
+def time_calls(fn: Callable[[], object], warmup: int = 2, repeats: int = 5) -> Timing:
+    """Like :func:`best_time` but keeps the median too, so noise is visible in reports."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return Timing(best=times[0], median=times[len(times) // 2])
+
+
+def machine_info() -> dict[str, object]:
+    """What the numbers were measured on: CPU, threads, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write ``payload`` as indented JSON, creating the parent directory."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+
+
+def peak_conv_gflops(dtype: torch.dtype, batch: int = 16, channels: int = 128, size: int = 32, repeats: int = 5) -> float:
+    """Best achieved GFLOP/s of a 3×3, ``channels``→``channels`` convolution forward (oneDNN) in ``dtype``.
+
+    FLOPs = 2·9·channels²·size²·batch. On some CPUs (e.g. AMD with MKL's sgemm) oneDNN's convolution
+    runs faster than ``torch.mm``; the larger of the two is the honest denominator for "% of peak".
+    """
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(channels, channels, 3, 3, generator=generator).to(dtype)
+    x = torch.randn(batch, channels, size, size, generator=generator).to(dtype)
+    flops = 2.0 * 9 * channels**2 * size**2 * batch
+    with torch.no_grad():
+        seconds = best_time(lambda: torch.nn.functional.conv2d(x, weight, padding=1), warmup=2, repeats=repeats)
+    return flops / seconds / 1e9
+
+
+def peak_gflops(dtype: torch.dtype, quick: bool = False) -> dict[str, float]:
+    """``{"matmul": …, "conv": …, "peak": max of both}`` GFLOP/s for ``dtype`` with the current threads."""
+    matmul = peak_matmul_gflops(dtype, size=512 if quick else 2048, repeats=2 if quick else 5)
+    conv = peak_conv_gflops(dtype, batch=2 if quick else 16, repeats=2 if quick else 5)
+    return {"matmul": matmul, "conv": conv, "peak": max(matmul, conv)}
