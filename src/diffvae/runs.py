@@ -39,6 +39,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as e:
         raise DiffvaeError(f"cannot write in {path.parent}: {e.strerror}") from None
     try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp makes 0600; give the mode a plain open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,6 +49,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _new_file_mode() -> int:
+    """0666 less the process umask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_dir(folder: Path) -> None:
