@@ -151,3 +151,17 @@ def test_an_exploding_learning_rate_stops_with_one_line(tmp_path, capsys):
     assert err[0].startswith("diffvae: error:") and "NaN/Inf" in err[0] and "lower --lr" in err[0]
     with pytest.raises(DiffvaeError, match="no checkpoint yet"):
         RunDir(out).load_checkpoint()  # it blew up before the first checkpoint was due: nothing half-good was written
+
+
+def test_atomic_writes_give_files_the_usual_permissions(tmp_path):
+    """Temporary files are created 0600; the renamed result must have the mode open() would give."""
+    from diffvae.runs import atomic_write_bytes
+
+    mask = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        with open(tmp_path / "b.json", "wb") as f:
+            f.write(b"{}")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640

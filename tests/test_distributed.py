@@ -8,10 +8,12 @@ each rank's shard, the gradient averaging and the per-rank RNG streams can be ch
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +136,7 @@ def launches(tmp_path_factory):
             proc.communicate()
 
 
-def test_torchrun_cli_trains_one_run_that_samples(launches, tmp_path):
+def test_torchrun_cli_trains_one_run_that_samples_and_evaluates(launches, tmp_path, capsys, monkeypatch):
     stderr = finish(launches["cli"])
     assert stderr.count("diffvae: trained vae") == 1  # said once, by rank 0
     run_path = launches["root"] / "run"
@@ -150,6 +152,12 @@ def test_torchrun_cli_trains_one_run_that_samples(launches, tmp_path):
     assert main(["sample", str(run_path), "--n", "8", "--out", str(tmp_path / "s.npz")]) == 0
     with np.load(tmp_path / "s.npz", allow_pickle=False) as f:
         assert f["images"].shape == (8, 1, 8, 8) and f["images"].dtype == np.uint8
+
+    monkeypatch.setenv("DIFFVAE_CACHE", str(Path(tempfile.gettempdir()) / "diffvae-test-feature-cache"))
+    capsys.readouterr()
+    assert main(["eval", str(run_path), "--json", "--quick"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["trained_steps"] == 20 and results["family"] == "vae" and np.isfinite(results["bpd"])
 
 
 def test_data_parallel_shards_the_global_batch_and_matches_one_process(launches):
