@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -140,12 +141,18 @@ class Denoiser(nn.Module):
 
     def bound_nats(self, x0: torch.Tensor, decoder: str = "discretized", timesteps: int = 0,
                    generator: torch.Generator | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
-        """Per-example variational bound in nats (``likelihood.diffusion_bound``), all T terms when
-        ``timesteps == 0``, else the unbiased estimate from that many sampled timesteps."""
-        if timesteps:
-            return likelihood.diffusion_bound_estimate(self.eps_fn, x0.double(), self.schedule, timesteps,
-                                                       decoder=decoder, generator=generator)
-        return likelihood.diffusion_bound(self.eps_fn, x0.double(), self.schedule, decoder=decoder, progress=progress)
+        """Per-example variational bound in nats.
+
+        ``timesteps == 0``: every one of the T terms (``likelihood.diffusion_bound``), with the parts
+        ``prior`` (L_T), ``decoder`` (L_0) and ``diffusion`` (Σ_{t≥1} L_t). ``timesteps = K > 0``:
+        the unbiased K-draw estimate (``likelihood.diffusion_bpd_estimate``) with its ``stderr``.
+        """
+        x0 = x0.double()
+        if not timesteps:
+            return likelihood.diffusion_bound(self.eps_fn, x0, self.schedule, decoder=decoder, progress=progress)
+        bpd, stderr = likelihood.diffusion_bpd_estimate(self.eps_fn, x0, self.schedule, timesteps, generator, decoder=decoder)
+        per_bit = x0[0].numel() * math.log(2.0)  # undo the conversion: callers choose their own D
+        return {"total": bpd * per_bit, "stderr": stderr * per_bit, "prior": likelihood.prior_term(x0, self.schedule)}
 
 
 @dataclass
@@ -201,6 +208,7 @@ def bound_to_bpd(nats: dict[str, torch.Tensor], dims: int) -> dict[str, torch.Te
     for key, value in nats.items():
         if key == "terms" or not torch.is_tensor(value):
             continue
-        out["bpd" if key == "total" else f"{key}_bpd"] = nats_to_bpd(value, dims)
+        name = {"total": "bpd", "stderr": "bpd_stderr"}.get(key, f"{key}_bpd")
+        out[name] = nats_to_bpd(value, dims)
     return out
 

@@ -32,7 +32,7 @@ from diffvae.errors import DiffvaeError
 from diffvae.images import to_signed, to_uint8
 from diffvae.nn.conv import build_decoder, build_encoder, resolve_architecture
 from diffvae.nn.pixelcnn import PixelCNN, autoregressive_sample
-from diffvae.vae.bounds import free_bits_kl, iwae_bound, kl_per_dim, kl_weight, negative_elbo
+from diffvae.vae.bounds import active_units, free_bits_kl, iwae_bound, kl_per_dim, kl_weight, mutual_information, negative_elbo
 
 ARCHITECTURES = ("auto", "conv", "mlp")
 DECODERS = ("logistic", "gaussian", "bernoulli", "pixelcnn")
@@ -282,3 +282,31 @@ class VAE(nn.Module):
         if n == 0:
             return torch.zeros(0, *self.image_shape, dtype=torch.uint8, device=self._device)
         return torch.cat([self.decode(chunk, generator) for chunk in z.split(DECODE_BATCH)])
+
+    # ------------------------------------------------------------------ the shared family interface
+    @property
+    def latent_dims(self) -> int:
+        return self.config.latent_dim
+
+    def nfe(self, **_) -> int:
+        """Network evaluations per sample: one decode (a PixelCNN decoder makes H·W passes)."""
+        return self.image_shape[1] * self.image_shape[2] if self.config.decoder == "pixelcnn" else 1
+
+    @torch.no_grad()
+    def to_latent(self, x_uint8: torch.Tensor, **_) -> torch.Tensor:
+        """The posterior mean E_q[z|x]: the VAE's direct latent for interpolation and probes."""
+        return self.encode(x_uint8)[0]
+
+    @torch.no_grad()
+    def from_latent(self, z: torch.Tensor, generator: torch.Generator | None = None, **_) -> torch.Tensor:
+        return self.decode(z.float(), generator)
+
+    @torch.no_grad()
+    def diagnostics(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """Posterior-collapse diagnostics on held-out images: active units (Burda et al. 2016),
+        KL per latent dimension and in total (nats), and I(x; z) under the aggregate posterior."""
+        mean, logvar = self.encode(x_uint8)
+        count, _ = active_units(mean)
+        kl_dims = kl_per_dim(mean, logvar).mean(0)
+        return {"active_units": int(count), "kl_per_dim": [float(v) for v in kl_dims],
+                "kl_nats": float(kl_dims.sum()), "mutual_info": float(mutual_information(mean, logvar, generator=generator))}
