@@ -85,7 +85,7 @@ def test_perceptual_term_adds_feature_distance_with_gradient_to_the_decoder():
     ae.set_perceptual_network(Features())
     torch.manual_seed(1)
     loss, logs = ae.training_loss(x)
-    assert float(loss) * 64 == pytest.approx(float(plain) * 64 + 2.0 * logs["perceptual"], rel=1e-5)
+    assert float(loss.detach()) * 64 == pytest.approx(float(plain.detach()) * 64 + 2.0 * logs["perceptual"], rel=1e-5)
     assert logs["perceptual"] > 0
     (grad,) = torch.autograd.grad(64 * (loss - plain), ae.decoder.conv_out.weight)
     assert float(grad.abs().sum()) > 0
