@@ -325,6 +325,8 @@ def train(
             run.truncate_metrics(step)
         if total_steps is not None and step >= total_steps:
             return ema.eval(), TrainResult(step, elapsed_before, float(meta.get("loss", float("nan"))), 0.0)
+    elif run is not None and rank == 0 and run.metrics_path.exists():
+        run.truncate_metrics(0)  # a (stage) restarted from scratch after a crash logs from scratch too
 
     first_step = step
     loss_module: nn.Module = _LossModule(model)
