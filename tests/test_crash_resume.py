@@ -4,6 +4,7 @@ checkpoint yet; a NaN/Inf loss stops with one line and keeps the last good check
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -165,3 +166,63 @@ def test_atomic_writes_give_files_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+
+
+TINY_DIFFUSION = ["--data", "digits", "--channels", "8", "--channel-mult", "1", "--timesteps", "50", "--batch", "16",
+                  "--precision", "fp32", "--device", "cpu", "--seed", "2", "--quiet", "--checkpoint-every", "2",
+                  "--log-every", "1"]
+FAMILY_CASES = {  # family, extra flags, (module, class) whose training_loss is interrupted, at which call
+    "ddpm": ("ddpm", ["--steps", "6"], ("diffvae.diffusion.model", "DDPM"), 5),
+    "ldm-autoencoder-stage": ("ldm", ["--steps", "8", "--ae-steps", "3", "--ae-width", "8", "--latent-channels", "2",
+                                      "--downsample", "2"], ("diffvae.latent.autoencoder", "AutoencoderKL"), 3),
+    "ldm-autoencoder-stage-before-its-first-checkpoint": (
+        "ldm", ["--steps", "8", "--ae-steps", "3", "--ae-width", "8", "--latent-channels", "2", "--downsample", "2"],
+        ("diffvae.latent.autoencoder", "AutoencoderKL"), 2),
+    "ldm-diffusion-stage-before-its-first-checkpoint": (
+        "ldm", ["--steps", "8", "--ae-steps", "3", "--ae-width", "8", "--latent-channels", "2", "--downsample", "2"],
+        ("diffvae.latent.model", "LatentDiffusion"), 2),
+    "ldm-diffusion-stage": ("ldm", ["--steps", "8", "--ae-steps", "3", "--ae-width", "8", "--latent-channels", "2",
+                                    "--downsample", "2"], ("diffvae.latent.model", "LatentDiffusion"), 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_diffusion_families_resume_bit_identical_after_an_interruption(case, tmp_path, capsys, monkeypatch):
+    """In-process (an interrupt raised inside the loss) for every family and stage: every file of the
+    resumed run — checkpoints of both ldm stages, config.json with its latent scale — matches."""
+    import importlib
+
+    from diffvae.runs import load_tensors
+
+    family, flags, (module_name, class_name), interrupt_at = FAMILY_CASES[case]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert main(["train", family, *TINY_DIFFUSION, *flags, "--out", str(ref)]) == 0
+
+    real_loss, calls = cls.training_loss, []
+
+    def interrupted(self, x):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real_loss(self, x)
+
+    monkeypatch.setattr(cls, "training_loss", interrupted)
+    assert main(["train", family, *TINY_DIFFUSION, *flags, "--out", str(cut)]) == 130
+    monkeypatch.setattr(cls, "training_loss", real_loss)
+    torch.manual_seed(999)  # a restarted process starts from another RNG state
+    assert main(["train", family, "--out", str(cut), "--resume", "--quiet"]) == 0
+
+    files = sorted(p.name for p in ref.iterdir())
+    assert files == sorted(p.name for p in cut.iterdir())
+    assert (ref / "config.json").read_text() == (cut / "config.json").read_text()
+    for name in files:
+        if name.endswith(".safetensors"):
+            a, a_meta = load_tensors(ref / name)
+            b, b_meta = load_tensors(cut / name)
+            assert a.keys() == b.keys() and a_meta["step"] == b_meta["step"], name
+            for key in a:
+                assert torch.equal(a[key], b[key]), (name, key)
+        elif name.endswith(".jsonl"):
+            steps = [[json.loads(line)["step"] for line in (p / name).read_text().splitlines()] for p in (ref, cut)]
+            assert steps[0] == steps[1] and len(steps[0]) > 0, name
