@@ -198,11 +198,7 @@ def test_the_table_covers_every_command():
 
 # Known bugs in files this test's author does not own (reported to their owners); strict, so that the
 # fix turns them into failures here until the marker is removed.
-KNOWN_BUGS = {
-    "train-corrupt-npz": "data._read_npz does not catch zipfile.BadZipFile (an internal error, exit 1)",
-    "data-info-corrupt-npz": "data._read_npz does not catch zipfile.BadZipFile (an internal error, exit 1)",
-    "compare-unknown-data-spec": "compare.pipeline creates --out before loading the data, leaving an empty folder",
-}
+KNOWN_BUGS: dict[str, str] = {}  # case -> reason, run as strict xfail until fixed
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN_BUGS[c], strict=True))

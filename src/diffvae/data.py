@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import math
 import numbers
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,7 +420,7 @@ def _read_npz(path: Path, key: str | None) -> _Source:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, zlib.error) as err:
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as err:
         raise DiffvaeError(f"cannot read {path} as .npz: {err}") from None
     if not arrays:
         raise DiffvaeError(f"{path} holds no arrays")

@@ -87,11 +87,11 @@ def run_compare(args) -> dict[str, Any]:
         raise DiffvaeError(f"--budget must be a positive number of minutes, got {args.budget}")
     families = tuple(f for f in FAMILY_ORDER if f in families)
     out = Path(args.out)
-    _prepare_out(out, resume=args.resume, force=args.force)
     from diffvae.api import DataConfig
 
     data_config = DataConfig(spec=args.data, size=args.size, key=args.key, binarize=args.binarize, limit=args.limit)
     dataset = data_config.load()  # fails early, before anything is written, on bad data
+    _prepare_out(out, resume=args.resume, force=args.force)
     the_plan = plan(args.data, args.budget, families)
     log = _logger(quiet=args.quiet)
     log(f"diffvae compare: {the_plan.describe()}")

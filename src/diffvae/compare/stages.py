@@ -104,10 +104,12 @@ def sized_eval_config(model, family: str, seconds: float, seed: int) -> EvalConf
     unit = _unit_cost_seconds(model, family)
     invert = model.config.invert_steps
     nfe = model.nfe()
+    T = model.denoiser.schedule.T
+    full.bound_n = 64  # the full bound costs T network evaluations per image
 
     def evaluations(c: EvalConfig) -> float:
         return (c.n_samples * nfe + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
-                + c.strips * c.frames) * invert + c.bound_n * c.bound_timesteps)
+                + c.strips * c.frames) * invert + c.bound_n * (c.bound_timesteps or T))
 
     scale = min(1.0, 0.7 * seconds / max(1e-9, evaluations(full) * unit))
     quick = EvalConfig.quick(seed=seed)
@@ -115,7 +117,7 @@ def sized_eval_config(model, family: str, seconds: float, seed: int) -> EvalConf
     for f in dataclasses.fields(EvalConfig):
         if f.name in ("n_samples", "bound_n", "midpoints", "roundtrip_n", "probe_train", "probe_test"):
             sized[f.name] = max(getattr(quick, f.name), int(getattr(full, f.name) * scale))
-    return dataclasses.replace(full, **sized, bound_timesteps=full.bound_timesteps if scale > 0.5 else quick.bound_timesteps)
+    return dataclasses.replace(full, **sized)
 
 
 SWEEP = [("ddim", 10), ("dpm++2m", 10), ("ddim", 20), ("dpm++2m", 20), ("ddim", 50), ("ddpm", 100), ("ddpm", 250), ("ddpm", 1000)]

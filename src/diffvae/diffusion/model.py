@@ -53,6 +53,9 @@ class DiffusionConfig:
             raise DiffvaeError(f"--prediction must be eps, x0 or v, got {self.prediction!r}")
         if self.loss_weight not in ("uniform", "min_snr"):
             raise DiffvaeError(f"--loss-weight must be uniform or min_snr, got {self.loss_weight!r}")
+        # step counts are capped at T, so a short forward process keeps working defaults
+        self.sample_steps = min(self.sample_steps, self.timesteps)
+        self.invert_steps = min(self.invert_steps, self.timesteps)
         check_sampling(self.sampler, self.sample_steps, self.timesteps, self.eta)
         check_sampling("ddim", self.invert_steps, self.timesteps, 0.0)
 

@@ -1,0 +1,70 @@
+"""`diffvae compare` end to end on digits under a 2-minute budget (the slowest test of the suite)."""
+
+import json
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from diffvae.cli import main
+from diffvae.compare.report import ROWS, lookup
+
+BUDGET_MINUTES = 2.0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "report"
+    t0 = time.perf_counter()
+    code = main(["compare", "--data", "digits", "--budget", str(BUDGET_MINUTES), "--out", str(out), "--quiet"])
+    return out, code, time.perf_counter() - t0
+
+
+def test_compare_writes_the_three_files_with_every_family(report):
+    out, code, _ = report
+    assert code == 0
+    for name in ("report.html", "report.md", "results.json"):
+        assert (out / name).stat().st_size > 500, name
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["families"]) == {"vae", "ddpm", "ldm"}, results.get("stages")
+    assert all(v["status"] == "done" for v in results["stages"].values()), results["stages"]
+    for fam in ("vae", "ddpm", "ldm"):
+        for key in ("fid", "kid", "precision", "recall", "sharpness_ratio", "bpd", "nfe", "ms_per_sample",
+                    "roundtrip_psnr_db", "path_smoothness", "midpoint_fid", "probe_accuracy"):
+            assert results["families"][fam].get(key) is not None, (fam, key)
+    assert results["families"]["vae"]["nfe"] == 1 and results["families"]["ddpm"]["nfe"] > 1
+    assert results["families"]["ddpm"]["latent_ratio"] == 1.0 > results["families"]["vae"]["latent_ratio"]
+    assert "without_free_bits" in results["collapse"] and "with_free_bits" in results["collapse"]
+
+
+def test_budget_is_respected(report):
+    _, _, seconds = report
+    assert seconds < BUDGET_MINUTES * 60 * 1.10 + 20  # ±10%, plus process start-up and feature-network training
+
+
+def test_html_is_valid_and_matches_results_json(report):
+    out, _, _ = report
+    results = json.loads((out / "results.json").read_text())
+    root = ET.parse(out / "report.html").getroot()
+    table = root.find(".//table[@id='measured']")
+    assert [th.text for th in table.findall("./tbody/tr/th")] == ROWS
+    spans = [s for s in table.iter("span") if "data-key" in s.attrib]
+    assert len(spans) >= 40
+    for span in spans:
+        value = lookup(results, span.attrib["data-key"])
+        assert float(span.text) == pytest.approx(value, rel=5e-4, abs=1e-12), span.attrib["data-key"]
+    images = [img.attrib["src"] for img in root.iter("img")]
+    assert len(images) >= 6 and all((out / src).stat().st_size > 100 for src in images)
+    md = (out / "report.md").read_text()
+    assert all(f"| {row} |" in md for row in ROWS)
+    assert "## The classic claims" in md and "## When to use each" in md
+
+
+def test_resume_reuses_finished_stages(report, capsys):
+    out, _, _ = report
+    before = (out / "runs" / "vae" / "checkpoint.safetensors").read_bytes()
+    t0 = time.perf_counter()
+    assert main(["compare", "--data", "digits", "--budget", str(BUDGET_MINUTES), "--out", str(out), "--resume"]) == 0
+    assert time.perf_counter() - t0 < 60
+    assert "done earlier, reused" in capsys.readouterr().err
+    assert (out / "runs" / "vae" / "checkpoint.safetensors").read_bytes() == before
