@@ -298,6 +298,7 @@ def train(
     if config.batch_size % world:
         raise DiffvaeError(f"--batch {config.batch_size} must be divisible by the number of processes ({world})")
 
+    torch.set_flush_denormal(True)  # subnormal floats (tiny gradients, Adam moments) slow CPUs by 10-100×
     torch.manual_seed(rank_seed(config.seed, rank))
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
