@@ -92,6 +92,10 @@ def bpd_bars(results: dict[str, Any], path: Path) -> bool:
         ax.scatter([i], [fams[fam]["bpd"]], color="black", marker="_", s=400, zorder=5)
         ax.annotate(f"{fams[fam]['bpd']:.3f}", (i, fams[fam]["bpd"]), textcoords="offset points", xytext=(0, 5), ha="center")
     ax.set_xticks(range(len(names)), names)
+    totals = [fams[f]["bpd"] for f in names]
+    if min(totals) > 0 and max(totals) / min(totals) > 20:
+        ax.set_yscale("log")  # an undertrained bound can be orders of magnitude above the others
+    ax.margins(y=0.15)
     ax.set_ylabel("bits/dim (upper bound on −log₂ p(x) / D)")
     ax.set_title("Likelihood bounds and their parts (held-out)")
     if ax.get_legend_handles_labels()[0]:
