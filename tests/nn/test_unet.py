@@ -111,7 +111,7 @@ def test_timestep_embedding_matches_diffusers():
     assert odd.shape == (4, 7) and torch.equal(odd[:, 6], torch.zeros(4))
 
 
-@pytest.mark.parametrize("dense_limit", [1024, 0])
+@pytest.mark.parametrize("dense_limit", [256, 0])
 def test_attention_matches_the_softmax_formula(monkeypatch, dense_limit):
     monkeypatch.setattr(unet_module, "DENSE_ATTENTION_MAX_POSITIONS", dense_limit)
     generator = torch.Generator().manual_seed(0)

@@ -1,0 +1,65 @@
+"""One evaluation for every family: the same schema, sensible values, on tiny digits runs."""
+
+import json
+
+import pytest
+import torch
+
+from diffvae.api import DataConfig, load, train_run
+from diffvae.evaluate import EvalConfig, evaluate, format_table
+from diffvae.train import TrainConfig
+
+COMMON = {"family", "data", "data_dims", "latent_dims", "latent_ratio", "feature_space", "fid", "kid", "kid_std", "precision",
+          "recall", "sharpness", "sharpness_ratio", "confident_fraction", "class_entropy_bits", "nfe", "ms_per_sample",
+          "bpd", "roundtrip_mse", "roundtrip_psnr_db", "midpoint_fid", "path_smoothness", "latent_std",
+          "probe_accuracy", "probe_chance"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, feature_cache):
+    root = tmp_path_factory.mktemp("eval")
+    data = DataConfig("digits")
+    small = {"vae": {}, "ddpm": dict(channels=16, channel_mult=(1, 2), timesteps=100, invert_steps=10, sample_steps=5),
+             "ldm": dict(channels=16, channel_mult=(1,), timesteps=100, invert_steps=10, sample_steps=5)}
+    out = {}
+    for family, overrides in small.items():
+        from diffvae.families import get_family
+
+        config_class, _ = get_family(family).load()
+        train_run(family, data, config_class(**overrides), TrainConfig(steps=30, batch_size=64, precision="fp32", device="cpu"),
+                  out=root / family, progress=False)
+        out[family] = load(root / family)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(runs):
+    cfg = EvalConfig.quick(n_samples=60, midpoints=12, probe_train=120, probe_test=60, bound_n=4)
+    return {family: evaluate(model, cfg) for family, model in runs.items()}
+
+
+def test_every_family_reports_the_same_schema(results):
+    for family, res in results.items():
+        missing = COMMON - {k for k, v in res.items() if v is not None}
+        assert not missing, (family, missing)
+        json.dumps(res, allow_nan=False)  # strict JSON: no NaN or inf
+    assert {"active_units", "kl_per_dim", "mutual_info", "iwae_bpd"} <= set(results["vae"])
+    assert {"decoder_bpd", "diffusion_bpd", "prior_bpd"} <= set(results["ddpm"])
+
+
+def test_values_reflect_each_family(results):
+    vae, ddpm, ldm = results["vae"], results["ddpm"], results["ldm"]
+    assert vae["nfe"] == 1 and ddpm["nfe"] == 5
+    assert vae["latent_dims"] == 16 and ddpm["latent_dims"] == 64 and ddpm["latent_ratio"] == 1.0
+    assert 0 < vae["iwae_bpd"] <= vae["bpd"] + 0.05
+    for res in results.values():
+        assert 0.0 <= res["precision"] <= 1.0 and 0.0 <= res["recall"] <= 1.0
+        assert 0.0 <= res["probe_accuracy"] <= 1.0 and res["probe_chance"] == pytest.approx(0.1)
+        assert res["ms_per_sample"] > 0 and res["fid"] > 0
+    assert ddpm["roundtrip_psnr_db"] > vae["roundtrip_psnr_db"]  # DDIM inversion is near-exact; a 30-step VAE is not
+    assert ddpm["diffusion_bpd"] + ddpm["decoder_bpd"] + ddpm["prior_bpd"] == pytest.approx(ddpm["bpd"], rel=1e-6)
+
+
+def test_human_readable_table(results):
+    text = format_table(results["vae"])
+    assert text.startswith("vae on digits") and "FID" in text and "active units" in text
