@@ -53,7 +53,7 @@ def test_config_carries_every_diffusion_field_to_the_denoiser():
 
 
 @pytest.mark.parametrize("bad", [dict(downsample=3), dict(ae_steps_fraction=1.0), dict(ae_steps=-1), dict(latent_scale=0.0),
-                                 dict(kl_weight=float("nan")), dict(sample_steps=80)])
+                                 dict(kl_weight=float("nan")), dict(sampler="euler")])
 def test_bad_settings_raise_one_clear_error(bad):
     with pytest.raises(DiffvaeError):
         LatentDiffusion(tiny_config(**bad), (1, 8, 8))

