@@ -99,9 +99,13 @@ class NoiseSchedule:
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
-        """β_t evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020)."""
+        """β_t evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020), given for T = 1000
+        and rescaled by 1000/T for other lengths (improved-diffusion's ``get_named_beta_schedule``)
+        so that ᾱ_{T−1} stays near 0 whatever T is (capped at β = 0.999)."""
         _check_length(T)
-        return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
+        scale = 1000.0 / T
+        betas = torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64).clamp(max=0.999)
+        return cls(betas, name="linear")
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
