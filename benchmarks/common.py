@@ -2,6 +2,8 @@
 
 Numbers measured on a shared machine are noisy: every timer here reports the *best* of several
 repeats (the run least disturbed by other processes), which is the usual convention for throughput.
+Timers take a ``clock``: wall time (``time.perf_counter``, the default) or, for one-thread runs on a
+busy machine, this process's CPU time (``time.process_time``), which other processes cannot inflate.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+Clock = Callable[[], float]
+CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "cpu": time.process_time}
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -25,7 +30,7 @@ def autocast_context(dtype: torch.dtype):
     return torch.autocast("cpu", dtype=dtype)
 
 
-def peak_matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+def peak_matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5, clock: Clock = time.perf_counter) -> float:
     """Best achieved GFLOP/s of a square ``size``×``size`` matmul (2·size³ FLOPs) in ``dtype``.
 
     This is the practical peak of the BLAS/oneDNN kernels on this machine with the current thread
@@ -35,7 +40,7 @@ def peak_matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -
     a = torch.randn(size, size, generator=generator).to(dtype)
     b = torch.randn(size, size, generator=generator).to(dtype)
     flops = 2.0 * size**3
-    seconds = best_time(lambda: torch.mm(a, b), warmup=2, repeats=repeats)
+    seconds = best_time(lambda: torch.mm(a, b), warmup=2, repeats=repeats, clock=clock)
     return flops / seconds / 1e9
 
 
@@ -43,8 +48,9 @@ def count_flops(fn: Callable[[], object]) -> int:
     """Total FLOPs (multiply-add = 2) of the matmuls/convolutions/attention that ``fn()`` runs, forward and backward.
 
     Uses ``torch.utils.flop_counter.FlopCounterMode``, which counts the ops with known formulas
-    (mm, bmm, addmm, convolution and its backward, scaled_dot_product_attention …) and ignores
-    elementwise work (norms, activations, the optimizer), as is conventional.
+    (mm, bmm, addmm, convolution and its backward …) and ignores elementwise work (norms,
+    activations, the optimizer), as is conventional. Torch's CPU flash-attention kernel is not
+    counted; attention written as matmuls is.
     """
     counter = FlopCounterMode(display=False)
     with counter:
@@ -52,16 +58,9 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def best_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 5) -> float:
-    """Seconds of the fastest of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def best_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, clock: Clock = time.perf_counter) -> float:
+    """Seconds (on ``clock``) of the fastest of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls."""
+    return time_calls(fn, warmup, repeats, clock).best
 
 
 @dataclass
@@ -72,21 +71,21 @@ class Timing:
     median: float
 
 
-def time_calls(fn: Callable[[], object], warmup: int = 2, repeats: int = 5) -> Timing:
-    """Like :func:`best_time` but keeps the median too, so noise is visible in reports."""
+def time_calls(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, clock: Clock = time.perf_counter) -> Timing:
+    """Best and median seconds (on ``clock``) of ``repeats`` calls of ``fn()`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     times.sort()
     return Timing(best=times[0], median=times[len(times) // 2])
 
 
 def machine_info() -> dict[str, object]:
-    """What the numbers were measured on: CPU, threads, torch version."""
+    """What the numbers were measured on: CPU, threads, torch version, and the load average (other processes)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -102,6 +101,7 @@ def machine_info() -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -115,7 +115,9 @@ def write_json(path: str, payload: dict) -> None:
         f.write("\n")
 
 
-def peak_conv_gflops(dtype: torch.dtype, batch: int = 16, channels: int = 128, size: int = 32, repeats: int = 5) -> float:
+def peak_conv_gflops(
+    dtype: torch.dtype, batch: int = 16, channels: int = 128, size: int = 32, repeats: int = 5, clock: Clock = time.perf_counter
+) -> float:
     """Best achieved GFLOP/s of a 3×3, ``channels``→``channels`` convolution forward (oneDNN) in ``dtype``.
 
     FLOPs = 2·9·channels²·size²·batch. On some CPUs (e.g. AMD with MKL's sgemm) oneDNN's convolution
@@ -126,12 +128,12 @@ def peak_conv_gflops(dtype: torch.dtype, batch: int = 16, channels: int = 128, s
     x = torch.randn(batch, channels, size, size, generator=generator).to(dtype)
     flops = 2.0 * 9 * channels**2 * size**2 * batch
     with torch.no_grad():
-        seconds = best_time(lambda: torch.nn.functional.conv2d(x, weight, padding=1), warmup=2, repeats=repeats)
+        seconds = best_time(lambda: torch.nn.functional.conv2d(x, weight, padding=1), warmup=2, repeats=repeats, clock=clock)
     return flops / seconds / 1e9
 
 
-def peak_gflops(dtype: torch.dtype, quick: bool = False) -> dict[str, float]:
+def peak_gflops(dtype: torch.dtype, quick: bool = False, clock: Clock = time.perf_counter) -> dict[str, float]:
     """``{"matmul": …, "conv": …, "peak": max of both}`` GFLOP/s for ``dtype`` with the current threads."""
-    matmul = peak_matmul_gflops(dtype, size=512 if quick else 2048, repeats=2 if quick else 5)
-    conv = peak_conv_gflops(dtype, batch=2 if quick else 16, repeats=2 if quick else 5)
+    matmul = peak_matmul_gflops(dtype, size=512 if quick else 2048, repeats=2 if quick else 5, clock=clock)
+    conv = peak_conv_gflops(dtype, batch=2 if quick else 16, repeats=2 if quick else 5, clock=clock)
     return {"matmul": matmul, "conv": conv, "peak": max(matmul, conv)}

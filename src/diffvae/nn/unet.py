@@ -14,8 +14,10 @@ Layout (DDPM / improved-diffusion style)::
   always in the middle block.
 * The final convolution starts at zero, so the untrained network predicts 0 (the standard choice).
 
-Speed on CPU: run it ``channels_last`` under ``torch.autocast("cpu", dtype=torch.bfloat16)``; every
-convolution is then a oneDNN bf16 kernel and GroupNorm/SiLU stay in bf16 (see ``benchmarks/bench_train.py``).
+Speed on CPU (measured, ``benchmarks/bench_train.py``): train under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+(oneDNN bf16 convolutions; GroupNorm and SiLU stay bf16) with contiguous NCHW tensors. ``channels_last``
+is not faster here: the convolutions gain ~8% but GroupNorm's CPU kernel is 7-15× slower on it.
+Convolutions are ~85% of a training step and run near the machine's matmul peak.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from torch import Tensor, nn
 
 from diffvae.errors import DiffvaeError
 
-__all__ = ["UNetConfig", "UNet", "timestep_embedding"]
+__all__ = ["UNetConfig", "UNet", "timestep_embedding", "attention"]
 
 ATTENTION_HEAD_CHANNELS = 64
-# Up to this many positions, attention is computed with two batched matmuls and a softmax; above it,
-# with ``scaled_dot_product_attention`` (memory-efficient, never builds the L×L matrix). On CPU the
-# matmul form trains ~2-6× faster at 16-256 positions (the flash kernel's bf16 backward is slow there).
-DENSE_ATTENTION_MAX_POSITIONS = 1024
+# Up to this many positions (16×16), attention is two batched matmuls and a softmax; above it,
+# ``scaled_dot_product_attention`` (memory-efficient: never builds the L×L matrix). Measured on CPU at
+# 16-196 positions: the matmul form trains 2.4-6× faster in bf16 (the flash kernel's bf16 backward is
+# slow) and within ±20% in fp32.
+DENSE_ATTENTION_MAX_POSITIONS = 256
 
 
 @dataclass
