@@ -111,12 +111,12 @@ def sized_eval_config(model, family: str, seconds: float, seed: int) -> EvalConf
         return (c.n_samples * nfe + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
                 + c.strips * c.frames) * invert + c.bound_n * (c.bound_timesteps or T))
 
-    scale = min(1.0, 0.7 * seconds / max(1e-9, evaluations(full) * unit))
-    quick = EvalConfig.quick(seed=seed)
+    scale = min(1.0, 0.5 * seconds / max(1e-9, evaluations(full) * unit))
+    floor = EvalConfig(n_samples=50, bound_n=2, midpoints=10, roundtrip_n=8, probe_train=100, probe_test=50)
     sized = {}
     for f in dataclasses.fields(EvalConfig):
         if f.name in ("n_samples", "bound_n", "midpoints", "roundtrip_n", "probe_train", "probe_test"):
-            sized[f.name] = max(getattr(quick, f.name), int(getattr(full, f.name) * scale))
+            sized[f.name] = max(getattr(floor, f.name), int(getattr(full, f.name) * scale))
     return dataclasses.replace(full, **sized)
 
 

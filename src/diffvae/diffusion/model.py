@@ -160,7 +160,14 @@ class Denoiser(nn.Module):
 
 @dataclass
 class DDPMConfig(DiffusionConfig):
-    """Pixel-space diffusion: the DiffusionConfig applied to images scaled to [-1, 1]."""
+    """Pixel-space diffusion: the DiffusionConfig applied to images scaled to [-1, 1].
+
+    The default width is 32 (not 64): a 64-wide UNet costs 4.5 GFLOP per training image at 28×28
+    and trains at about 75 images/s on a 2-core CPU, too few steps for a few-minute budget; the
+    32-wide one costs about a quarter of that.
+    """
+
+    channels: int = 32
 
 
 class DDPM(nn.Module):
