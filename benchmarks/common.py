@@ -137,3 +137,99 @@ def peak_gflops(dtype: torch.dtype, quick: bool = False, clock: Clock = time.per
     matmul = peak_matmul_gflops(dtype, size=512 if quick else 2048, repeats=2 if quick else 5, clock=clock)
     conv = peak_conv_gflops(dtype, batch=2 if quick else 16, repeats=2 if quick else 5, clock=clock)
     return {"matmul": matmul, "conv": conv, "peak": max(matmul, conv)}
+
+
+# ----------------------------------------------------------------------------- shared by every script
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def results_path(name: str, quick: bool) -> str:
+    """``benchmarks/results/<name>[_quick].json`` (gitignored)."""
+    return os.path.join(RESULTS_DIR, f"{name}_quick.json" if quick else f"{name}.json")
+
+
+def setup_threads(threads: int | None) -> int:
+    """Use ``threads`` torch threads (default: every core) and flush subnormal floats, as the engine does."""
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    torch.set_flush_denormal(True)
+    return count
+
+
+def check_clock(clock: str, threads: int | None) -> None:
+    """CPU time is only an honest per-call measure for one thread (see the module docstring)."""
+    if clock == "cpu" and threads != 1:
+        raise SystemExit("--clock cpu measures one thread's work: add --threads 1")
+
+
+def interleaved_rounds(steps: dict[str, Callable[[], object]], rounds: int, calls: int, warmup: int,
+                       clock: Clock = time.perf_counter) -> dict[str, Timing]:
+    """Per-call seconds of each closure in ``steps``: ``warmup`` untimed calls each, then ``rounds``
+    rounds that time ``calls`` calls of every closure in turn. Alternating keeps a burst of load from
+    another process from favouring one side; best and median are over the rounds."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            start = clock()
+            for _ in range(calls):
+                fn()
+            times[name].append((clock() - start) / calls)
+    out = {}
+    for name, values in times.items():
+        values.sort()
+        out[name] = Timing(best=values[0], median=values[len(values) // 2])
+    return out
+
+
+CONV_OP_MARKERS = ("conv",)  # aten::mkldnn_convolution, aten::convolution_backward, ...
+
+
+def profile_top_ops(fn: Callable[[], object], calls: int = 2, rows: int = 10) -> dict:
+    """Where the time of ``fn()`` goes: torch.profiler's per-op *self* CPU time over ``calls`` calls
+    (after one warm-up call), the ``rows`` largest ops with their share, and the share of every
+    convolution op (forward and backward) together."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total_us = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    conv_us = sum(e.self_cpu_time_total for e in events if any(m in e.key.lower() for m in CONV_OP_MARKERS))
+    return {
+        "ms_per_call": total_us / 1e3 / calls,
+        "conv_ms_per_call": conv_us / 1e3 / calls,
+        "conv_share": conv_us / total_us if total_us else 0.0,
+        "top_ops": [{"op": e.key, "ms_per_call": e.self_cpu_time_total / 1e3 / calls, "share": e.self_cpu_time_total / total_us,
+                     "calls_per_call": e.count / calls} for e in events[:rows]],
+    }
+
+
+def conv_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the convolutions alone (forward and backward) that ``fn()`` runs."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    per_op = counter.get_flop_counts().get("Global", {})
+    return int(sum(v for op, v in per_op.items() if "conv" in str(op)))
+
+
+def profile_markdown(profile: dict, title: str) -> str:
+    """A top-ops table for RESULTS.md."""
+    lines = [f"{title}: {profile['ms_per_call']:.1f} ms per call (profiled), convolutions "
+             f"{100 * profile['conv_share']:.0f}% of it", "", "| op (self time) | ms/call | share | calls |", "|---|---:|---:|---:|"]
+    for op in profile["top_ops"]:
+        lines.append(f"| `{op['op']}` | {op['ms_per_call']:.2f} | {100 * op['share']:.1f}% | {op['calls_per_call']:.0f} |")
+    return "\n".join(lines)
+
+
+def machine_line(info: dict) -> str:
+    """One line naming the machine a table was measured on."""
+    return (f"{info['cpu']}, {info['torch_threads']} of {info['cpu_count']} cores, torch {info['torch']}, "
+            f"load average (1 min) {info['load_average_1min']} at start")

@@ -1,0 +1,178 @@
+"""Sampling speed: ms/sample for each sampler at several NFE, and VAE decode throughput.
+
+* **Diffusion samplers.** ``DDPM(DDPMConfig())`` (pixel space, 28×28) and ``LatentDiffusion(LDMConfig())``
+  (its default autoencoder and latent denoiser; the one decoder pass is included) with random weights —
+  the time of a sampler does not depend on what the weights are. Each setting is one call of the
+  family's ``sample(n)`` for a batch of ``--batch`` samples under ``torch.inference_mode``, in fp32 as
+  the library samples; the default sampler (dpm++2m, 20 steps) is also timed under bf16 autocast.
+  ms/sample = seconds of the call / batch; the best of ``--repeats`` calls after one warm-up call.
+* **VAE decode.** ``VAE(VAEConfig()).decode(z)`` for z ~ N(0, I) at a large batch (default 10,000) and at
+  the library's sampling chunk (``vae.model.DECODE_BATCH``), fp32 and bf16 autocast, inference_mode:
+  images/s (target ≥ 20,000).
+
+    python benchmarks/bench_sample.py            # full run (~2-3 minutes on 2 idle cores)
+    python benchmarks/bench_sample.py --quick    # smoke setting (a few seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (CLOCKS, autocast_context, check_clock, count_flops, machine_info, machine_line, results_path,  # noqa: E402
+                    setup_threads, time_calls, write_json)
+
+from diffvae.diffusion.model import DDPM, DDPMConfig  # noqa: E402
+from diffvae.latent.model import LatentDiffusion, LDMConfig  # noqa: E402
+from diffvae.vae.model import DECODE_BATCH, VAE, VAEConfig  # noqa: E402
+
+IMAGE_SHAPE = (1, 28, 28)
+VAE_DECODE_TARGET = 20_000  # images/s (issue 8)
+DEFAULT_NFE = {"ddim": (10, 20, 50, 100), "dpm++2m": (10, 20, 50, 100), "ddpm": (10, 20, 50, 100, 1000)}
+
+
+def diffusion_models(quick: bool) -> dict[str, torch.nn.Module]:
+    """The default DDPM and LDM with random weights (a small DDPM and LDM in smoke runs)."""
+    torch.manual_seed(0)
+    if quick:
+        ddpm = DDPM(DDPMConfig(channels=16, timesteps=100), IMAGE_SHAPE)
+        ldm = LatentDiffusion(LDMConfig(ae_width=16, channels=16, timesteps=100, latent_scale=1.0), IMAGE_SHAPE)
+    else:
+        ddpm = DDPM(DDPMConfig(), IMAGE_SHAPE)
+        ldm = LatentDiffusion(LDMConfig(latent_scale=1.0), IMAGE_SHAPE)
+    for model in (ddpm, ldm):  # a non-zero output layer, as after training (timing does not depend on it)
+        torch.nn.init.normal_(model.denoiser.unet.conv_out.weight, std=1e-3)
+    return {"ddpm": ddpm.eval(), "ldm": ldm.eval()}
+
+
+def denoiser_gflops(model: torch.nn.Module, batch: int) -> float:
+    """GFLOP of one denoiser evaluation per sample."""
+    shape = model.denoiser.shape
+    x, t = torch.randn(batch, *shape), torch.zeros(batch, dtype=torch.long)
+    with torch.inference_mode():
+        return count_flops(lambda: model.denoiser.unet(x, t)) / batch / 1e9
+
+
+def time_sampling(model, batch: int, sampler: str, steps: int, dtype: torch.dtype, repeats: int, clock) -> dict:
+    generator = torch.Generator()
+
+    def call() -> None:
+        generator.manual_seed(0)
+        with torch.inference_mode(), autocast_context(dtype):
+            model.sample(batch, generator=generator, sampler=sampler, steps=steps)
+
+    timing = time_calls(call, warmup=1, repeats=repeats, clock=clock)
+    return {"ms_per_sample": 1e3 * timing.best / batch, "ms_per_sample_median": 1e3 * timing.median / batch,
+            "nfe": int(model.nfe(sampler=sampler, steps=steps))}
+
+
+def measure_samplers(args: argparse.Namespace, clock) -> dict:
+    out = {}
+    for name, model in diffusion_models(args.quick).items():
+        T = model.denoiser.schedule.T
+        rows = []
+        for sampler, nfes in args.nfe.items():
+            for steps in nfes:
+                if steps > T or (name == "ddpm" and sampler == "ddpm" and steps >= 1000 and args.skip_pixel_ddpm_1000):
+                    continue
+                repeats = args.repeats if steps <= 100 else 1  # 1000-step chains: one timed call
+                row = {"sampler": sampler, "steps": steps, "precision": "fp32",
+                       **time_sampling(model, args.batch, sampler, steps, torch.float32, repeats, clock)}
+                rows.append(row)
+                print(f"{name} {sampler} {steps}: {row['ms_per_sample']:.2f} ms/sample", flush=True)
+        default = (model.config.sampler, model.config.sample_steps)
+        rows.append({"sampler": default[0], "steps": default[1], "precision": "bf16",
+                     **time_sampling(model, args.batch, *default, torch.bfloat16, args.repeats, clock)})
+        out[name] = {"rows": rows, "gflops_per_nfe": denoiser_gflops(model, min(args.batch, 8)), "timesteps": T,
+                     "latent_shape": list(model.denoiser.shape)}
+    return out
+
+
+def measure_vae_decode(args: argparse.Namespace, clock) -> dict:
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(width=16) if args.quick else VAEConfig(), IMAGE_SHAPE).eval()
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for batch in sorted({args.vae_batch, min(DECODE_BATCH, args.vae_batch)}, reverse=True):
+        z = torch.randn(batch, vae.config.latent_dim, generator=generator)
+        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            def call() -> None:
+                with torch.inference_mode(), autocast_context(dtype):
+                    vae.decode(z)
+
+            timing = time_calls(call, warmup=1, repeats=args.repeats, clock=clock)
+            rows.append({"batch": batch, "precision": precision, "images_per_s": batch / timing.best,
+                         "images_per_s_median": batch / timing.median})
+    z = torch.randn(8, vae.config.latent_dim)
+    with torch.inference_mode():
+        gflops = count_flops(lambda: vae.decode(z)) / 8 / 1e9
+    return {"rows": rows, "gflops_per_image": gflops, "architecture": vae.architecture if hasattr(vae, "architecture") else None}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    clock = CLOCKS[args.clock]
+    results = {"machine": machine_info(), "batch": args.batch}
+    results["samplers"] = measure_samplers(args, clock)
+    results["vae_decode"] = measure_vae_decode(args, clock)
+    return results
+
+
+def markdown(results: dict) -> str:
+    settings = results["settings"]
+    lines = [f"**Sampling speed** — random-weight `DDPMConfig()` and `LDMConfig()` models, batch {results['batch']} per "
+             f"`sample()` call, inference_mode, best of {settings['repeats']} calls (one call for 1000 steps), "
+             f"{settings['clock']} clock. {machine_line(results['machine'])}.", ""]
+    for name, block in results["samplers"].items():
+        lines += [f"{name} (denoiser {block['gflops_per_nfe']:.3f} GFLOP per evaluation, x_T {tuple(block['latent_shape'])}"
+                  f"{', one decoder pass included' if name == 'ldm' else ''}):", "",
+                  "| sampler | steps | NFE | precision | ms/sample | ms/sample (median) | ms per NFE | achieved GFLOP/s |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|"]
+        for row in block["rows"]:
+            per_nfe = row["ms_per_sample"] / row["nfe"]
+            lines.append(f"| {row['sampler']} | {row['steps']} | {row['nfe']} | {row['precision']} | {row['ms_per_sample']:.2f} "
+                         f"| {row['ms_per_sample_median']:.2f} | {per_nfe:.3f} | {block['gflops_per_nfe'] / per_nfe * 1e3:.0f} |")
+        lines.append("")
+    vae = results["vae_decode"]
+    best = max(r["images_per_s"] for r in vae["rows"])
+    verdict = "met" if best >= VAE_DECODE_TARGET else "missed"
+    lines += [f"**VAE decode** (`VAEConfig()`, {vae['gflops_per_image'] * 1e3:.1f} MFLOP/image, inference_mode) — "
+              f"target ≥ {VAE_DECODE_TARGET:,} images/s: **{verdict}** (best {best:,.0f} images/s)", "",
+              "| batch | precision | images/s (best) | images/s (median) |", "|---:|---|---:|---:|"]
+    for row in vae["rows"]:
+        lines.append(f"| {row['batch']} | {row['precision']} | {row['images_per_s']:,.0f} | {row['images_per_s_median']:,.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke setting (small models, batch 2, few steps)")
+    parser.add_argument("--batch", type=int, default=32, help="samples per sample() call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting (best is reported)")
+    parser.add_argument("--vae-batch", type=int, default=10_000, help="latents per VAE decode call")
+    parser.add_argument("--skip-pixel-ddpm-1000", action="store_true",
+                        help="leave out the pixel DDPM's 1000-step chain (bench_quality.py times it on a trained model)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall")
+    parser.add_argument("--out", default=None, help="JSON output (default benchmarks/results/bench_sample[_quick].json)")
+    args = parser.parse_args(argv)
+    args.nfe = {k: list(v) for k, v in DEFAULT_NFE.items()}
+    if args.quick:
+        args.batch, args.repeats, args.vae_batch = 2, 1, 2000
+        args.nfe = {"ddim": [2, 4], "dpm++2m": [2, 4], "ddpm": [2, 4]}
+    check_clock(args.clock, args.threads)
+    setup_threads(args.threads)
+    results = measure(args)
+    results["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    print(markdown(results))
+    out = args.out or results_path("bench_sample", args.quick)
+    write_json(out, results)
+    print(f"\nwrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

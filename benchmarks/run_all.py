@@ -1,0 +1,183 @@
+"""Run every diffvae benchmark and write ``benchmarks/RESULTS.md`` (tables, commands, date, machine).
+
+    python benchmarks/run_all.py            # the full run (≤ 20 minutes on 2 idle cores)
+    python benchmarks/run_all.py --quick    # smoke run: tiny settings, writes benchmarks/results/RESULTS_quick.md
+
+In order: the machine's peak (matmul and 3×3 conv, fp32 and bf16, all threads and one), training
+throughput (``bench_train.py``), sampling speed (``bench_sample.py``), quality against NFE on a trained
+mnist DDPM (``bench_quality.py``: the run given by ``--run``, else ``/tmp/mnist_report/runs/ddpm`` if it
+exists, else one trained here for ``--quality-minutes``) and quality per CPU-minute against the
+diffusers recipe (``bench_recipe.py``). Every ratio in a table is between numbers measured in this run.
+JSON for each script goes to ``benchmarks/results/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_quality  # noqa: E402
+import bench_recipe  # noqa: E402
+import bench_sample  # noqa: E402
+import bench_train  # noqa: E402
+from common import RESULTS_DIR, machine_info, peak_gflops, setup_threads, write_json  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_QUALITY_RUN = "/tmp/mnist_report/runs/ddpm"
+
+
+def measure_peaks(threads: int, quick: bool) -> dict:
+    """Peak GFLOP/s (matmul, conv, larger) for fp32 and bf16, with all ``threads`` and with one."""
+    out = {}
+    for count in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(count)
+        out[count] = {name: peak_gflops(dtype, quick=quick) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    torch.set_num_threads(threads)
+    return out
+
+
+def peaks_markdown(peaks: dict) -> str:
+    lines = ["| threads | precision | matmul 2048² GFLOP/s | 3×3 conv 128→128 GFLOP/s | peak (larger) |", "|---:|---|---:|---:|---:|"]
+    for threads, rows in peaks.items():
+        for precision, p in rows.items():
+            lines.append(f"| {threads} | {precision} | {p['matmul']:.0f} | {p['conv']:.0f} | {p['peak']:.0f} |")
+    return "\n".join(lines)
+
+
+def script_command(script: str, argv: list[str]) -> str:
+    return "python benchmarks/" + script + (" " + shlex.join(argv) if argv else "")
+
+
+def targets_markdown(results: dict) -> str:
+    """One line per issue-8 target with its measured value."""
+    lines = []
+    train = results["train"]
+    if "bf16" in train["precisions"]:
+        speedup = train["precisions"]["bf16"]["speedup"]
+        lines.append(f"- UNet training ≥ {bench_train.SPEEDUP_TARGET}× diffusers at the same FLOPs (bf16): "
+                     f"**{'met' if speedup >= bench_train.SPEEDUP_TARGET else 'missed'}** — {speedup:.2f}× "
+                     f"(fp32: {train['precisions'].get('fp32', {}).get('speedup', float('nan')):.2f}×)")
+    best = max(r["images_per_s"] for r in results["sample"]["vae_decode"]["rows"])
+    lines.append(f"- VAE decode ≥ {bench_sample.VAE_DECODE_TARGET:,} images/s: "
+                 f"**{'met' if best >= bench_sample.VAE_DECODE_TARGET else 'missed'}** — {best:,.0f} images/s")
+    target = results["quality"].get("target")
+    if target:
+        lines.append(f"- DPM++2M at 20 NFE within 10% of DDPM at 1000 steps: **{'met' if target['met'] else 'missed'}** — "
+                     f"FID ratio {target['ratio']:.3f}")
+    for key, pair in results["recipe"]["target"].items():
+        lines.append(f"- diffvae recipe FID ≤ {bench_recipe.TARGET_RATIO}× the diffusers recipe's (same minutes, {key}): "
+                     f"**{'met' if pair['met'] else 'missed'}** — ratio {pair['ratio']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke settings for every script (seconds each)")
+    parser.add_argument("--run", default=None, help=f"trained ddpm run for bench_quality (default {DEFAULT_QUALITY_RUN} if present)")
+    parser.add_argument("--quality-minutes", type=float, default=4.0, help="training minutes for bench_quality when no run exists")
+    parser.add_argument("--recipe-minutes", type=float, default=4.0, help="training minutes for each recipe in bench_recipe")
+    parser.add_argument("--ddpm-1000", action="store_true", help="bench_recipe: also sample both recipes with 1000 DDPM steps (slow)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for every script (default: all cores)")
+    parser.add_argument("--results-dir", default=RESULTS_DIR, help="JSON and training runs (default benchmarks/results)")
+    parser.add_argument("--out", default=None,
+                        help="markdown report (default benchmarks/RESULTS.md; benchmarks/results/RESULTS_quick.md with --quick)")
+    args = parser.parse_args(argv)
+    threads = setup_threads(args.threads)
+    out_md = args.out or (os.path.join(args.results_dir, "RESULTS_quick.md") if args.quick else os.path.join(HERE, "RESULTS.md"))
+    started = time.perf_counter()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine_info()
+    common = (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
+
+    def out_json(name: str) -> list[str]:
+        return ["--out", os.path.join(args.results_dir, f"{name}_quick.json" if args.quick else f"{name}.json")]
+
+    quality_run = args.run or (DEFAULT_QUALITY_RUN if not args.quick and os.path.isdir(DEFAULT_QUALITY_RUN) else None)
+    plan = [
+        ("train", "bench_train.py", bench_train, common),
+        ("sample", "bench_sample.py", bench_sample, common + ["--skip-pixel-ddpm-1000"]),
+        ("quality", "bench_quality.py", bench_quality,
+         common + (["--run", quality_run] if quality_run else ["--minutes", str(args.quality_minutes)]) + ["--workdir", args.results_dir]),
+        ("recipe", "bench_recipe.py", bench_recipe,
+         common + ["--minutes", str(args.recipe_minutes), "--workdir", args.results_dir] + (["--ddpm-1000"] if args.ddpm_1000 else [])),
+    ]
+    print("measuring the machine's peak", flush=True)
+    peaks = measure_peaks(threads, args.quick)
+    results: dict = {"date": date, "machine": machine, "peaks": peaks}
+    sections, commands, durations = {}, [], {}
+    for key, script, module, script_argv in plan:
+        print(f"\n=== {script_command(script, script_argv)}", flush=True)
+        t0 = time.perf_counter()
+        results[key] = module.main(script_argv + out_json(f"bench_{key}"))
+        durations[key] = time.perf_counter() - t0
+        sections[key] = module.markdown(results[key])
+        commands.append(f"{script_command(script, script_argv + out_json(f'bench_{key}'))}   # {durations[key] / 60:.1f} min")
+    total = time.perf_counter() - started
+    results["durations_s"] = durations
+    results["total_s"] = total
+    load_end = round(os.getloadavg()[0], 2)
+    free = os.path.exists("/tmp/machine_free")
+    report = [
+        "# diffvae benchmarks",
+        "",
+        f"Generated by `python benchmarks/run_all.py{' ' + shlex.join(argv if argv is not None else sys.argv[1:]) if (argv if argv is not None else sys.argv[1:]) else ''}` "
+        f"on {date} in {total / 60:.1f} minutes. Machine: {machine['cpu']} ({machine['cpu_count']} cores, "
+        f"{threads} torch threads), torch {machine['torch']}, Python {machine['python']}; load average (1 min) "
+        f"{machine['load_average_1min']} at the start, {load_end} at the end. Times are wall-clock, best of several "
+        "repeats unless a table says otherwise; every ratio compares numbers measured in this run.",
+        "",
+        "## Targets (issue 8)",
+        "",
+        targets_markdown(results),
+        "",
+        "## Machine peak",
+        "",
+        "Practical peak of the BLAS/oneDNN kernels (best of 5): every \"% of peak\" below divides by the larger of the two "
+        "for the same precision and thread count.",
+        "",
+        peaks_markdown(peaks),
+        "",
+        "## Training throughput",
+        "",
+        sections["train"],
+        "",
+        "## Sampling speed",
+        "",
+        sections["sample"],
+        "",
+        "The pixel DDPM's 1000-step ancestral chain is timed on the trained model in the next table (same network, "
+        "batch 100).",
+        "",
+        "## Quality against NFE",
+        "",
+        sections["quality"],
+        "",
+        "## Quality per CPU-minute: diffvae recipe vs diffusers recipe",
+        "",
+        sections["recipe"],
+        "",
+        "## Commands",
+        "",
+        "```",
+        *commands,
+        "```",
+    ]
+    os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
+    with open(out_md, "w") as f:
+        f.write("\n".join(report) + "\n")
+    write_json(os.path.join(args.results_dir, "run_all_quick.json" if args.quick else "run_all.json"),
+               {"date": date, "machine": machine, "peaks": peaks, "durations_s": durations, "total_s": total,
+                "load_average_end": load_end, "machine_free_flag": free})
+    print(f"\nwrote {out_md} ({total / 60:.1f} min)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Smoke test of the benchmarks: ``run_all.py --quick`` end to end in a subprocess (one thread, tiny
+models), then ``bench_quality.py --run`` on the run it trained. Checks the report and JSON it writes and
+the properties the tables rely on: equal FLOPs for the two UNets, equal sample counts for every quality
+setting, training inside the budget, and that a smoke run never overwrites the committed RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def _run(args: list[str], cache: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DIFFVAE_CACHE": cache, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, feature_cache):
+    results = tmp_path_factory.mktemp("bench-results")
+    committed = BENCHMARKS / "RESULTS.md"
+    before = committed.stat().st_mtime_ns if committed.exists() else None
+    _run([str(BENCHMARKS / "run_all.py"), "--quick", "--threads", "1", "--results-dir", str(results)], feature_cache)
+    after = committed.stat().st_mtime_ns if committed.exists() else None
+    return results, before, after
+
+
+def _load(results: Path, name: str) -> dict:
+    return json.loads((results / f"{name}_quick.json").read_text())
+
+
+def test_report_has_every_section_and_its_commands(quick_run):
+    results, before, after = quick_run
+    report = (results / "RESULTS_quick.md").read_text()
+    for heading in ("## Targets (issue 8)", "## Machine peak", "## Training throughput", "## Sampling speed",
+                    "## Quality against NFE", "## Quality per CPU-minute", "## Commands"):
+        assert heading in report
+    for script in ("bench_train.py", "bench_sample.py", "bench_quality.py", "bench_recipe.py"):
+        assert f"python benchmarks/{script} --quick" in report
+    assert "AMD" in report or "Intel" in report or "cores" in report  # the machine is named
+    assert before == after, "a --quick run must not rewrite benchmarks/RESULTS.md"
+
+
+def test_train_compares_unets_of_equal_flops(quick_run):
+    train = _load(quick_run[0], "bench_train")
+    gflops = train["gflops_per_image"]
+    assert abs(gflops["diffvae"] - gflops["diffusers"]) / gflops["diffusers"] < 0.05
+    for precision, row in train["precisions"].items():
+        peak = train["peaks"][precision]["peak"]
+        for name in ("diffvae", "diffusers"):
+            r = row[name]
+            assert math.isclose(r["gflops_per_s"], r["images_per_s"] * gflops[name], rel_tol=1e-9)
+            assert math.isclose(r["share_of_peak"], r["gflops_per_s"] / peak, rel_tol=1e-9)
+        assert math.isclose(row["speedup"], row["diffvae"]["images_per_s"] / row["diffusers"]["images_per_s"], rel_tol=1e-9)
+    assert set(train["families"]["bf16"]) == {"vae", "ldm autoencoder", "ldm diffusion", "ddpm"}
+
+
+def test_sample_times_every_sampler_and_the_vae_decode(quick_run):
+    sample = _load(quick_run[0], "bench_sample")
+    for name in ("ddpm", "ldm"):
+        rows = sample["samplers"][name]["rows"]
+        assert {r["sampler"] for r in rows} == {"ddpm", "ddim", "dpm++2m"}
+        assert all(r["nfe"] == r["steps"] and r["ms_per_sample"] > 0 for r in rows)
+    precisions = {(r["batch"], r["precision"]) for r in sample["vae_decode"]["rows"]}
+    assert {p for _, p in precisions} == {"fp32", "bf16"}
+
+
+def test_quality_uses_the_same_samples_everywhere_and_reruns_on_a_given_run(quick_run, feature_cache, tmp_path):
+    quality = _load(quick_run[0], "bench_quality")
+    assert quality["samples"] >= 2 and all(math.isfinite(r["fid"]) and r["fid"] >= 0 for r in quality["rows"])
+    assert len({(r["sampler"], r["steps"], r["seed"]) for r in quality["rows"]}) == len(quality["rows"])
+    out = tmp_path / "again.json"
+    _run([str(BENCHMARKS / "bench_quality.py"), "--quick", "--threads", "1", "--run", quality["run"], "--settings", "ddim:3",
+          "--out", str(out)], feature_cache)
+    again = json.loads(out.read_text())
+    assert again["run"] == quality["run"] and "trained_here" not in again
+    # same run, same seed, same sampler settings → the same samples, so the same FID
+    ddim = [r for r in quality["rows"] if r["sampler"] == "ddim"]
+    rerun = [r for r in again["rows"] if r["sampler"] == "dpm++2m"]  # the default sampler at the next seed is always added
+    first = [r for r in quality["rows"] if r["seed"] == quality["seed"] + 1]
+    assert ddim and rerun and first and math.isclose(rerun[0]["fid"], first[0]["fid"], rel_tol=1e-9)
+
+
+def test_recipes_train_within_the_same_budget(quick_run):
+    recipe = _load(quick_run[0], "bench_recipe")
+    budget = recipe["minutes"] * 60
+    theirs = recipe["training"]["diffusers"]
+    assert theirs["steps"] >= 1 and theirs["seconds"] <= budget + 2.0  # a hard limit, checked every step
+    assert recipe["training"]["diffvae"]["steps"] >= 1
+    assert {r["recipe"] for r in recipe["rows"]} == {"diffvae", "diffusers"}
