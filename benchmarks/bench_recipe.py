@@ -13,7 +13,7 @@
   for 64×64 RGB and does not fit 28×28 (not divisible by 32) nor a CPU-minute budget: the network is
   ``UNet2DModel`` with the FLOPs of diffvae's default UNet (``bench_train.diffusers_unet``), so the two
   sides differ in recipe only. The example sets its cosine length from the epochs; here it is the number
-  of steps that fit the budget, from a step rate measured (inside the budget) before training.
+  of steps that fit the budget, from the step rate of its first steps (as diffvae's engine does).
   Sampled with its default ``DDPMPipeline`` (DDPMScheduler, 1000 steps) where affordable (``--ddpm-1000``),
   and always with ``DPMSolverMultistepScheduler`` at 20 steps, the same fast sampler as diffvae's.
 
@@ -61,7 +61,7 @@ DIFFUSERS_RECIPE = {
     "ddpm_beta_schedule": "linear", "prediction_type": "epsilon", "max_grad_norm": 1.0, "mixed_precision": "no",
     "ema_max_decay": 0.9999, "ema_inv_gamma": 1.0, "ema_power": 0.75, "ddpm_num_inference_steps": 1000,
 }
-RATE_PROBE_STEPS = 8  # steps timed (on a copy, inside the budget) to size the cosine schedule
+RATE_FROM, RATE_STEPS = 3, 20  # the steps timed (after 3 slow first ones) to size the cosine schedule
 
 
 # ----------------------------------------------------------------------------- the two recipes
@@ -118,34 +118,36 @@ def train_diffusers(images_uint8: torch.Tensor, minutes: float, quick: bool, see
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    # The step rate, measured on a throw-away copy inside the budget, sizes the cosine schedule.
-    probe = copy.deepcopy(unet)
-    probe_optimizer = make_optimizer(probe.parameters())
-    stream = batches()
-    train_step(probe, probe_optimizer, next(stream))
-    probe_start = time.perf_counter()
-    for _ in range(RATE_PROBE_STEPS):
-        train_step(probe, probe_optimizer, next(stream))
-    seconds_per_step = (time.perf_counter() - probe_start) / RATE_PROBE_STEPS
-    del probe, probe_optimizer
-    total_steps = max(1, int((budget - (time.perf_counter() - wall)) / seconds_per_step))
-
     optimizer = make_optimizer(unet.parameters())
-    lr_scheduler = get_scheduler(recipe["lr_scheduler"], optimizer=optimizer, num_warmup_steps=recipe["lr_warmup_steps"],
-                                 num_training_steps=total_steps)
     ema = EMAModel(unet.parameters(), decay=recipe["ema_max_decay"], use_ema_warmup=True, inv_gamma=recipe["ema_inv_gamma"],
                    power=recipe["ema_power"])
+
+    def cosine(total_steps: int, last_epoch: int = -1):
+        return get_scheduler(recipe["lr_scheduler"], optimizer=optimizer, num_warmup_steps=recipe["lr_warmup_steps"],
+                             num_training_steps=total_steps, last_epoch=last_epoch)
+
+    # The example sizes its cosine from the epochs; here from the steps that fit the budget. Until the rate
+    # is measured (RATE_STEPS steps after RATE_FROM) the schedule is provisional: in the warm-up the
+    # learning rate does not depend on the length.
+    lr_scheduler = cosine(10**9)
+    total_steps, rate_start = None, None
     unet.train()
     step, loss = 0, torch.tensor(float("nan"))
     stream = batches()
-    while step < total_steps and time.perf_counter() - wall < budget:  # the budget is a hard limit
+    while (total_steps is None or step < total_steps) and time.perf_counter() - wall < budget:  # a hard limit
         loss = train_step(unet, optimizer, next(stream))
         lr_scheduler.step()
         ema.step(unet.parameters())
         step += 1
+        if step == RATE_FROM:
+            rate_start = time.perf_counter()
+        elif total_steps is None and step == RATE_FROM + RATE_STEPS:
+            seconds_per_step = (time.perf_counter() - rate_start) / RATE_STEPS
+            total_steps = step + max(0, int((budget - (time.perf_counter() - wall)) / seconds_per_step))
+            lr_scheduler = cosine(total_steps, last_epoch=step - 1)
     ema_unet = copy.deepcopy(unet)
     ema.copy_to(ema_unet.parameters())
-    return {"unet": ema_unet.eval(), "scheduler": noise_scheduler, "steps": step, "planned_steps": total_steps,
+    return {"unet": ema_unet.eval(), "scheduler": noise_scheduler, "steps": step, "planned_steps": total_steps or step,
             "seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu, "batch": batch_size,
             "precision": "fp32", "final_loss": float(loss), "ema_decay": float(ema.cur_decay_value or 0.0)}
 

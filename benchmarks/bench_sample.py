@@ -5,7 +5,8 @@
   the time of a sampler does not depend on what the weights are. Each setting is one call of the
   family's ``sample(n)`` for a batch of ``--batch`` samples under ``torch.inference_mode``, in fp32 as
   the library samples; the default sampler (dpm++2m, 20 steps) is also timed under bf16 autocast.
-  ms/sample = seconds of the call / batch; the best of ``--repeats`` calls after one warm-up call.
+  ms/sample = seconds of the call / batch; the best of ``--repeats`` calls (one call for chains over 20
+  steps) after a warm-up call per model and precision.
 * **VAE decode.** ``VAE(VAEConfig()).decode(z)`` for z ~ N(0, I) at a large batch (default 10,000) and at
   the library's sampling chunk (``vae.model.DECODE_BATCH``), fp32 and bf16 autocast, inference_mode:
   images/s (target ≥ 20,000).
@@ -58,6 +59,7 @@ def denoiser_gflops(model: torch.nn.Module, batch: int) -> float:
 
 
 def time_sampling(model, batch: int, sampler: str, steps: int, dtype: torch.dtype, repeats: int, clock) -> dict:
+    """ms/sample of ``model.sample(batch)``: best and median of ``repeats`` calls (the caller warms up)."""
     generator = torch.Generator()
 
     def call() -> None:
@@ -65,28 +67,34 @@ def time_sampling(model, batch: int, sampler: str, steps: int, dtype: torch.dtyp
         with torch.inference_mode(), autocast_context(dtype):
             model.sample(batch, generator=generator, sampler=sampler, steps=steps)
 
-    timing = time_calls(call, warmup=1, repeats=repeats, clock=clock)
+    timing = time_calls(call, warmup=0, repeats=repeats, clock=clock)
     return {"ms_per_sample": 1e3 * timing.best / batch, "ms_per_sample_median": 1e3 * timing.median / batch,
-            "nfe": int(model.nfe(sampler=sampler, steps=steps))}
+            "nfe": int(model.nfe(sampler=sampler, steps=steps)), "repeats": repeats}
+
+
+def repeats_for(steps: int, repeats: int) -> int:
+    """Short chains are timed ``repeats`` times; chains over 20 steps once (they are many calls already)."""
+    return repeats if steps <= 20 else 1
 
 
 def measure_samplers(args: argparse.Namespace, clock) -> dict:
     out = {}
     for name, model in diffusion_models(args.quick).items():
         T = model.denoiser.schedule.T
+        for precision in (torch.float32, torch.bfloat16):  # warm-up: allocations, oneDNN kernel selection
+            time_sampling(model, args.batch, "ddim", min(10, T), precision, 1, clock)
         rows = []
         for sampler, nfes in args.nfe.items():
             for steps in nfes:
                 if steps > T or (name == "ddpm" and sampler == "ddpm" and steps >= 1000 and args.skip_pixel_ddpm_1000):
                     continue
-                repeats = args.repeats if steps <= 100 else 1  # 1000-step chains: one timed call
                 row = {"sampler": sampler, "steps": steps, "precision": "fp32",
-                       **time_sampling(model, args.batch, sampler, steps, torch.float32, repeats, clock)}
+                       **time_sampling(model, args.batch, sampler, steps, torch.float32, repeats_for(steps, args.repeats), clock)}
                 rows.append(row)
                 print(f"{name} {sampler} {steps}: {row['ms_per_sample']:.2f} ms/sample", flush=True)
         default = (model.config.sampler, model.config.sample_steps)
         rows.append({"sampler": default[0], "steps": default[1], "precision": "bf16",
-                     **time_sampling(model, args.batch, *default, torch.bfloat16, args.repeats, clock)})
+                     **time_sampling(model, args.batch, *default, torch.bfloat16, repeats_for(default[1], args.repeats), clock)})
         out[name] = {"rows": rows, "gflops_per_nfe": denoiser_gflops(model, min(args.batch, 8)), "timesteps": T,
                      "latent_shape": list(model.denoiser.shape)}
     return out
@@ -104,7 +112,7 @@ def measure_vae_decode(args: argparse.Namespace, clock) -> dict:
                 with torch.inference_mode(), autocast_context(dtype):
                     vae.decode(z)
 
-            timing = time_calls(call, warmup=1, repeats=args.repeats, clock=clock)
+            timing = time_calls(call, warmup=1, repeats=args.repeats, clock=clock)  # decoding is fast: always warm up
             rows.append({"batch": batch, "precision": precision, "images_per_s": batch / timing.best,
                          "images_per_s_median": batch / timing.median})
     z = torch.randn(8, vae.config.latent_dim)
@@ -124,7 +132,7 @@ def measure(args: argparse.Namespace) -> dict:
 def markdown(results: dict) -> str:
     settings = results["settings"]
     lines = [f"**Sampling speed** — random-weight `DDPMConfig()` and `LDMConfig()` models, batch {results['batch']} per "
-             f"`sample()` call, inference_mode, best of {settings['repeats']} calls (one call for 1000 steps), "
+             f"`sample()` call, inference_mode, after a warm-up call; best of {settings['repeats']} calls up to 20 steps, one call above. "
              f"{settings['clock']} clock. {machine_line(results['machine'])}.", ""]
     for name, block in results["samplers"].items():
         lines += [f"{name} (denoiser {block['gflops_per_nfe']:.3f} GFLOP per evaluation, x_T {tuple(block['latent_shape'])}"

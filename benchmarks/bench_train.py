@@ -52,7 +52,7 @@ SPEEDUP_TARGET = 1.5  # diffvae's UNet vs diffusers' at the same FLOPs (issue 8)
 
 
 def engine_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW as :func:`diffvae.train.train` builds it (betas (0.9, 0.99), PyTorch's default implementation)."""
+    """AdamW as :func:`diffvae.train.train` builds it (betas (0.9, 0.99), PyTorch's default implementation: a per-tensor loop on CPU)."""
     return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
 
 
@@ -274,6 +274,19 @@ def alternatives(config: UNetConfig, batch: int, repeats: int = 5) -> list[dict]
         (f"attention, {low * low} positions, {heads} head(s) of {low_width // heads}", "dense matmuls", run(attention, q, k, v),
          "SDPA", run(torch.nn.functional.scaled_dot_product_attention, q, k, v)),
     ]
+    unet = build_unet("diffvae", config)
+    for p in unet.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+
+    def adamw_step(fused: bool) -> Callable[[], None]:
+        params = [p.detach().clone().requires_grad_() for p in unet.parameters()]
+        for p, original in zip(params, unet.parameters()):
+            p.grad = original.grad.clone()
+        optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.99), fused=fused or None)
+        return optimizer.step
+
+    pairs.append((f"AdamW step, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters", "default, per-tensor loop on CPU (engine)",
+                  adamw_step(False), "fused", adamw_step(True)))
     rows = []
     for what, used_name, used, other_name, other in pairs:
         times = interleaved_rounds({"used": used, "other": other}, rounds=repeats, calls=1, warmup=2)
