@@ -95,9 +95,13 @@ def _unit_cost_seconds(model, family: str, batch: int = 64) -> float:
         return (time.perf_counter() - t0) / batch
 
 
-def sized_eval_config(model, family: str, seconds: float, seed: int) -> EvalConfig:
-    """The largest evaluation (up to the defaults) whose estimated network evaluations fit ``seconds``."""
-    full = EvalConfig(seed=seed)
+def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: int) -> EvalConfig:
+    """The largest evaluation (up to the defaults) whose estimated network evaluations fit ``seconds``.
+
+    ``n_samples`` is the same for every family: FID and KID are biased by the sample count, so
+    only equal counts compare.
+    """
+    full = EvalConfig(seed=seed, n_samples=n_samples, midpoints=n_samples // 2)  # midpoint FID: equal counts too
     if family == "vae":
         full.iwae_samples = 100
         return full
@@ -115,15 +119,21 @@ def sized_eval_config(model, family: str, seconds: float, seed: int) -> EvalConf
     floor = EvalConfig(n_samples=50, bound_n=2, midpoints=10, roundtrip_n=8, probe_train=100, probe_test=50)
     sized = {}
     for f in dataclasses.fields(EvalConfig):
-        if f.name in ("n_samples", "bound_n", "midpoints", "roundtrip_n", "probe_train", "probe_test"):
+        if f.name in ("bound_n", "roundtrip_n", "probe_train", "probe_test"):
             sized[f.name] = max(getattr(floor, f.name), int(getattr(full, f.name) * scale))
     return dataclasses.replace(full, **sized)
+
+
+def compare_samples(budget_minutes: float) -> int:
+    """Samples per family for FID/KID/precision/recall in ``compare`` (equal for all families)."""
+    return 500 if budget_minutes >= 30 else 200 if budget_minutes >= 8 else 100
 
 
 SWEEP = [("ddim", 10), ("dpm++2m", 10), ("ddim", 20), ("dpm++2m", 20), ("ddim", 50), ("ddpm", 100), ("ddpm", 250), ("ddpm", 1000)]
 
 
-def sampler_sweep(model, family: str, dataset, extractor, out: Path, seconds: float, seed: int) -> list[dict[str, Any]]:
+def sampler_sweep(model, family: str, dataset, extractor, out: Path, seconds: float, seed: int,
+                  n_samples: int) -> list[dict[str, Any]]:
     """FID and ms/sample against NFE for each sampler, as many settings as fit ``seconds``."""
     from diffvae.images import save_grid
     from diffvae.metrics.fid import fid
@@ -131,7 +141,7 @@ def sampler_sweep(model, family: str, dataset, extractor, out: Path, seconds: fl
 
     real_features = extractor.features(dataset.test)
     unit = _unit_cost_seconds(model, family)
-    n = 200
+    n = n_samples
     rows = []
     spent = 0.0
     for sampler, steps in SWEEP:
@@ -171,7 +181,7 @@ def evaluate_family(family: str, dataset, out: Path, seconds: float, args, resul
     model = load(out / "runs" / family, device="cpu")
     left = seconds - (time.perf_counter() - t_start)
     main_share = 0.6 if family != "vae" else 0.95
-    config = sized_eval_config(model, family, left * main_share, args.seed)
+    config = sized_eval_config(model, family, left * main_share, args.seed, n_samples=compare_samples(args.budget))
     result = evaluate(model, config, dataset=dataset, progress=not args.quiet, extractor=extractor)
     result["eval_config"] = dataclasses.asdict(config)
 
@@ -185,6 +195,7 @@ def evaluate_family(family: str, dataset, out: Path, seconds: float, args, resul
     result["figures"] = {"samples": f"figures/samples_{family}.png", "interpolation": f"figures/interpolation_{family}.png"}
     if family != "vae":
         left = seconds - (time.perf_counter() - t_start)
-        result["sweep"] = sampler_sweep(model, family, dataset, extractor, out, max(0.0, left * 0.9), args.seed)
+        result["sweep"] = sampler_sweep(model, family, dataset, extractor, out, max(0.0, left * 0.9), args.seed,
+                                        compare_samples(args.budget))
     result["eval_minutes"] = (time.perf_counter() - t_start) / 60.0
     results["families"][family] = result

@@ -43,6 +43,7 @@ class DiffusionConfig:
     sample_steps: int = 20
     eta: float = 0.0  # DDIM η
     invert_steps: int = 50  # DDIM steps for inversion / regeneration (interpolation, round trips)
+    clip_x0: bool = True  # clamp x̂₀ to [-1, 1] while sampling (data on [-1, 1]; off for latents)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -128,7 +129,8 @@ class Denoiser(nn.Module):
         sampler, steps, eta = self._sampling(sampler, steps, eta)
         device = next(self.parameters()).device
         return samplers.sample(self.eps_fn, (n, *self.shape), self.schedule, sampler=sampler, steps=steps, eta=eta,
-                               x_T=x_T, generator=generator, device=device, progress=progress).float()
+                               x_T=x_T, generator=generator, device=device, progress=progress,
+                               clip_x0=self.config.clip_x0).float()
 
     def nfe(self, sampler: str | None = None, steps: int | None = None, **_) -> int:
         """Network evaluations per sample (every sampler here makes one per step)."""

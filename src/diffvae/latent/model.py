@@ -76,6 +76,7 @@ class LDMConfig:
     sample_steps: int = 20
     eta: float = 0.0
     invert_steps: int = 50
+    clip_x0: bool = False  # latents are not bounded: never clamp x̂₀
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
