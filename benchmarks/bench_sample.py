@@ -158,8 +158,8 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke setting (small models, batch 2, few steps)")
-    parser.add_argument("--batch", type=int, default=32, help="samples per sample() call")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting (best is reported)")
+    parser.add_argument("--batch", type=int, default=16, help="samples per sample() call")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per setting up to 20 steps (best is reported)")
     parser.add_argument("--vae-batch", type=int, default=10_000, help="latents per VAE decode call")
     parser.add_argument("--skip-pixel-ddpm-1000", action="store_true",
                         help="leave out the pixel DDPM's 1000-step chain (bench_quality.py times it on a trained model)")
