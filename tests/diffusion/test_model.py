@@ -87,3 +87,13 @@ def test_steps_beyond_T_are_refused_at_sampling():
     model = DDPM(DDPMConfig(**SMALL), (1, 8, 8))
     with pytest.raises(DiffvaeError, match="exceeds"):
         model.sample(1, sampler="ddim", steps=51)
+
+
+def test_sampling_clamps_x0_but_regeneration_stays_the_exact_reverse_of_inversion(monkeypatch):
+    model = DDPM(DDPMConfig(**SMALL), (1, 8, 8)).eval()
+    seen = []
+    original = samplers.sample
+    monkeypatch.setattr(samplers, "sample", lambda *a, **k: seen.append(k["clip_x0"]) or original(*a, **k))
+    model.sample(2)
+    model.from_latent(torch.randn(2, 1, 8, 8))
+    assert seen == [True, False]

@@ -124,13 +124,13 @@ class Denoiser(nn.Module):
 
     def generate(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None, x_T: torch.Tensor | None = None,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, clip_x0: bool | None = None) -> torch.Tensor:
         """n samples x₀ (float32) with one of the samplers of :mod:`diffvae.diffusion.samplers`."""
         sampler, steps, eta = self._sampling(sampler, steps, eta)
         device = next(self.parameters()).device
         return samplers.sample(self.eps_fn, (n, *self.shape), self.schedule, sampler=sampler, steps=steps, eta=eta,
                                x_T=x_T, generator=generator, device=device, progress=progress,
-                               clip_x0=self.config.clip_x0).float()
+                               clip_x0=self.config.clip_x0 if clip_x0 is None else clip_x0).float()
 
     def nfe(self, sampler: str | None = None, steps: int | None = None, **_) -> int:
         """Network evaluations per sample (every sampler here makes one per step)."""
@@ -141,8 +141,10 @@ class Denoiser(nn.Module):
         return samplers.ddim_invert(self.eps_fn, x0.float(), self.schedule, steps or self.config.invert_steps)
 
     def regenerate(self, x_T: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """x₀ from x_T by deterministic DDIM (η = 0) on the same timestep grid as :meth:`invert`."""
-        return self.generate(x_T.shape[0], sampler="ddim", steps=steps or self.config.invert_steps, eta=0.0, x_T=x_T)
+        """x₀ from x_T by deterministic DDIM (η = 0) on the same timestep grid as :meth:`invert`,
+        unclipped so that it is the exact reverse of the inversion's steps."""
+        return self.generate(x_T.shape[0], sampler="ddim", steps=steps or self.config.invert_steps, eta=0.0, x_T=x_T,
+                             clip_x0=False)
 
     def bound_nats(self, x0: torch.Tensor, decoder: str = "discretized", timesteps: int = 0,
                    generator: torch.Generator | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
