@@ -233,3 +233,34 @@ def machine_line(info: dict) -> str:
     """One line naming the machine a table was measured on."""
     return (f"{info['cpu']}, {info['torch_threads']} of {info['cpu_count']} cores, torch {info['torch']}, "
             f"load average (1 min) {info['load_average_1min']} at start")
+
+
+@dataclass
+class CpuSnapshot:
+    """Busy CPU seconds of the whole machine (``/proc/stat``) and of this process, and the wall time."""
+
+    machine_busy: float
+    own: float
+    wall: float
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    busy = float("nan")
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user … steal, without guest (counted in user)
+    except (OSError, ValueError, IndexError):
+        pass
+    own = os.times()
+    return CpuSnapshot(machine_busy=busy, own=own.user + own.system + own.children_user + own.children_system,
+                       wall=time.perf_counter())
+
+
+def others_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """Share of the machine's CPU capacity that *other* processes used between two snapshots:
+    (machine busy − this process) / (wall × cores). Near 0 on an idle machine."""
+    wall = after.wall - before.wall
+    others = (after.machine_busy - before.machine_busy) - (after.own - before.own)
+    return max(0.0, others) / (wall * (os.cpu_count() or 1)) if wall > 0 else float("nan")

@@ -85,10 +85,17 @@ def test_quality_uses_the_same_samples_everywhere_and_reruns_on_a_given_run(quic
     again = json.loads(out.read_text())
     assert again["run"] == quality["run"] and "trained_here" not in again
     # same run, same seed, same sampler settings → the same samples, so the same FID
-    ddim = [r for r in quality["rows"] if r["sampler"] == "ddim"]
     rerun = [r for r in again["rows"] if r["sampler"] == "dpm++2m"]  # the default sampler at the next seed is always added
     first = [r for r in quality["rows"] if r["seed"] == quality["seed"] + 1]
-    assert ddim and rerun and first and math.isclose(rerun[0]["fid"], first[0]["fid"], rel_tol=1e-9)
+    assert rerun and first and math.isclose(rerun[0]["fid"], first[0]["fid"], rel_tol=1e-9)
+
+
+def test_quality_trains_its_own_model_without_a_run(feature_cache, tmp_path):
+    out = tmp_path / "trained.json"
+    _run([str(BENCHMARKS / "bench_quality.py"), "--quick", "--threads", "1", "--settings", "ddim:3", "--workdir", str(tmp_path),
+          "--out", str(out)], feature_cache)
+    trained = json.loads(out.read_text())
+    assert trained["trained_here"] and Path(trained["run"]).parent == tmp_path and trained["trained_steps"] > 0
 
 
 def test_recipes_train_within_the_same_budget(quick_run):
