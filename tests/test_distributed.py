@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -118,6 +119,31 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
     return stderr
 
 
+KNOWN_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def finish_launch(launches, key: str) -> str:
+    """A launch's stderr; relaunched (at most twice, its output folder emptied first) only when a
+    rank died of the known gloo teardown abort (std::terminate while its threads shut down, about
+    1 launch in 4 on 2 busy cores). Any other failure, and every assertion on what the launch
+    wrote, is as strict as on the first try."""
+    for _ in range(2):
+        proc = launches[key]
+        _, stderr = proc.communicate(timeout=240)
+        if proc.returncode == 0 or KNOWN_TEARDOWN_ABORT not in stderr:
+            break
+        args, output = launches["args"][key]
+        shutil.rmtree(output, ignore_errors=True)
+        if key == "toy":
+            output.mkdir()
+        launches[key] = start_torchrun(args, cwd=launches["root"])
+    else:
+        proc = launches[key]
+        _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stderr
+
+
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory):
     """Both torchrun launches, started together so that their start-up (imports) overlaps."""
@@ -125,11 +151,14 @@ def launches(tmp_path_factory):
     script = root / "toy_ddp.py"
     script.write_text(TOY_SCRIPT)
     (root / "two").mkdir()
-    cli = start_torchrun(["-m", "diffvae", "train", "vae", "--data", "digits", "--out", str(root / "run"), "--steps", "20",
-                          "--batch", "32", "--width", "32", "--latent-dim", "4", "--precision", "fp32", "--device", "cpu",
-                          "--checkpoint-every", "10", "--log-every", "5", "--quiet"], cwd=root)
-    toy = start_torchrun([str(script), str(root / "two")], cwd=root)
-    yield {"root": root, "cli": cli, "toy": toy}
+    cli_args = ["-m", "diffvae", "train", "vae", "--data", "digits", "--out", str(root / "run"), "--steps", "20",
+                "--batch", "32", "--width", "32", "--latent-dim", "4", "--precision", "fp32", "--device", "cpu",
+                "--checkpoint-every", "10", "--log-every", "5", "--quiet"]
+    toy_args = [str(script), str(root / "two")]
+    launches = {"root": root, "cli": start_torchrun(cli_args, cwd=root), "toy": start_torchrun(toy_args, cwd=root),
+                "args": {"cli": (cli_args, root / "run"), "toy": (toy_args, root / "two")}}
+    yield launches
+    cli, toy = launches["cli"], launches["toy"]
     for proc in (cli, toy):
         if proc.poll() is None:
             proc.kill()
@@ -137,7 +166,7 @@ def launches(tmp_path_factory):
 
 
 def test_torchrun_cli_trains_one_run_that_samples_and_evaluates(launches, tmp_path, capsys, monkeypatch):
-    stderr = finish(launches["cli"])
+    stderr = finish_launch(launches, "cli")
     assert stderr.count("diffvae: trained vae") == 1  # said once, by rank 0
     run_path = launches["root"] / "run"
 
@@ -167,7 +196,7 @@ def test_data_parallel_shards_the_global_batch_and_matches_one_process(launches)
     spec.loader.exec_module(toy)
     (root / "one").mkdir()
     toy.main(str(root / "one"))  # WORLD_SIZE is unset here: the 1-process reference
-    finish(launches["toy"])
+    finish_launch(launches, "toy")
 
     one, _ = load_tensors(root / "one" / "plain.rank0.safetensors")
     rank0, _ = load_tensors(root / "two" / "plain.rank0.safetensors")
