@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from diffvae.metrics.fid import fid, kid, precision_recall
-from diffvae.metrics.interpolation import path_smoothness, roundtrip_error
+from diffvae.metrics.interpolation import path_smoothness
 from diffvae.metrics.probe import linear_probe
 from diffvae.metrics.sharpness import sharpness
 

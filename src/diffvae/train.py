@@ -23,7 +23,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -470,6 +470,3 @@ def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
     known = {f for f in TrainConfig.__dataclass_fields__}
     return TrainConfig(**{k: v for k, v in d.items() if k in known})
 
-
-def config_dict(cfg) -> dict[str, Any]:
-    return asdict(cfg)
