@@ -35,7 +35,7 @@ def test_parts_combine_with_the_right_signs_in_bits_per_pixel():
     torch.testing.assert_close(out["bpd"] * dims * math.log(2), r - h + p + jac)
     torch.testing.assert_close(out["bpd"], out["reconstruction_bpd"] - out["entropy_bpd"] + out["latent_prior_bpd"] + out["jacobian_bpd"])
     torch.testing.assert_close(out["latent_prior_decoder_bpd"], torch.tensor([1.0, 2.0]) / (dims * math.log(2)))
-    assert "stderr_bpd" in out and "latent_prior_bpd" in out  # a part never shadows the total prior bound
+    assert "bpd_stderr" in out and "latent_prior_bpd" in out  # the same name as pixel diffusion; a part never shadows the total
 
 
 # ----------------------------------------------------------------------------- Gaussian latents, optimal ε

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from diffvae.distributions import nats_to_bpd
 from diffvae.errors import DiffvaeError
-from diffvae.diffusion import likelihood, samplers, targets
+from diffvae.diffusion import likelihood, samplers, targets, variance
 from diffvae.diffusion.schedule import NoiseSchedule
 from diffvae.images import to_signed, to_uint8
 from diffvae.nn.unet import UNet, UNetConfig
@@ -147,19 +146,34 @@ class Denoiser(nn.Module):
                              clip_x0=False)
 
     def bound_nats(self, x0: torch.Tensor, decoder: str = "discretized", timesteps: int = 0,
-                   generator: torch.Generator | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
-        """Per-example variational bound in nats.
+                   generator: torch.Generator | None = None, progress: bool = False,
+                   fit_x: torch.Tensor | None = None) -> dict[str, torch.Tensor | str]:
+        """Per-example variational bound in nats, with the parts ``prior`` (L_T), ``decoder`` (L_0) and
+        ``diffusion`` (Σ_{t≥1} L_t) of the reverse variance named by ``variance``.
 
-        ``timesteps == 0``: every one of the T terms (``likelihood.diffusion_bound``), with the parts
-        ``prior`` (L_T), ``decoder`` (L_0) and ``diffusion`` (Σ_{t≥1} L_t). ``timesteps = K > 0``:
-        the unbiased K-draw estimate (``likelihood.diffusion_bpd_estimate``) with its ``stderr``.
+        Without ``fit_x`` the variances are fixed-small. With ``fit_x`` (training data in x0's space)
+        every choice of :mod:`diffvae.diffusion.variance` is fitted on it and evaluated from the same
+        draws (``total_<choice>`` each); the parts are those of the choice with the smallest expected
+        bound on ``fit_x`` — chosen before ``x0`` is seen, so it stays a valid bound.
+        ``timesteps == 0``: every one of the T terms; ``timesteps = K > 0``: the unbiased K-draw
+        estimate (importance-sampled t when fitted), with its per-example ``stderr``.
         """
         x0 = x0.double()
-        if not timesteps:
-            return likelihood.diffusion_bound(self.eps_fn, x0, self.schedule, decoder=decoder, progress=progress)
-        bpd, stderr = likelihood.diffusion_bpd_estimate(self.eps_fn, x0, self.schedule, timesteps, generator, decoder=decoder)
-        per_bit = x0[0].numel() * math.log(2.0)  # undo the conversion: callers choose their own D
-        return {"total": bpd * per_bit, "stderr": stderr * per_bit, "prior": likelihood.prior_term(x0, self.schedule)}
+        variances, best, proposal = {"small": "small"}, "small", None
+        if fit_x is not None:
+            fit = variance.fit_reverse_variances(self.eps_fn, fit_x.double(), self.schedule, decoder=decoder,
+                                                 generator=generator, progress=progress)
+            variances, best, proposal = fit.tables, fit.best, fit.proposal
+        if timesteps:
+            bounds = likelihood.diffusion_bound_estimates(self.eps_fn, x0, self.schedule, timesteps, variances,
+                                                          proposal=proposal, generator=generator, decoder=decoder)
+        else:
+            bounds = likelihood.diffusion_bounds(self.eps_fn, x0, self.schedule, variances, decoder=decoder,
+                                                 generator=generator, progress=progress)
+        out: dict[str, torch.Tensor | str] = {k: v for k, v in bounds[best].items() if k != "terms"}
+        out.update({f"total_{name}": parts["total"] for name, parts in bounds.items()})
+        out["variance"] = best
+        return out
 
 
 @dataclass
@@ -209,20 +223,26 @@ class DDPM(nn.Module):
         return to_uint8(self.denoiser.regenerate(x_T, steps))
 
     def bound(self, x_uint8: torch.Tensor, timesteps: int = 0, generator: torch.Generator | None = None,
-              progress: bool = False, **_) -> dict[str, torch.Tensor]:
+              progress: bool = False, fit_data: torch.Tensor | None = None, **_) -> dict[str, torch.Tensor | str]:
         """Per-example bits/dim of the variational bound L₀ + Σ KL + L_T on the 8-bit grid, with its
-        parts; ``timesteps > 0`` gives the unbiased estimate from that many sampled t (and ``bpd_stderr``)."""
-        nats = self.denoiser.bound_nats(to_signed(x_uint8, torch.float64), "discretized", timesteps, generator, progress)
+        parts; ``timesteps > 0`` gives the unbiased estimate from that many sampled t (and ``bpd_stderr``).
+        With ``fit_data`` (uint8 training images) the reverse variances and L₀'s scale are fitted on
+        it and ``bpd`` is the tightest choice (``variance``), with ``bpd_<choice>`` for every choice."""
+        fit_x = to_signed(fit_data, torch.float64) if fit_data is not None else None
+        nats = self.denoiser.bound_nats(to_signed(x_uint8, torch.float64), "discretized", timesteps, generator, progress,
+                                        fit_x=fit_x)
         return bound_to_bpd(nats, self.latent_dims)
 
 
-def bound_to_bpd(nats: dict[str, torch.Tensor], dims: int) -> dict[str, torch.Tensor]:
-    """Rename a bound's parts in nats to ``bpd`` (total) and ``<part>_bpd``, converted per dimension."""
-    out = {}
+def bound_to_bpd(nats: dict[str, torch.Tensor | str], dims: int) -> dict[str, torch.Tensor | str]:
+    """Rename a bound's parts in nats to ``bpd`` (total), ``bpd_stderr``, ``bpd_<choice>`` (``total_<choice>``)
+    and ``<part>_bpd``, converted per dimension; text (the ``variance`` name) passes through."""
+    out: dict[str, torch.Tensor | str] = {}
     for key, value in nats.items():
-        if key == "terms" or not torch.is_tensor(value):
-            continue
-        name = {"total": "bpd", "stderr": "bpd_stderr"}.get(key, f"{key}_bpd")
-        out[name] = nats_to_bpd(value, dims)
+        if isinstance(value, str):
+            out[key] = value
+        elif key != "terms" and torch.is_tensor(value):
+            name = {"total": "bpd", "stderr": "bpd_stderr"}.get(key, key.replace("total_", "bpd_") if key.startswith("total_") else f"{key}_bpd")
+            out[name] = nats_to_bpd(value, dims)
     return out
 

@@ -33,8 +33,8 @@ from diffvae.distributions import LOG_2PI, nats_to_bpd
 __all__ = ["gaussian_entropy", "scale_jacobian_nats", "latent_diffusion_bound", "LATENT_PRIOR_PARTS"]
 
 # the diffusion bound's parts (Denoiser.bound_nats keys) → names in the whole-model bound
-LATENT_PRIOR_PARTS = {"prior": "latent_prior_terminal", "decoder": "latent_prior_decoder",
-                      "diffusion": "latent_prior_diffusion", "stderr": "stderr"}
+LATENT_PRIOR_PARTS = {"prior": "latent_prior_terminal_bpd", "decoder": "latent_prior_decoder_bpd",
+                      "diffusion": "latent_prior_diffusion_bpd", "stderr": "bpd_stderr"}
 
 
 def gaussian_entropy(logvar: Tensor) -> Tensor:
@@ -67,7 +67,7 @@ def latent_diffusion_bound(
     Inputs are per-example nats (N,): −log p(x|z), H[q(z|x)], the diffusion bound on s·z, and
     −d_z log s. ``latent_prior_parts``, the diffusion bound's own parts (L_T ``prior``, L₀
     ``decoder``, Σ L_t ``diffusion``, and ``stderr`` of an estimate), are passed through renamed
-    by ``LATENT_PRIOR_PARTS`` with ``_bpd`` appended.
+    by ``LATENT_PRIOR_PARTS``.
     """
     total = reconstruction_nats - entropy_nats + latent_prior_nats + jacobian_nats
     out = {
@@ -78,5 +78,5 @@ def latent_diffusion_bound(
         "jacobian_bpd": torch.as_tensor(jacobian_nats, dtype=total.dtype, device=total.device).expand_as(total),
     }
     for name, value in (latent_prior_parts or {}).items():
-        out[f"{LATENT_PRIOR_PARTS.get(name, 'latent_' + name)}_bpd"] = value
+        out[LATENT_PRIOR_PARTS.get(name, f"latent_{name}_bpd")] = value
     return {key: nats_to_bpd(value, pixel_dims) for key, value in out.items()}
