@@ -5,7 +5,7 @@ The public API (imported lazily so that ``import diffvae`` stays quick):
 * ``load(run)``                     — a trained run's model (``sample``, ``bound``, ``encode``/``decode``, ``evaluate``)
 * ``train_run(family, data, ...)``  — train a family into a run directory
 * ``load_data(spec)``               — a data source as uint8 tensors with a fixed held-out split
-* ``NoiseSchedule``, ``sample``, ``ddim_invert``, ``slerp``, ``diffusion_bpd`` — diffusion math
+* ``NoiseSchedule``, ``sample``, ``ddim_invert``, ``slerp``, ``diffusion_bpd``, ``analytic_variance`` — diffusion math
 * ``evaluate(model)``               — the one evaluation every family gets
 """
 
@@ -23,6 +23,7 @@ _LAZY = {
     "slerp": "diffvae.diffusion.samplers",
     "diffusion_bpd": "diffvae.diffusion.likelihood",
     "diffusion_bpd_estimate": "diffvae.diffusion.likelihood",
+    "analytic_variance": "diffvae.diffusion.variance",
     "evaluate": "diffvae.evaluate",
     "DiffvaeError": "diffvae.errors",
 }

@@ -118,14 +118,19 @@ def test_ddim_eta1_matches_diffusers_path_for_path(optimal_eps):
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
 
 
-def test_clip_x0_matches_diffusers_clipping():
+@pytest.mark.parametrize("rederive", [True, False])
+def test_clip_x0_matches_diffusers_clipping(rederive):
+    """With ``rederive_eps`` ε̂ comes from the clipped x̂₀ (GLIDE; diffusers' use_clipped_model_output)."""
     schedule = NoiseSchedule.linear(1000)
     eps_fn = lambda x, t: -x  # noqa: E731 — an x̂₀ far outside [-1, 1]
     x_T = _x_T((16, 5), seed=7)
-    ours = sample(eps_fn, x_T.shape, schedule, "ddim", 10, x_T=x_T, clip_x0=True)
+    ours = sample(eps_fn, x_T.shape, schedule, "ddim", 10, x_T=x_T, clip_x0=True, rederive_eps=rederive)
     reference = DDIMScheduler(num_train_timesteps=1000, clip_sample=True)
     reference.set_timesteps(10)
-    torch.testing.assert_close(ours, _run_diffusers(reference, eps_fn, x_T.clone()), atol=1e-4, rtol=0)
+    expected = _run_diffusers(reference, eps_fn, x_T.clone(), use_clipped_model_output=rederive)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+    other = sample(eps_fn, x_T.shape, schedule, "ddim", 10, x_T=x_T, clip_x0=True, rederive_eps=not rederive)
+    assert (other - ours).abs().max() > 1e-2  # the two rules differ on this input
     assert ours.abs().max().item() <= 1.0 + 1e-6
     assert sample(eps_fn, x_T.shape, schedule, "ddim", 10, x_T=x_T).abs().max().item() > 1.5
 

@@ -141,9 +141,13 @@ def test_decoder_variance_is_the_maximum_likelihood_scale():
 def test_analytic_variance_api_and_bad_tables(optimal_eps):
     schedule = NoiseSchedule.linear(50)
     x = _data(64, 2, seed=13)
-    table = analytic_variance(optimal_eps(schedule, SIGMA), x, schedule)
-    assert table.shape == (50,) and bool((table > 0).all())
-    bpd = diffusion_bpd(optimal_eps(schedule, SIGMA), x, schedule, variance=table)
+    import diffvae  # the README's names
+
+    table = diffvae.analytic_variance(optimal_eps(schedule, SIGMA), x, schedule, generator=torch.Generator().manual_seed(0))
+    assert table.shape == (50,) and bool((table > schedule.posterior_variance.clamp(min=0) - 1e-15).all())
+    again = analytic_variance(optimal_eps(schedule, SIGMA), x, schedule, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(table, again)
+    bpd = diffvae.diffusion_bpd(optimal_eps(schedule, SIGMA), x, schedule, variance=table)
     assert bpd["total"].shape == (64,)
     with pytest.raises(DiffvaeError, match="shape"):
         variance_table(schedule, torch.ones(49))

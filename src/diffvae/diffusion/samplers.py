@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffvae.diffusion.schedule import NoiseSchedule
-from diffvae.diffusion.targets import predict_x0_from_eps
+from diffvae.diffusion.targets import predict_eps_from_x0, predict_x0_from_eps
 from diffvae.errors import DiffvaeError
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -93,6 +93,7 @@ def ddim_step(
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
     clip_x0: bool = False,
+    rederive_eps: bool = True,
 ) -> torch.Tensor:
     """One DDIM update of x at level t to level t_to (Song et al. 2021, eq. 12), t, t_to ∈ {−1…T−1}:
 
@@ -102,9 +103,14 @@ def ddim_step(
 
     With η = 0 it is deterministic and also runs upwards (t_to > t): given the same ε̂ it inverts
     the downward step exactly. η = 1 is ancestral sampling with the posterior variance β̃.
+    With ``clip_x0`` and ``rederive_eps``, ε̂ is re-derived from the clipped x̂₀,
+    ε̂ = (x − √ᾱ_t x̂₀) / √(1 − ᾱ_t) (GLIDE; diffusers' ``use_clipped_model_output``), so the step
+    stays on the line through x̂₀ and x.
     """
     alpha_cumprod_to = schedule.alphas_cumprod_at(t_to, x)
     x0 = _x0(x, t, eps, schedule, clip_x0)
+    if clip_x0 and rederive_eps:
+        eps = predict_eps_from_x0(x, t, x0, schedule)
     if eta == 0:
         return torch.sqrt(alpha_cumprod_to).to(x.dtype) * x0 + torch.sqrt(1.0 - alpha_cumprod_to).to(x.dtype) * eps
     if t_to >= t or noise is None:
@@ -153,6 +159,7 @@ def sample_ddim(
     generator: torch.Generator | None = None,
     clip_x0: bool = False,
     progress: bool = False,
+    rederive_eps: bool = True,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021): :func:`ddim_step` from each grid level to the next, then to clean.
     For η > 0 noise is drawn on every step (as diffusers), including the last, where σ = 0."""
@@ -162,7 +169,7 @@ def sample_ddim(
     for step, t in _steps(timestep_grid, progress, "ddim"):
         eps = eps_fn(x, _batch_timesteps(t, x))
         noise = _randn(x, generator) if eta > 0 else None
-        x = ddim_step(x, eps, t, levels[step + 1], schedule, eta, noise, clip_x0)
+        x = ddim_step(x, eps, t, levels[step + 1], schedule, eta, noise, clip_x0, rederive_eps)
     return x
 
 
@@ -218,12 +225,13 @@ def sample(
     progress: bool = False,
     clip_x0: bool = False,
     spacing: str | None = None,
+    rederive_eps: bool = True,
 ) -> torch.Tensor:
     """Draw samples of ``shape`` (N, ...) with ``sampler`` ∈ {"ddpm", "ddim", "dpm++2m"}.
 
     ``steps`` defaults to T for ddpm, 50 for ddim and 20 for dpm++2m; ``spacing`` to the sampler's
     diffusers default (module docstring). x_T ~ N(0, I) is drawn from ``generator`` unless given;
-    ``eta`` is used by ddim only.
+    ``eta`` is used by ddim only, and so is ``rederive_eps`` (ε̂ from the clipped x̂₀; :func:`ddim_step`).
     """
     if sampler not in SAMPLERS:
         raise DiffvaeError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
@@ -239,7 +247,7 @@ def sample(
     if sampler == "ddpm":
         return sample_ddpm(eps_fn, x, schedule, grid, generator, clip_x0, progress)
     if sampler == "ddim":
-        return sample_ddim(eps_fn, x, schedule, grid, eta, generator, clip_x0, progress)
+        return sample_ddim(eps_fn, x, schedule, grid, eta, generator, clip_x0, progress, rederive_eps)
     return sample_dpmpp_2m(eps_fn, x, schedule, grid, clip_x0, progress)
 
 
