@@ -34,7 +34,7 @@ from diffvae.diffusion.model import DDPMConfig  # noqa: E402
 from diffvae.errors import DiffvaeError  # noqa: E402
 from diffvae.families import get_family  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor  # noqa: E402
-from diffvae.metrics.fid import fid  # noqa: E402
+from diffvae.metrics.distances import fid  # noqa: E402
 from diffvae.train import TrainConfig  # noqa: E402
 
 DEFAULT_SETTINGS = [("dpm++2m", 10), ("dpm++2m", 20), ("dpm++2m", 50), ("ddim", 10), ("ddim", 20), ("ddim", 50),

@@ -47,7 +47,7 @@ from diffvae.diffusion.model import DDPMConfig  # noqa: E402
 from diffvae.families import get_family  # noqa: E402
 from diffvae.images import to_signed  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor  # noqa: E402
-from diffvae.metrics.fid import fid  # noqa: E402
+from diffvae.metrics.distances import fid  # noqa: E402
 from diffvae.train import TrainConfig, resolve_device, resolve_precision  # noqa: E402
 
 TARGET_RATIO = 0.7  # diffvae FID / diffusers FID (issue 8)

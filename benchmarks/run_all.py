@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_quality  # noqa: E402
 import bench_recipe  # noqa: E402
 import bench_sample  # noqa: E402
+import bench_ddim_variants  # noqa: E402
+import bench_sweep  # noqa: E402
 import bench_train  # noqa: E402
 from common import RESULTS_DIR, cpu_snapshot, machine_info, others_share, peak_gflops, setup_threads, write_json  # noqa: E402
 
@@ -36,6 +38,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # (~1.9 ms) with fewer settings, and checks the default sampler in fp32 too.
 QUALITY_SETTINGS = ["--precision", "bf16", "--settings", "dpm++2m:10", "dpm++2m:20", "dpm++2m:50", "ddim:10", "ddim:20",
                     "ddim:50", "ddpm:100", "ddpm:250", "ddpm:1000"]
+
+
+# the recipe sweep on one core (CPU-minutes), as issue 13 asks: the levers per family at 2 minutes
+SWEEP_SETTINGS = ["--minutes", "2", "--samples", "300", "--threads", "1"]
 
 
 def measure_peaks(threads: int, quick: bool) -> dict:
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
          common + ["--minutes", str(args.recipe_minutes), "--workdir", args.results_dir] + (["--ddpm-1000"] if args.ddpm_1000 else [])),
         ("quality", "bench_quality.py", bench_quality,
          common + ["--run", quality_run, "--workdir", args.results_dir] + ([] if args.quick else QUALITY_SETTINGS)),
+        ("variants", "bench_ddim_variants.py", bench_ddim_variants, common + ["--run", quality_run]),
+        ("sweep", "bench_sweep.py", bench_sweep, common + ([] if args.quick else SWEEP_SETTINGS)),
     ]
     summary_path = os.path.join(args.results_dir, "run_all_quick.json" if args.quick else "run_all.json")
     if args.render_only:  # rewrite the report from this command's last measurements, measuring nothing
@@ -217,6 +225,14 @@ def render(summary: dict, results: dict, plan, out_json, args) -> str:
          f"{args.recipe_minutes:g} minutes on this machine)." if not args.run else f"The model is the run `{args.run}`."),
         "",
         sections["quality"],
+        "",
+        "## DDIM variants: ε̂ from the clipped x̂₀, leading vs trailing spacing",
+        "",
+        sections["variants"],
+        "",
+        "## Recipes swept at equal compute",
+        "",
+        sections["sweep"],
         "",
         "## Commands",
         "",

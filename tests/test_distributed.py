@@ -24,6 +24,8 @@ import torch
 from diffvae.cli import main
 from diffvae.runs import RunDir, load_tensors, split_prefixed
 
+BACKSTOP_S = 1200  # a hung launch fails after this long: over 10x a launch's time on a busy 2-core machine
+
 TOY_SCRIPT = '''
 """Run by the test under torchrun (and in-process as the 1-process reference)."""
 import sys
@@ -108,7 +110,7 @@ def start_torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+def finish(proc: subprocess.Popen, timeout: float = BACKSTOP_S) -> str:
     """Wait for a launch; its stderr. Fails the test on a non-zero exit."""
     try:
         _, stderr = proc.communicate(timeout=timeout)
@@ -129,7 +131,7 @@ def finish_launch(launches, key: str) -> str:
     wrote, is as strict as on the first try."""
     for _ in range(2):
         proc = launches[key]
-        _, stderr = proc.communicate(timeout=240)
+        _, stderr = proc.communicate(timeout=BACKSTOP_S)
         if proc.returncode == 0 or KNOWN_TEARDOWN_ABORT not in stderr:
             break
         args, output = launches["args"][key]
@@ -139,7 +141,7 @@ def finish_launch(launches, key: str) -> str:
         launches[key] = start_torchrun(args, cwd=launches["root"])
     else:
         proc = launches[key]
-        _, stderr = proc.communicate(timeout=240)
+        _, stderr = proc.communicate(timeout=BACKSTOP_S)
     assert proc.returncode == 0, stderr[-3000:]
     return stderr
 

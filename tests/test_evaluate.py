@@ -63,3 +63,24 @@ def test_values_reflect_each_family(results):
 def test_human_readable_table(results):
     text = format_table(results["vae"])
     assert text.startswith("vae on digits") and "FID" in text and "active units" in text
+    low, high = results["vae"]["fid_ci95"]
+    assert f"[{low:.4g}, {high:.4g}]" in text  # the interval beside the figure
+
+
+INTERVALS = ("fid", "kid", "precision", "recall", "midpoint_fid", "ms_per_sample")
+
+
+def test_every_sample_quality_and_speed_figure_has_an_interval(results):
+    for family, res in results.items():
+        for key in INTERVALS:
+            low, high = res[f"{key}_ci95"]
+            assert low <= high and (low < high or key in ("precision", "recall")), (family, key, low, high)  # recall can be 0 flat
+        for key in ("precision", "recall", "ms_per_sample"):  # centred on the estimate (no bias correction)
+            assert res[f"{key}_ci95"][0] <= res[key] <= res[f"{key}_ci95"][1], (family, key)
+        assert res["fid_ci95"][0] >= 0 and res["ms_per_sample_repeats"] >= 5
+
+
+def test_bootstrap_zero_turns_the_intervals_off(runs):
+    res = evaluate(runs["vae"], EvalConfig.quick(n_samples=30, midpoints=6, probe_train=60, probe_test=30, bound_n=4, bootstrap=0))
+    assert not any(f"{key}_ci95" in res for key in ("fid", "kid", "precision", "recall", "midpoint_fid"))
+    assert res["fid"] > 0 and res["ms_per_sample_ci95"] is not None  # the speed interval needs no bootstrap

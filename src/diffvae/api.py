@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import torch
 
 from diffvae.errors import DiffvaeError
 from diffvae.families import config_from_dict, get_family
-from diffvae.runs import RunDir, split_prefixed, state_dict_mismatch
+from diffvae.runs import RunDir, WriterLock, split_prefixed, state_dict_mismatch
 from diffvae.train import TrainConfig, on_rank_zero, train, train_config_from_dict
 
 
@@ -50,41 +52,116 @@ def run_config(family: str, model_config, train_config: TrainConfig, data_config
 
 
 def train_run(family: str, data: DataConfig, model_config=None, train_config: TrainConfig | None = None, *,
-              out: str | Path, resume: bool = False, force: bool = False, progress: bool = True, dataset=None):
+              out: str | Path, resume: bool = False, force: bool = False, progress: bool = True, dataset=None,
+              requested: dict[str, dict[str, Any]] | None = None):
     """Train ``family`` on ``data`` into the run directory ``out``; returns the EMA model.
 
     A new run refuses an existing ``out`` unless ``force``; ``resume`` continues ``out`` exactly
-    (its config.json wins over the arguments).
+    (its config.json wins; ``requested`` — the explicitly given {"data", "model", "train"} values —
+    must agree with it). Everything is validated before the disk is touched, and the run is written
+    under its :class:`~diffvae.runs.WriterLock`.
     """
     fam = get_family(family)
     config_class, model_class = fam.load()
+    if resume and force:
+        raise DiffvaeError("--resume continues the run and --force replaces it: pass one of them")
     if resume:
-        run = RunDir.prepare(out, resume=True)
-        saved = run.read_config()
-        if saved["family"] != family:
-            raise DiffvaeError(f"--resume: {out} is a {saved['family']} run, not {family}")
-        if data is not None and data.spec is not None and data.spec != saved["data"]["spec"]:
-            raise DiffvaeError(f"--resume: {out} was trained on --data {saved['data']['spec']}, not {data.spec}")
+        saved = RunDir.prepare(out, resume=True).read_config()
+        given = requested if requested is not None else {"data": {"spec": data.spec} if data and data.spec else {}}
+        check_resume(saved, family, out, given)
         model_config = config_from_dict(config_class, saved["model"])
         train_config = train_config_from_dict(saved["train"])
         data = DataConfig(**{k: v for k, v in saved["data"].items() if k in DataConfig.__dataclass_fields__})
+    else:
+        RunDir.check_new(out, force=force)
     model_config = model_config or config_class()
     train_config = train_config or TrainConfig(**fam.train_defaults)
     train_config.validate()
     dataset = dataset or data.load()
     torch.manual_seed(train_config.seed)  # the initialisation is part of the seeded run
     model = model_class(model_config, dataset.image_shape)  # validates the config against the data
-    if not resume:
-        def prepare() -> None:
-            RunDir.prepare(out, force=force).write_config(run_config(family, model_config, train_config, data, dataset))
-
-        on_rank_zero(prepare)  # under torchrun only rank 0 creates the run; the other ranks wait for it
+    check_trainable(model, dataset, train_config)
+    make_config = lambda: run_config(family, model_config, train_config, data, dataset)  # noqa: E731
+    lock = on_rank_zero(lambda: open_run(out, resume=resume, force=force, make_config=make_config))
+    try:  # under torchrun only rank 0 creates the run and holds its lock; the other ranks wait for it
         run = RunDir(out)
-    fit = getattr(model, "fit", None)
-    if fit is not None:  # families with several stages (latent diffusion) drive the engine themselves
-        return fit(dataset, train_config, run, resume=resume, progress=progress)
-    ema, _ = train(model, dataset.train, train_config, run, resume=resume, progress=progress, description=family)
-    return ema
+        fit = getattr(model, "fit", None)
+        if fit is not None:  # families with several stages (latent diffusion) drive the engine themselves
+            return fit(dataset, train_config, run, resume=resume, progress=progress)
+        ema, _ = train(model, dataset.train, train_config, run, resume=resume, progress=progress, description=family)
+        return ema
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check_trainable(model, dataset, train_config: TrainConfig) -> None:
+    """Refuse now, before the run exists, what training would refuse at its first step: the family's
+    own checks (``check_fit``: stage split, ``--ae-run``) or else one loss evaluation on two training
+    images (e.g. a bernoulli decoder on grey data), on a copy and with the RNG state put back."""
+    check_fit = getattr(model, "check_fit", None)
+    if check_fit is not None:
+        check_fit(train_config, dataset)
+        return
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        copy.deepcopy(model).training_loss(dataset.train[:2])
+
+
+def open_run(out: str | Path, *, resume: bool, force: bool, make_config) -> WriterLock:
+    """Create (or, to resume, reopen) the run at ``out`` and take its writer lock, returned held. A new
+    run's config.json is written under the lock; a folder created here is removed if that fails."""
+    path = Path(out)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DiffvaeError(f"cannot create {path}: {e.strerror}") from None
+    try:
+        lock = WriterLock.acquire(path)
+    except DiffvaeError:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    try:
+        if not resume:
+            RunDir.prepare(path, force=force).write_config(make_config())
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return lock
+
+
+FLAG_NAMES = {"spec": "--data", "steps": "--steps", "budget_minutes": "--budget", "batch_size": "--batch",
+              "warmup_steps": "--warmup"}
+
+
+def check_resume(saved: dict[str, Any], family: str, out: str | Path, requested: dict[str, dict[str, Any]]) -> None:
+    """``--resume`` with the original command's flags: every given value must equal the stored one."""
+    if saved["family"] != family:
+        raise DiffvaeError(f"--resume: {out} is a {saved['family']} run, not {family}")
+    differences = []
+    for section in ("data", "model", "train"):
+        stored = saved[section]
+        for name, value in requested.get(section, {}).items():
+            have = stored.get(name)
+            if _json_value(value) != _json_value(have):
+                flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+                differences.append(f"{flag} {_flag_text(value)} (the run has {_flag_text(have)})")
+    if differences:
+        raise DiffvaeError(f"--resume: {out} was made with other settings: {'; '.join(differences)}; "
+                           "drop these flags or start a new run")
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _flag_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
 
 
 def load(run_path: str | Path, device: str = "cpu", weights: str = "ema"):

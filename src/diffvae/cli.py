@@ -6,7 +6,7 @@
     diffvae interpolate RUN --out strip.png [--pairs --frames --path]
     diffvae invert RUN [--n --steps]
     diffvae data info SPEC
-    diffvae compare --data SPEC --budget MIN --out DIR [--families vae,ddpm,ldm]
+    diffvae compare --data SPEC --budget MIN --out DIR [--families vae,ddpm,ldm] [--split vae=1,ddpm=1,ldm=1]
 """
 
 from __future__ import annotations
@@ -15,11 +15,20 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
 
 from diffvae.errors import DiffvaeError
+from diffvae.ranges import MAX_IMAGES, MAX_SEED, MAX_SIZE, TRAIN_RANGES, Range, finite_float
+
+SEED = Range(int, 0, MAX_SEED)
+IMAGES = Range(int, 1, MAX_IMAGES)
+SIZE = Range(int, 1, MAX_SIZE)
+SAMPLING_STEPS = Range(int, 1, 100_000)
+ETA = Range(float, 0, 1)
+OUTPUT_SUFFIXES = (".png", ".npz")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +57,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
             parser.add_argument(_flag(f.name), dest=f"model__{f.name}", type=_int_tuple, default=None, metavar="A,B,..",
                                 help=f"comma-separated (default {','.join(map(str, default))})")
         else:
-            kind = float if isinstance(default, float) or "float" in hint else int if isinstance(default, int) else str
+            kind = finite_float if isinstance(default, float) or "float" in hint else int if isinstance(default, int) else str
             parser.add_argument(_flag(f.name), dest=f"model__{f.name}", type=kind, default=None, help=f"(default {default})")
 
 
@@ -62,28 +71,31 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 def _add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required, metavar="SPEC",
                    help="mnist | digits | shapes | folder:PATH | npz:PATH | idx:PATH")
-    p.add_argument("--size", type=int, default=None, help="resize images to SIZE×SIZE")
+    p.add_argument("--size", type=SIZE.parser(), default=None, help=f"resize images to SIZE×SIZE, SIZE in {SIZE.text()}")
     p.add_argument("--key", default=None, help="array name inside an .npz")
     p.add_argument("--binarize", action="store_true", help="threshold the images to {0, 255}")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--limit", type=Range(int, 1, 10**9).parser(), default=None, help="use only the first N training images")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    length.add_argument("--budget", type=float, default=None, metavar="MINUTES", help="wall-clock budget; the LR schedule is fitted to it")
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--warmup", type=int, default=None, help="LR warm-up steps")
-    p.add_argument("--grad-clip", type=float, default=None)
-    p.add_argument("--ema-decay", type=float, default=None)
-    p.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--log-every", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    r = {field: allowed.parser() for field, allowed in TRAIN_RANGES.items()}
+    length.add_argument("--steps", type=r["steps"], default=None, help="optimizer steps")
+    length.add_argument("--budget", type=r["budget_minutes"], default=None, metavar="MINUTES",
+                        help="wall-clock budget; the LR schedule is fitted to it")
+    p.add_argument("--batch", type=r["batch_size"], default=None)
+    p.add_argument("--lr", type=r["lr"], default=None, help=f"in {TRAIN_RANGES['lr'].text()}")
+    p.add_argument("--weight-decay", type=r["weight_decay"], default=None)
+    p.add_argument("--warmup", type=r["warmup_steps"], default=None, help="LR warm-up steps")
+    p.add_argument("--grad-clip", type=r["grad_clip"], default=None)
+    p.add_argument("--ema-decay", type=r["ema_decay"], default=None)
+    p.add_argument("--precision", default=None, help="auto | bf16 | fp32 (default auto)")
+    p.add_argument("--checkpoint-every", type=r["checkpoint_every"], default=None)
+    p.add_argument("--log-every", type=r["log_every"], default=None)
+    p.add_argument("--seed", type=r["seed"], default=None, help="(default 0)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly (the original flags may be repeated; none may differ)")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -112,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run")
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", type=IMAGES.parser(), default=64, help=f"in {IMAGES.text()}")
     p.add_argument("--out", required=True, help="grid.png, or samples.npz for the raw uint8 array")
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true", help="overwrite --out")
@@ -120,25 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run (bound, sample quality, speed, interpolation, probe)")
     p.add_argument("run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--n", type=int, default=None, help="samples for FID/KID/precision/recall")
-    p.add_argument("--bound-n", type=int, default=None, help="held-out images for the bound")
-    p.add_argument("--iwae", type=int, default=None, help="importance samples for the IWAE bound (VAE)")
+    p.add_argument("--n", type=IMAGES.parser(), default=None, help="samples for FID/KID/precision/recall")
+    p.add_argument("--bound-n", type=IMAGES.parser(), default=None, help="held-out images for the bound")
+    p.add_argument("--iwae", type=Range(int, 0, 10_000).parser(), default=None,
+                   help="importance samples for the IWAE bound (VAE)")
     p.add_argument("--quick", action="store_true", help="small sample sizes (for smoke tests)")
-    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--out", default=None, help="also write the JSON here (a .json file)")
     _add_sampling_arguments(p)
+    p.add_argument("--force", action="store_true", help="overwrite --out")
 
     p = sub.add_parser("interpolate", help="interpolate between held-out images through the latent")
     p.add_argument("run")
     p.add_argument("--out", required=True, help="strip.png")
-    p.add_argument("--pairs", type=int, default=4)
-    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--pairs", type=Range(int, 1, 10_000).parser(), default=4)
+    p.add_argument("--frames", type=Range(int, 2, 1_000).parser(), default=8)
     p.add_argument("--path", default="slerp", help="slerp | linear")
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true")
 
     p = sub.add_parser("invert", help="map held-out images to their latent and back; report the round-trip error")
     p.add_argument("run")
-    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--n", type=IMAGES.parser(), default=64)
     p.add_argument("--out", default=None, help="PNG: originals above reconstructions")
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true")
@@ -147,16 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     p = dsub.add_parser("info", help="print what a data spec yields")
     p.add_argument("spec")
-    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--size", type=SIZE.parser(), default=None)
     p.add_argument("--key", default=None)
     p.add_argument("--binarize", action="store_true")
 
     p = sub.add_parser("compare", help="train every family under one budget and write the comparison report")
     _add_data_arguments(p)
-    p.add_argument("--budget", type=float, default=15.0, metavar="MINUTES")
+    p.add_argument("--budget", type=TRAIN_RANGES["budget_minutes"].parser(), default=None, metavar="MINUTES",
+                   help="(default 15; --resume: the stored one)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--families", default="vae,ddpm,ldm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--families", default=None, help="(default vae,ddpm,ldm; --resume: the stored ones)")
+    p.add_argument("--split", default=None, metavar="FAM=W,...",
+                   help="relative training time per family, e.g. vae=1,ddpm=2,ldm=2 (default: equal for every family)")
+    p.add_argument("--seed", type=SEED.parser(), default=None, help="(default 0; --resume: the stored one)")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
@@ -166,34 +183,88 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm++2m (diffusion families)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (diffusion families)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM η")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=SAMPLING_STEPS.parser(), default=None, help="sampling steps (diffusion families)")
+    p.add_argument("--eta", type=ETA.parser(), default=None, help="DDIM η")
+    p.add_argument("--seed", type=SEED.parser(), default=0)
     p.add_argument("--device", default="cpu")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it ends like Ctrl-C: progress bar closed, the
+    last checkpoint kept, one line."""
+
+
+def _raise_terminated(signum, frame) -> typing.NoReturn:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return _run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str]) -> int:
+    try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args) or 0
+        code = COMMANDS[args.command](args) or 0
+        sys.stdout.flush()  # inside the try: a reader that has gone (`| head`) is met here, not at exit
+        return code
     except DiffvaeError as e:
-        print(f"diffvae: error: {e}", file=sys.stderr)
+        _say(f"diffvae: error: {e}")
         return 2
-    except KeyboardInterrupt:
-        print("diffvae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        _say(f"diffvae: {'terminated' if terminated else 'interrupted'}; the files written so far are kept "
+             "(a run continues from its last checkpoint with --resume)")
+        return 143 if terminated else 130
+    except BrokenPipeError:  # `diffvae ... | head`: the reader has gone; say nothing more
+        _silence_stdout()
+        return 0
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
     except Exception as e:  # never a traceback for the user; DIFFVAE_DEBUG=1 shows it
         if os.environ.get("DIFFVAE_DEBUG"):
             raise
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        print(f"diffvae: error: internal error ({type(e).__name__}: {first}); rerun with DIFFVAE_DEBUG=1 for details", file=sys.stderr)
+        _say(f"diffvae: error: internal error ({type(e).__name__}: {first}); rerun with DIFFVAE_DEBUG=1 for details")
         return 1
 
 
+def _say(line: str) -> None:
+    """One line on stderr, on a line of its own even if a progress bar was drawn without a newline."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        _silence_stdout()
+    print(line, file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # an in-memory stdout (tests): nothing to redirect
+
+
 # ----------------------------------------------------------------------------- commands
+
+TRAIN_FLAG_FIELDS = [("steps", "steps"), ("budget", "budget_minutes"), ("batch", "batch_size"), ("lr", "lr"),
+                     ("weight_decay", "weight_decay"), ("warmup", "warmup_steps"), ("grad_clip", "grad_clip"),
+                     ("ema_decay", "ema_decay"), ("checkpoint_every", "checkpoint_every"), ("log_every", "log_every"),
+                     ("precision", "precision"), ("seed", "seed"), ("device", "device")]
+NEW_RUN_DEFAULTS = {"precision": "auto", "seed": 0, "device": "auto"}
+
 
 def cmd_train(args) -> int:
     from diffvae.api import DataConfig, train_run
@@ -202,37 +273,51 @@ def cmd_train(args) -> int:
 
     fam = get_family(args.family)
     config_class, _ = fam.load()
-    overrides = {k[len("model__"):]: v for k, v in vars(args).items() if k.startswith("model__") and v is not None}
-    if args.binarize and "binarize" in {f.name for f in dataclasses.fields(config_class)}:
-        overrides.setdefault("binarize", True)
-    model_config = config_from_dict(config_class, overrides)
-    if args.data is None and not args.resume:
-        raise DiffvaeError(f"train {args.family}: the following arguments are required: --data")
-    if args.resume and (args.steps is not None or args.budget is not None):
-        raise DiffvaeError("--resume continues the run as configured; do not pass --steps/--budget with it")
-    train_values = dict(fam.train_defaults)
-    for flag, field in [("steps", "steps"), ("budget", "budget_minutes"), ("batch", "batch_size"), ("lr", "lr"),
-                        ("weight_decay", "weight_decay"), ("warmup", "warmup_steps"), ("grad_clip", "grad_clip"),
-                        ("ema_decay", "ema_decay"), ("checkpoint_every", "checkpoint_every"), ("log_every", "log_every")]:
-        if getattr(args, flag) is not None:
-            train_values[field] = getattr(args, flag)
-    train_values.update(precision=args.precision, seed=args.seed, device=args.device)
-    train_config = TrainConfig(**train_values)
-    if not args.resume:
+    given = _given_train_flags(args, config_class)
+    if args.resume and args.force:
+        raise DiffvaeError("--resume continues the run and --force replaces it: pass one of them")
+    if args.resume:
+        train_run(args.family, None, out=args.out, resume=True, progress=not args.quiet, requested=given)
+    else:
+        if args.data is None:
+            raise DiffvaeError(f"train {args.family}: the following arguments are required: --data")
+        model_values, train_values = _with_recipe(fam, given)
+        model_config = config_from_dict(config_class, model_values)
+        train_config = TrainConfig(**train_values)
         train_config.validate()
-    _check_positive(args.size, "--size")
-    _check_positive(args.limit, "--limit")
-    data = DataConfig(spec=args.data, size=args.size, key=args.key, binarize=args.binarize, limit=args.limit)
-    train_run(args.family, data, model_config, train_config, out=args.out, resume=args.resume, force=args.force,
-              progress=not args.quiet)
+        data = DataConfig(**given["data"])
+        train_run(args.family, data, model_config, train_config, out=args.out, force=args.force, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
         print(f"diffvae: trained {args.family} → {args.out}", file=sys.stderr)
     return 0
 
 
-def _check_positive(value, flag: str) -> None:
-    if value is not None and value < 1:
-        raise DiffvaeError(f"{flag} must be a positive integer, got {value}")
+def _with_recipe(fam, given: dict[str, dict]) -> tuple[dict, dict]:
+    """Model and train values of a new run: with ``--budget``, the family's compute-aware recipe for
+    it (:mod:`diffvae.recipes`) under the flags the user gave, which always win."""
+    from diffvae.recipes import apply, describe, for_budget
+
+    train = {**fam.train_defaults, **NEW_RUN_DEFAULTS, **given["train"]}
+    if train.get("budget_minutes") is None:
+        return given["model"], train
+    recipe, info = for_budget(fam.recipes, train["budget_minutes"], train.get("device", "auto"), train.get("precision", "auto"))
+    if recipe is not None and os.environ.get("RANK", "0") == "0":
+        print(f"diffvae: {describe(info)}", file=sys.stderr)
+    model, train = apply(recipe, given["model"], train, set(given["model"]) | set(given["train"]))
+    return model, {**train, "recipe": recipe.name if recipe is not None else None}
+
+
+def _given_train_flags(args, config_class) -> dict[str, dict]:
+    """The values the user gave explicitly, as {"data", "model", "train"} config fields."""
+    model = {k[len("model__"):]: v for k, v in vars(args).items() if k.startswith("model__") and v is not None}
+    if args.binarize and "binarize" in {f.name for f in dataclasses.fields(config_class)}:
+        model.setdefault("binarize", True)
+    train = {field: getattr(args, flag) for flag, field in TRAIN_FLAG_FIELDS if getattr(args, flag) is not None}
+    data = {"spec": args.data, "size": args.size, "key": args.key, "limit": args.limit}
+    data = {k: v for k, v in data.items() if v is not None}
+    if args.binarize:
+        data["binarize"] = True
+    return {"data": data, "model": model, "train": train}
 
 
 def _sampling_kwargs(args, model) -> dict:
@@ -242,15 +327,35 @@ def _sampling_kwargs(args, model) -> dict:
     return kwargs
 
 
-def _refuse_existing(path: str, force: bool) -> Path:
+def _check_output(path: str, force: bool, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> Path:
+    """An output file: the right extension, a writable folder outside every run, and not an existing
+    file unless ``force`` (never a folder)."""
     out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise DiffvaeError(f"--out must end in {' or '.join(suffixes)}, got {out.name}")
+    if out.is_dir():
+        raise DiffvaeError(f"--out {out} is a folder; give a file name")
     if out.exists() and not force:
         raise DiffvaeError(f"{out} already exists; use --force to overwrite it")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise DiffvaeError(f"the folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK):
         raise DiffvaeError(f"cannot write in {out.parent}")
+    run = _enclosing_run(out.parent)
+    if run is not None:
+        raise DiffvaeError(f"--out {out} is inside the run {run}; write outputs outside run folders")
     return out
+
+
+def _enclosing_run(folder: Path) -> Path | None:
+    """The run folder (one holding config.json) that ``folder`` is or lies in, if any."""
+    from diffvae.runs import CONFIG
+
+    folder = folder.resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / CONFIG).is_file():
+            return candidate
+    return None
 
 
 def cmd_sample(args) -> int:
@@ -258,18 +363,24 @@ def cmd_sample(args) -> int:
 
     from diffvae.api import load
 
-    _check_positive(args.n, "--n")
-    out = _refuse_existing(args.out, args.force)
-    if out.suffix.lower() not in (".png", ".npz"):
-        raise DiffvaeError(f"--out must end in .png or .npz, got {out.name}")
+    out = _check_output(args.out, args.force)
     model = load(args.run, device=args.device)
     kwargs = _sampling_kwargs(args, model)
+    _check_fits_in_memory(args.n, model)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     with torch.inference_mode():
         images = model.sample(args.n, generator=generator, **kwargs)
     _write_images(images, out)
     print(f"diffvae: wrote {args.n} samples → {out}", file=sys.stderr)
     return 0
+
+
+def _check_fits_in_memory(n: int, model) -> None:
+    """Refuse an ``--n`` whose images (as float32, with room for a network's activations) cannot fit."""
+    from diffvae.data import check_fits_in_memory
+
+    c, h, w = model.run_config["data"]["image_shape"]
+    check_fits_in_memory(n * c * h * w * 4 * 8, f"--n {n} ({n} images of {c}×{h}×{w})")
 
 
 def _write_images(images, out: Path, nrow: int | None = None) -> None:
@@ -295,18 +406,17 @@ def cmd_eval(args) -> int:
     from diffvae.api import load
     from diffvae.evaluate import EvalConfig, evaluate, format_table
 
+    out = _check_output(args.out, args.force, (".json",)) if args.out else None
     model = load(args.run, device=args.device)
     kwargs = _sampling_kwargs(args, model)
     cfg = EvalConfig.quick() if args.quick else EvalConfig()
-    for name in ("n", "bound_n", "iwae"):
+    for name in ("n", "bound_n", "iwae"):  # ranges checked at parse time
         value = getattr(args, name)
         if value is not None:
-            if value < (0 if name == "iwae" else 1):
-                raise DiffvaeError(f"--{name.replace('_', '-')} must be positive, got {value}")
             setattr(cfg, {"n": "n_samples", "bound_n": "bound_n", "iwae": "iwae_samples"}[name], value)
     cfg.seed = args.seed
     cfg.sampler_kwargs = kwargs
-    out = _refuse_existing(args.out, True) if args.out else None
+    _check_fits_in_memory(cfg.n_samples, model)
     results = evaluate(model, cfg, progress=not args.json)
     text = json.dumps(results, indent=2, sort_keys=True)
     if out is not None:
@@ -323,12 +433,9 @@ def cmd_interpolate(args) -> int:
     from diffvae.api import load, run_data
     from diffvae.interpolation import interpolation_strip
 
-    _check_positive(args.pairs, "--pairs")
-    if args.frames < 2:
-        raise DiffvaeError(f"--frames must be at least 2, got {args.frames}")
     if args.path not in ("slerp", "linear"):
         raise DiffvaeError(f"--path must be slerp or linear, got {args.path!r}")
-    out = _refuse_existing(args.out, args.force)
+    out = _check_output(args.out, args.force)
     model = load(args.run, device=args.device)
     kwargs = _sampling_kwargs(args, model)
     dataset = run_data(model)
@@ -350,8 +457,7 @@ def cmd_invert(args) -> int:
     from diffvae.api import load, run_data
     from diffvae.interpolation import roundtrip
 
-    _check_positive(args.n, "--n")
-    out = _refuse_existing(args.out, args.force) if args.out else None
+    out = _check_output(args.out, args.force) if args.out else None
     model = load(args.run, device=args.device)
     kwargs = _sampling_kwargs(args, model)
     dataset = run_data(model)
@@ -367,7 +473,6 @@ def cmd_invert(args) -> int:
 def cmd_data(args) -> int:
     from diffvae.data import describe, load_data
 
-    _check_positive(args.size, "--size")
     print(describe(load_data(args.spec, size=args.size, key=args.key, binarize=args.binarize)))
     return 0
 

@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import math
 import numbers
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -199,6 +200,7 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     n, c, _, _ = images.shape
     if c not in (1, 3):
         raise DiffvaeError(f"can only resize images with 1 or 3 channels, got {c}")
+    check_fits_in_memory(n * size * size * c, f"resizing {n} images to {size}×{size}")
     array = images.permute(0, 2, 3, 1).cpu().numpy()
     out = np.empty((n, size, size, c), dtype=np.uint8)
     for i in range(n):
@@ -237,6 +239,7 @@ def make_shapes(
     """
     if size < 8:
         raise DiffvaeError(f"shapes need size >= 8 pixels, got {size}")
+    check_fits_in_memory(n * size * size * 4 * 4, f"{n} shapes of {size}×{size}")
     labels = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=generator)]
     side = size * (0.25 + 0.30 * torch.rand(n, generator=generator))
     # The triangle reaches its circumradius s/√3 ≈ 0.577 s above its centroid; 0.6 s bounds all three.
@@ -392,12 +395,13 @@ def _read_folder(root: Path, size: int) -> _Source:
     )
     if not files:
         raise DiffvaeError(f"no PNG or JPEG images found under {root}")
+    check_fits_in_memory(len(files) * size * size * 3 * 2, f"{len(files)} images of {size}×{size}")
     arrays = []
     for path in files:
         try:
             with Image.open(path) as img:
                 img.load()
-                rgb = img.convert("RGB")
+                rgb = _eight_bit_rgb(img)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise DiffvaeError(f"cannot read image {path}: {err}") from None
         arrays.append(np.asarray(_resize_center_crop(rgb, size)))
@@ -414,6 +418,39 @@ def _read_folder(root: Path, size: int) -> _Source:
         labels = torch.tensor([index[parts[0]] for parts in relative], dtype=torch.int64)
         return _Source(f"folder:{root}", images, labels, len(class_names), {}, class_names)
     return _Source(f"folder:{root}", images)
+
+
+def _eight_bit_rgb(img):
+    """A PIL image as 8-bit RGB. 16-bit grey (PIL modes ``I;16*`` and ``I``) is scaled by 255/65535
+    and rounded; PIL's own conversion would clip every level above 255 to white."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        wide = np.asarray(img).astype(np.float64).clip(0, 65535)
+        img = Image.fromarray(np.rint(wide * 255.0 / 65535.0).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Refuse, in one line, an allocation of ``nbytes`` larger than the memory available now."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise DiffvaeError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory but only "
+                           f"{available / 2**30:.1f} GiB is available; use fewer or smaller images")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to allocate (Linux MemAvailable, else physical memory), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _read_npz(path: Path, key: str | None) -> _Source:

@@ -13,6 +13,12 @@
 * **representation** — linear-probe accuracy of the family's latent (``to_latent``) on labels;
 * **family diagnostics** — e.g. the VAE's active units, KL per dimension and mutual information.
 
+Uncertainty: ``<metric>_ci95 = [low, high]`` beside a figure is its 95% interval — bootstrap
+intervals for FID, KID, precision and recall (:mod:`diffvae.metrics.bootstrap`, resampling the
+generated and the reference features; ``EvalConfig.bootstrap`` resamples, 0 = none), a t-interval
+over timed sampling batches for ms/sample, mean ± 1.96 SEM over images for bits/dim, the delta
+method for the sharpness ratio and a Wilson interval for the probe accuracy.
+
 Every figure is a plain float/int/list so the result is JSON; non-finite numbers become null.
 """
 
@@ -22,23 +28,26 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import torch
 
-from diffvae.metrics.fid import fid, kid, precision_recall
+from diffvae.metrics.bootstrap import fid_ci, kid_ci, precision_recall_ci, wilson_interval
+from diffvae.metrics.distances import fid, kid, precision_recall
 from diffvae.metrics.interpolation import path_smoothness
 from diffvae.metrics.probe import linear_probe
-from diffvae.metrics.sharpness import sharpness
+from diffvae.metrics.sharpness import laplacian_variance, sharpness
 
 
 @dataclass
 class EvalConfig:
     n_samples: int = 1000  # samples for FID / KID / precision-recall / sharpness
+    bootstrap: int = 200  # resamples for the 95% intervals of FID / KID / precision / recall (0 = none)
     bound_n: int = 200  # held-out images for the bound
-    bound_timesteps: int = 0  # diffusion: 0 = all T terms per image; K > 0 = the unbiased K-draw estimate
-    bound_parts_n: int = 8  # diffusion with K > 0: images whose full bound gives the parts L0, ΣKL, L_T
+    bound_timesteps: int = 16  # diffusion: K > 0 = the unbiased importance-sampled K-draw estimate; 0 = all T terms
+    variance_fit_n: int = 64  # training images the reverse variances are fitted on (0 = fixed-small, no fit)
     iwae_samples: int = 100  # VAE: importance samples of the IWAE bound
     midpoints: int = 200  # held-out pairs whose latent midpoint is decoded (midpoint FID)
     strips: int = 8  # interpolation strips for path smoothness
@@ -53,7 +62,7 @@ class EvalConfig:
     @classmethod
     def quick(cls, **kw) -> "EvalConfig":
         """Small sizes for smoke tests and tiny budgets (noisy figures)."""
-        base = dict(n_samples=100, bound_n=8, bound_timesteps=0, bound_parts_n=2, iwae_samples=8, midpoints=24, strips=2, frames=5,
+        base = dict(n_samples=100, bound_n=8, bound_timesteps=0, variance_fit_n=16, iwae_samples=8, midpoints=24, strips=2, frames=5,
                     roundtrip_n=16, probe_train=200, probe_test=100, batch_size=100)
         base.update(kw)
         return cls(**base)
@@ -89,12 +98,13 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
     steps("sampling")
     with torch.inference_mode():
         _call(model.sample, 2, generator=torch.Generator().manual_seed(1), **kw)  # warm-up
-        t0 = time.perf_counter()
-        samples = _batched_samples(model, config.n_samples, config.batch_size, g, kw, progress)
-        elapsed = time.perf_counter() - t0
+        batch = min(config.batch_size, math.ceil(config.n_samples / TIMED_CHUNKS))  # ≥ TIMED_CHUNKS timed repeats
+        samples, seconds = _batched_samples(model, config.n_samples, batch, g, kw, progress)
     out["nfe"] = int(_call(model.nfe, **kw))
-    out["ms_per_sample"] = 1000.0 * elapsed / config.n_samples
-    out["sampling_batch"] = min(config.batch_size, config.n_samples)
+    out["ms_per_sample"] = 1000.0 * sum(seconds) / config.n_samples
+    out["ms_per_sample_ci95"] = mean_interval([1000.0 * t / n for t, n in zip(seconds, _chunk_sizes(config.n_samples, batch))])
+    out["ms_per_sample_repeats"] = len(seconds)
+    out["sampling_batch"] = batch
     out.update({k: v for k, v in kw.items()})
     out["sampler"] = kw.get("sampler", getattr(getattr(model, "config", None), "sampler", None)) if model.family != "vae" else "decode"
 
@@ -105,9 +115,17 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
     out["kid"], out["kid_std"] = kid(real_features, fake_features, subsets=50, subset_size=min(500, len(samples)),
                                      generator=torch.Generator().manual_seed(config.seed))
     out.update(precision_recall(real_features, fake_features, k=3))
+    if config.bootstrap:  # 95% intervals, resampling the generated and the reference features
+        out["fid_ci95"] = fid_ci(real_features, fake_features, config.bootstrap, _boot_generator(config))
+        out["kid_ci95"] = kid_ci(real_features, fake_features, config.bootstrap, _boot_generator(config))
+        pr = precision_recall_ci(real_features, fake_features, 3, config.bootstrap, _boot_generator(config))
+        out["precision_ci95"], out["recall_ci95"] = pr["precision"], pr["recall"]
+    out["n_samples"] = int(samples.shape[0])
     out["sharpness"] = sharpness(samples)
     out["sharpness_real"] = sharpness(real)
     out["sharpness_ratio"] = out["sharpness"] / out["sharpness_real"] if out["sharpness_real"] > 0 else None
+    if out["sharpness_ratio"] is not None:
+        out["sharpness_ratio_ci95"] = ratio_of_means_interval(laplacian_variance(samples), laplacian_variance(real))
     if dataset.test_labels is not None and getattr(extractor, "kind", "") == "classifier":
         rec = recognisability(extractor.predict_proba(samples))
         out["confident_fraction"] = rec["confident_fraction"]
@@ -117,23 +135,7 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
 
     # likelihood --------------------------------------------------------------------------------
     steps("bound")
-    x = real[: config.bound_n]
-    with torch.no_grad():
-        bound = _call(model.bound, x, iwae_samples=config.iwae_samples, timesteps=config.bound_timesteps,
-                      generator=torch.Generator().manual_seed(config.seed))
-    for key, value in bound.items():
-        out[key] = float(value.double().mean()) if torch.is_tensor(value) else value
-    if "bpd" in bound and torch.is_tensor(bound["bpd"]):
-        out["bpd_n"] = int(bound["bpd"].numel())
-        out["bpd_sem"] = float(bound["bpd"].double().std() / math.sqrt(max(1, bound["bpd"].numel())))
-    if model.family != "vae" and config.bound_timesteps and config.bound_parts_n:
-        with torch.no_grad():  # the parts need every term: the full bound on a few images
-            full = _call(model.bound, real[: config.bound_parts_n], timesteps=0, generator=torch.Generator().manual_seed(config.seed))
-        out["bound_parts_n"] = config.bound_parts_n
-        out["bpd_full_subset"] = float(full["bpd"].double().mean())
-        for key, value in full.items():
-            if key != "bpd" and torch.is_tensor(value):
-                out[key] = float(value.double().mean())
+    out.update(_likelihood(model, real[: config.bound_n], dataset.train[: config.variance_fit_n], config))
 
     # interpolation -----------------------------------------------------------------------------
     steps("interpolation")
@@ -149,7 +151,11 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
         za, zb = _call(model.to_latent, a, **kw), _call(model.to_latent, b, **kw)
         out["latent_std"] = float(za.float().std())  # ≈ 1 for a latent that looks like N(0, I)
         mid = _call(model.from_latent, latent_path(za, zb, 3)[:, 1], **kw)
-        out["midpoint_fid"] = fid(real_features, extractor.features(mid)) if half >= 2 else None
+        mid_features = extractor.features(mid) if half >= 2 else None
+        out["midpoint_fid"] = fid(real_features, mid_features) if half >= 2 else None
+        out["midpoint_n"] = int(half)
+        if config.bootstrap and half >= 2:
+            out["midpoint_fid_ci95"] = fid_ci(real_features, mid_features, config.bootstrap, _boot_generator(config))
         s = min(config.strips, half)
         frames = _call(model.from_latent, latent_path(za[:s], zb[:s], config.frames).flatten(0, 1), **kw)
         frames = frames.reshape(s, config.frames, -1).double() / 127.5 - 1
@@ -164,6 +170,8 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
         out["probe_accuracy"] = linear_probe(ztr, dataset.train_labels[: config.probe_train],
                                              zte, dataset.test_labels[: config.probe_test])
         out["probe_chance"] = 1.0 / dataset.num_classes
+        out["probe_n"] = int(zte.shape[0])
+        out["probe_accuracy_ci95"] = wilson_interval(out["probe_accuracy"], out["probe_n"])  # a share of test images
 
     # family diagnostics ------------------------------------------------------------------------
     diagnose = getattr(model, "diagnostics", None)
@@ -174,16 +182,79 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
     return _jsonable(out)
 
 
-def _batched_samples(model, n, batch, generator, kw, progress) -> torch.Tensor:
-    chunks = []
-    iterator = range(0, n, batch)
+def _likelihood(model, x, fit_images, config: EvalConfig) -> dict[str, Any]:
+    """The family's tightest bound on the held-out ``x``: every per-image tensor averaged, with the
+    standard error of the mean over images (``<key>_sem``) and its 95% interval for ``bpd``. Families
+    that fit something on training data (diffusion's reverse variances) get ``fit_data``."""
+    with torch.no_grad():
+        bound = _call(model.bound, x, iwae_samples=config.iwae_samples, timesteps=config.bound_timesteps,
+                      generator=torch.Generator().manual_seed(config.seed),
+                      fit_data=fit_images if config.variance_fit_n else None)
+    out: dict[str, Any] = {}
+    for key, value in bound.items():
+        if not torch.is_tensor(value):
+            out[key] = value
+            continue
+        name = "bpd_mc_error" if key == "bpd_stderr" else key  # the mean per-image Monte-Carlo error
+        out[name] = float(value.double().mean())
+        if value.numel() > 1 and key.startswith("bpd") and key != "bpd_stderr":
+            out[f"{key}_sem"] = float(value.double().std() / math.sqrt(value.numel()))
+    if "bpd_sem" in out:
+        out["bpd_n"] = int(bound["bpd"].numel())
+        out["bpd_ci95"] = [out["bpd"] - 1.96 * out["bpd_sem"], out["bpd"] + 1.96 * out["bpd_sem"]]
+    return out
+
+
+TIMED_CHUNKS = 5  # sampling is timed in at least this many batches: ms/sample gets an interval from their spread
+
+
+def _chunk_sizes(n: int, batch: int) -> list[int]:
+    return [min(batch, n - start) for start in range(0, n, batch)]
+
+
+def _batched_samples(model, n, batch, generator, kw, progress) -> tuple[torch.Tensor, list[float]]:
+    """n samples drawn ``batch`` at a time, and the seconds each batch took."""
+    chunks, seconds = [], []
+    iterator = _chunk_sizes(n, batch)
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="samples", unit="batch", leave=False)
-    for start in iterator:
-        chunks.append(_call(model.sample, min(batch, n - start), generator=generator, **kw).cpu())
-    return torch.cat(chunks)
+    for size in iterator:
+        t0 = time.perf_counter()
+        chunks.append(_call(model.sample, size, generator=generator, **kw).cpu())
+        seconds.append(time.perf_counter() - t0)
+    return torch.cat(chunks), seconds
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> list[float] | None:
+    """Student-t interval for the mean of repeated measurements: x̄ ± t_{n−1, (1+level)/2} · s / √n
+    (s the sample standard deviation); None with fewer than two values."""
+    from scipy.stats import t as student_t
+
+    if len(values) < 2:
+        return None
+    x = torch.tensor(values, dtype=torch.float64)
+    half = float(student_t.ppf(0.5 + level / 2.0, len(values) - 1)) * float(x.std()) / math.sqrt(len(values))
+    return [float(x.mean()) - half, float(x.mean()) + half]
+
+
+def ratio_of_means_interval(numerator: torch.Tensor, denominator: torch.Tensor, level: float = 0.95) -> list[float] | None:
+    """Delta-method interval for R = mean(a) / mean(b) of two independent samples a (n), b (m):
+
+        R ± z · R · √( s_a² / (n ā²) + s_b² / (m b̄²) ),   z = Φ⁻¹((1 + level)/2).
+    """
+    a, b = numerator.double(), denominator.double()
+    if a.numel() < 2 or b.numel() < 2 or float(a.mean()) == 0 or float(b.mean()) == 0:
+        return None
+    ratio = float(a.mean() / b.mean())
+    relative = math.sqrt(float(a.var() / (a.numel() * a.mean() ** 2) + b.var() / (b.numel() * b.mean() ** 2)))
+    half = NormalDist().inv_cdf(0.5 + level / 2.0) * abs(ratio) * relative
+    return [ratio - half, ratio + half]
+
+
+def _boot_generator(config: EvalConfig) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed + 7919)  # the bootstrap's own stream, fixed by the seed
 
 
 def _encode(model, images, batch, kw) -> np.ndarray:
@@ -241,5 +312,8 @@ def format_table(results: dict[str, Any]) -> str:
         if results.get(key) is not None:
             value = results[key]
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            interval = results.get(f"{key}_ci95")
+            if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in interval:
+                text += f" [{interval[0]:.4g}, {interval[1]:.4g}]"  # 95% interval
             lines.append(f"  {label:<34} {text}")
     return "\n".join(lines)

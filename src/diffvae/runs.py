@@ -11,10 +11,16 @@ A run directory holds, at its top level:
 
 Every file is written atomically (temporary file in the same folder, fsync, rename, fsync of
 the folder). Nothing is pickled.
+
+A run has one writer: :class:`WriterLock` holds an exclusive ``fcntl.flock`` on ``.lock`` in the run
+(its content: the holder's PID) while train / resume / compare write; a second writer is refused.
+Every file is checked by schema on read (:mod:`diffvae.schema`): a damaged file is one error line
+naming the file and the field.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +35,7 @@ from diffvae.errors import DiffvaeError
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.safetensors"
+LOCK = ".lock"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -85,8 +92,10 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise DiffvaeError(f"{path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DiffvaeError(f"{path} is not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DiffvaeError(f"{path} is not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    except OSError as e:
+        raise DiffvaeError(f"cannot read {path}: {e.strerror}") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
@@ -113,6 +122,8 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
                 tensors[key] = f.get_tensor(key)
     except Exception as e:  # safetensors raises several types for truncated/tampered files
         raise DiffvaeError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(meta, dict):
+        raise DiffvaeError(f"{path}: its metadata is not a JSON object")
     return tensors, meta
 
 
@@ -131,6 +142,72 @@ def state_dict_mismatch(error: RuntimeError) -> str:
     rather than its generic first line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return (lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__)[:200]
+
+
+class WriterLock:
+    """The one writer of a folder: an exclusive ``fcntl.flock`` on ``FOLDER/.lock``, which holds the
+    writer's PID. :meth:`release` removes the file, so a finished or refused command leaves the
+    folder as it found it; a killed writer leaves a stale file whose lock the kernel has released."""
+
+    def __init__(self, folder: Path, fd: int):
+        self.folder, self.fd = folder, fd
+
+    @property
+    def path(self) -> Path:
+        return self.folder / LOCK
+
+    @classmethod
+    def acquire(cls, folder: str | Path) -> "WriterLock":
+        """Lock ``folder`` (which exists) or raise DiffvaeError naming the PID that holds it."""
+        folder = Path(folder)
+        while True:
+            try:
+                fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, _new_file_mode())
+            except OSError as e:
+                raise DiffvaeError(f"cannot write in {folder}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise DiffvaeError(f"{folder} is being written by another diffvae process (PID {holder}); "
+                                   "wait for it to finish or stop it") from None
+            if _is_current_file(fd, folder / LOCK):  # else the last holder removed it after we opened it: retry
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(folder, fd)
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        if _is_current_file(self.fd, self.path):
+            self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> "WriterLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def _is_current_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 class RunDir:
@@ -155,22 +232,34 @@ class RunDir:
         return self.config_path.is_file()
 
     @classmethod
+    def check_new(cls, path: str | Path, *, force: bool = False) -> "RunDir":
+        """Refuse ``path`` for a new run unless it is absent, empty, or (with ``force``) a run. Reads only."""
+        run = cls(path)
+        p = run.path
+        if p.exists() and not p.is_dir():
+            raise DiffvaeError(f"--out {p} exists and is not a directory")
+        if p.is_dir() and any(q.name != LOCK for q in p.iterdir()):
+            if not force:
+                raise DiffvaeError(f"--out {p} already exists; use --resume to continue it or --force to replace it")
+            if not run.exists():
+                raise DiffvaeError(f"--force refuses to replace {p}: it is not a diffvae run")
+        return run
+
+    @classmethod
     def prepare(cls, path: str | Path, *, resume: bool = False, force: bool = False) -> "RunDir":
-        """Open ``path`` for a new run (refusing an existing one unless ``force``) or for ``resume``."""
+        """Open ``path`` for a new run (refusing an existing one unless ``force``) or for ``resume``.
+        ``force`` empties the run but keeps its writer lock file."""
         run = cls(path)
         p = run.path
         if resume:
             if not run.exists():
                 raise DiffvaeError(f"--resume: {p} is not a diffvae run (no {CONFIG})")
             return run
-        if p.exists() and not p.is_dir():
-            raise DiffvaeError(f"--out {p} exists and is not a directory")
-        if p.is_dir() and any(p.iterdir()):
-            if not force:
-                raise DiffvaeError(f"--out {p} already exists; use --resume to continue it or --force to replace it")
-            if not run.exists():
-                raise DiffvaeError(f"--force refuses to replace {p}: it is not a diffvae run")
-            shutil.rmtree(p)
+        cls.check_new(p, force=force)
+        if p.is_dir():
+            for entry in p.iterdir():
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -187,21 +276,28 @@ class RunDir:
             raise DiffvaeError(f"run {self.path} not found")
         if not self.exists():
             raise DiffvaeError(f"{self.path} is not a diffvae run (no {CONFIG})")
+        from diffvae.schema import check_run_config
+
         config = read_json(self.config_path)
-        if not isinstance(config, dict) or "family" not in config:
-            raise DiffvaeError(f"{self.config_path} is not a diffvae run config")
+        check_run_config(config, self.config_path)
         return config
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All complete rows of metrics.jsonl (a torn last line from a crash is skipped)."""
+        """All complete rows of metrics.jsonl. A torn last line from a crash (no newline) is skipped;
+        any other damage is a DiffvaeError naming the file and the line."""
+        from diffvae.schema import check_metrics_row
+
         if not self.metrics_path.is_file():
             return []
+        try:
+            text = self.metrics_path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DiffvaeError(f"{self.metrics_path} is damaged: not UTF-8 at byte {e.start}") from None
+        lines = text.split("\n")
         rows = []
-        for line in self.metrics_path.read_text("utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        for number, line in enumerate(lines[:-1], start=1):  # lines[-1] is "" or a torn last line
+            if line.strip():
+                rows.append(check_metrics_row(line, self.metrics_path, number))
         return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
@@ -217,6 +313,10 @@ class RunDir:
         save_tensors(self.checkpoint_path, tensors, metadata)
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        from diffvae.schema import check_checkpoint_metadata
+
         if not self.checkpoint_path.is_file():
             raise DiffvaeError(f"run {self.path} has no checkpoint yet ({CHECKPOINT} missing)")
-        return load_tensors(self.checkpoint_path)
+        tensors, meta = load_tensors(self.checkpoint_path)
+        check_checkpoint_metadata(meta, self.checkpoint_path)
+        return tensors, meta

@@ -3,7 +3,8 @@
 AdamW, linear warm-up then cosine decay, gradient clipping, EMA weights, bf16 autocast, a
 progress bar, ``metrics.jsonl`` and periodic crash-safe checkpoints (see :mod:`diffvae.runs`).
 Length is ``steps`` or a wall-clock ``budget_minutes``: the step rate is measured early and the
-LR schedule is fitted to the number of steps that fit.
+LR schedule is fitted to the number of steps that fit. With ``snapshot_first_minutes`` the run also
+keeps EMA snapshots at geometric intervals of training time (:mod:`diffvae.snapshots`).
 
 Exact resumption: the data order is a pure function of (seed, step) — a fresh permutation per
 epoch from a generator seeded by ``seed`` and the epoch — and the checkpoint holds the model, EMA,
@@ -30,7 +31,9 @@ import torch
 from torch import nn
 
 from diffvae.errors import DiffvaeError
+from diffvae.ranges import TRAIN_RANGES, train_flag
 from diffvae.runs import RunDir, add_prefix, split_prefixed, state_dict_mismatch
+from diffvae.snapshots import Compute, SnapshotRecorder, training_gflop_per_image
 
 
 @dataclass
@@ -49,24 +52,26 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every: int = 500
     log_every: int = 10
+    snapshot_first_minutes: float | None = None  # EMA snapshots after this many training minutes ... (None/0 = off)
+    snapshot_factor: float = 2.0  # ... then each time the training minutes grow by this factor (diffvae.snapshots)
+    recipe: str | None = None  # the compute-aware recipe a --budget run was given (diffvae.recipes), for the record
 
     def validate(self) -> None:
         if self.steps is None and self.budget_minutes is None:
             raise DiffvaeError("give --steps N or --budget MINUTES")
-        if self.steps is not None and self.steps < 1:
-            raise DiffvaeError(f"--steps must be a positive integer, got {self.steps}")
-        if self.budget_minutes is not None and not (self.budget_minutes > 0 and math.isfinite(self.budget_minutes)):
-            raise DiffvaeError(f"--budget must be a positive number of minutes, got {self.budget_minutes}")
-        if self.batch_size < 1:
-            raise DiffvaeError(f"--batch must be a positive integer, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise DiffvaeError(f"--lr must be a positive number, got {self.lr}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise DiffvaeError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        for field, allowed in TRAIN_RANGES.items():  # every number within its range (diffvae.ranges)
+            value = getattr(self, field)
+            if value is not None or field not in ("steps", "budget_minutes"):
+                allowed.check(value, train_flag(field))
         if self.precision not in ("auto", "bf16", "fp32"):
             raise DiffvaeError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise DiffvaeError("--checkpoint-every and --log-every must be positive")
+        if not isinstance(self.device, str):
+            raise DiffvaeError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+        first = self.snapshot_first_minutes
+        if first is not None and not (first >= 0 and math.isfinite(first)):
+            raise DiffvaeError(f"snapshot_first_minutes must be a number of minutes >= 0, got {first}")
+        if not (self.snapshot_factor > 1 and math.isfinite(self.snapshot_factor)):
+            raise DiffvaeError(f"snapshot_factor must be a number > 1, got {self.snapshot_factor}")
         resolve_device(self.device)
 
 
@@ -181,7 +186,7 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 
 def distributed_context() -> tuple[int, int]:
     """(rank, world_size); initialises torch.distributed when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
@@ -190,6 +195,20 @@ def distributed_context() -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("DIFFVAE_BACKEND", "") != "gloo" else "gloo"
         dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE as torchrun sets it (1 when unset); refused in one line when it is not a positive
+    integer or when the other variables a launcher sets (RANK, MASTER_ADDR, MASTER_PORT) are missing."""
+    text = os.environ.get("WORLD_SIZE", "1").strip()
+    if not text.isdigit() or int(text) < 1:
+        raise DiffvaeError(f"WORLD_SIZE must be a positive integer, got {text!r}; unset it or launch with torchrun")
+    world = int(text)
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world > 1 and name not in os.environ]
+    if missing:
+        raise DiffvaeError(f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                           "not: launch with torchrun, or unset WORLD_SIZE for one process")
+    return world
 
 
 def _collective_device() -> torch.device:
@@ -262,6 +281,11 @@ class _LossModule(nn.Module):
 
 # ----------------------------------------------------------------------------- the loop
 
+def wall_clock() -> float:
+    """The engine's time source in seconds (tests replace it with a fake clock)."""
+    return time.perf_counter()
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -280,11 +304,14 @@ def train(
     progress: bool = True,
     description: str = "train",
     extra_metadata: dict[str, Any] | None = None,
+    compute_before: Compute | None = None,
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``model`` (a family model with ``training_loss``) on uint8 ``images`` (N, C, H, W).
 
     Returns (ema_model, result). With ``run``, writes metrics and checkpoints there; with
-    ``resume``, continues from the run's checkpoint exactly.
+    ``resume``, continues from the run's checkpoint exactly. With ``config.snapshot_first_minutes``,
+    writes EMA snapshots there too (:mod:`diffvae.snapshots`); ``compute_before`` is the cost of the
+    model's earlier stages, counted in their minutes and GFLOP.
     """
     config.validate()
     rank, world = distributed_context()
@@ -337,6 +364,11 @@ def train(
         loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     data = images.to(device)
     local_batch = min(config.batch_size, n) // world
+    snapshots = None
+    if run is not None and rank == 0:
+        snapshots = SnapshotRecorder.open(run.path, config, step=step, resume=resume, batch=min(config.batch_size, n),
+                                          before=compute_before or Compute(), clock=wall_clock,
+                                          measure=lambda: training_gflop_per_image(model, data[:min(n, 8)]))
 
     def save(loss_value: float, elapsed: float) -> None:
         if run is None:
@@ -362,67 +394,76 @@ def train(
     rate_from_step, rate_from_time = step + 3, 0.0  # the first steps are slow (allocation, kernel selection)
     provisional_total = total_steps or 10**9
     bar = _progress_bar(total_steps, step, description, enabled=progress and rank == 0)
-    start = time.perf_counter() - elapsed_before
-    last_log_time, last_log_step = time.perf_counter(), step
+    start = wall_clock() - elapsed_before
+    last_log_time, last_log_step = wall_clock(), step
     log_sums: dict[str, float] = {}
     log_count = 0
     loss_value = float("nan")
-    model.train()
-    while True:
-        if total_steps is not None and step >= total_steps:
-            break
-        if budget_s is not None and time.perf_counter() - start >= budget_s:
-            total_steps = step  # the budget is a hard limit even if the measured rate drifts
-            break
-        lr = learning_rate(step, total_steps or provisional_total, config.lr, config.warmup_steps, config.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        if hasattr(model, "set_step"):
-            model.set_step(step)
-        idx = batch_indices(step, n, config.batch_size, config.seed)[rank * local_batch:(rank + 1) * local_batch]
-        with autocast(device, autocast_dtype):
-            loss, logs = loss_module(data[idx.to(device)])
-        if not _finite_on_every_rank(loss, world):  # checked together so that no rank waits for a dead one
-            _stop_non_finite(step, "loss", run)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        if not torch.isfinite(grad_norm):
-            _stop_non_finite(step, "gradient", run)
-        opt.step()
-        ema_update(ema, model, ema_decay_at(step, config.ema_decay))
-        step += 1
-        loss_value = float(loss.detach())
-        log_count += 1
-        for k, v in {"loss": loss_value, "grad_norm": float(grad_norm), **logs}.items():
-            log_sums[k] = log_sums.get(k, 0.0) + float(v)
+    try:  # an interrupt or a NaN closes the progress bar first, so the error line stands on its own
+        model.train()
+        while True:
+            if total_steps is not None and step >= total_steps:
+                break
+            if budget_s is not None and wall_clock() - start >= budget_s:
+                total_steps = step  # the budget is a hard limit even if the measured rate drifts
+                break
+            lr = learning_rate(step, total_steps or provisional_total, config.lr, config.warmup_steps, config.min_lr_ratio)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            if hasattr(model, "set_step"):
+                model.set_step(step)
+            idx = batch_indices(step, n, config.batch_size, config.seed)[rank * local_batch:(rank + 1) * local_batch]
+            with autocast(device, autocast_dtype):
+                loss, logs = loss_module(data[idx.to(device)])
+            if not _finite_on_every_rank(loss, world):  # checked together so that no rank waits for a dead one
+                _stop_non_finite(step, "loss", run)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if not torch.isfinite(grad_norm):
+                _stop_non_finite(step, "gradient", run)
+            opt.step()
+            ema_update(ema, model, ema_decay_at(step, config.ema_decay))
+            step += 1
+            loss_value = float(loss.detach())
+            log_count += 1
+            for k, v in {"loss": loss_value, "grad_norm": float(grad_norm), **logs}.items():
+                log_sums[k] = log_sums.get(k, 0.0) + float(v)
 
-        if total_steps is None:  # budget mode: measure the step rate, then fix the schedule's length
-            now = time.perf_counter()
-            if step == rate_from_step:
-                rate_from_time = now
-            elif step > rate_from_step and (step - rate_from_step >= 50 or now - rate_from_time >= min(10.0, 0.05 * budget_s)):
-                rate = (step - rate_from_step) / max(now - rate_from_time, 1e-9)
-                total_steps = max(step + 1, step + int(rate * (budget_s - (now - start))))
+            if total_steps is None:  # budget mode: measure the step rate, then fix the schedule's length
+                now = wall_clock()
+                if step == rate_from_step:
+                    rate_from_time = now
+                elif step > rate_from_step and (step - rate_from_step >= 50 or now - rate_from_time >= min(10.0, 0.05 * budget_s)):
+                    rate = (step - rate_from_step) / max(now - rate_from_time, 1e-9)
+                    total_steps = max(step + 1, step + int(rate * (budget_s - (now - start))))
+                    if bar is not None:
+                        bar.total = total_steps
+                        bar.refresh()
+            if step % config.log_every == 0 or step == total_steps:
+                now = wall_clock()
+                row = {k: v / log_count for k, v in log_sums.items()}
+                row.update(step=step, lr=lr, elapsed=round(now - start, 3),
+                           images_per_s=(step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9))
+                if run is not None and rank == 0:
+                    run.append_metrics(row)
                 if bar is not None:
-                    bar.total = total_steps
-                    bar.refresh()
-        if step % config.log_every == 0 or step == total_steps:
-            now = time.perf_counter()
-            row = {k: v / log_count for k, v in log_sums.items()}
-            row.update(step=step, lr=lr, elapsed=round(now - start, 3),
-                       images_per_s=(step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9))
-            if run is not None and rank == 0:
-                run.append_metrics(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
+                log_sums, log_count = {}, 0
+                last_log_time, last_log_step = now, step
             if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
-            log_sums, log_count = {}, 0
-            last_log_time, last_log_step = now, step
+                bar.update(1)
+            if snapshots is not None:
+                snapshots.after_step(step, wall_clock() - start, ema)
+            if step % config.checkpoint_every == 0 and step != total_steps:  # the last step is saved below
+                save(loss_value, wall_clock() - start)
+    except BaseException:
         if bar is not None:
-            bar.update(1)
-        if step % config.checkpoint_every == 0:
-            save(loss_value, time.perf_counter() - start)
-    elapsed = time.perf_counter() - start
+            bar.close()
+        raise
+    elapsed = wall_clock() - start
+    if snapshots is not None:
+        snapshots.finish(step, elapsed, ema)  # before the checkpoint: a saved final step has its snapshot
     save(loss_value, elapsed)
     if bar is not None:
         bar.close()

@@ -35,6 +35,13 @@ def test_compare_writes_the_three_files_with_every_family(report):
     assert results["families"]["vae"]["nfe"] == 1 and results["families"]["ddpm"]["nfe"] > 1
     assert results["families"]["ddpm"]["latent_ratio"] == 1.0 > results["families"]["vae"]["latent_ratio"]
     assert "without_free_bits" in results["collapse"] and "with_free_bits" in results["collapse"]
+    for fam in ("vae", "ddpm", "ldm"):  # every family's learning curve, its points in training order
+        curve = results["learning_curves"][fam]
+        assert isinstance(curve, list), fam
+        assert all({"minutes", "gflop", "fid", "fid_ci95", "bpd"} <= set(p) for p in curve), fam
+        assert [p["minutes"] for p in curve] == sorted(p["minutes"] for p in curve), fam
+    assert any(results["learning_curves"][fam] for fam in ("vae", "ddpm", "ldm"))
+    assert results["training"]["ldm"]["gflop"] > 0 and results["training"]["vae"]["gflop_per_image"] > 0
 
 
 def test_budget_is_respected(report):

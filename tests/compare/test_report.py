@@ -2,9 +2,11 @@
 
 import copy
 import json
+import math
 import xml.etree.ElementTree as ET
 
 import pytest
+import torch
 
 from diffvae.compare.report import ROWS, claims, lookup, when_to_use, write_report
 
@@ -91,7 +93,9 @@ def test_when_to_use_names_the_measured_winner_and_margin():
     speed = next(l for l in lines if l.startswith("Best generation speed"))
     assert speed.startswith("Best generation speed: VAE")
     sharp = next(l for l in lines if l.startswith("Best sharpness"))
-    assert sharp.startswith("Best sharpness closest to real data: Pixel diffusion")  # 0.9 beats the VAE's blur (0.45) and ties LDM
+    # 0.9 beats the VAE's blur (0.45) and ties LDM exactly: a tie names no winner
+    assert sharp.startswith("Best sharpness closest to real data: not decided at this budget")
+    assert "Pixel diffusion (DDPM) 0.1054 vs Latent diffusion 0.1054" in sharp and "VAE" not in sharp
 
 
 def test_a_failed_family_is_reported_not_dropped(tmp_path):
@@ -102,3 +106,228 @@ def test_a_failed_family_is_reported_not_dropped(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "train:ldm failed: out of memory" in html
     assert "Stages that did not finish" in (tmp_path / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------- intervals and verdicts
+
+def with_intervals(results, half=1.0):
+    """Give every family 95% intervals of half-width ``half`` (× the FID scale) around its figures."""
+    out = copy.deepcopy(results)
+    for r in out["families"].values():
+        r["n_samples"] = 200
+        r["fid_ci95"] = [r["fid"] - 10 * half, r["fid"] + 10 * half]
+        r["midpoint_fid_ci95"] = [r["midpoint_fid"] - 10 * half, r["midpoint_fid"] + 10 * half]
+        r["ms_per_sample_ci95"] = [r["ms_per_sample"] * (1 - 0.1 * half), r["ms_per_sample"] * (1 + 0.1 * half)]
+        r["ms_per_sample_repeats"] = 5
+    return out
+
+
+def test_separated_and_decide_follow_the_intervals():
+    from diffvae.compare.report import Figure, decide, separated
+
+    assert separated((1.0, 2.0), (2.5, 3.0)) and separated((2.5, 3.0), (1.0, 2.0))
+    assert not separated((1.0, 2.0), (1.9, 3.0)) and not separated((1.0, 3.0), (1.5, 2.0))  # overlap, nested
+    a, b = Figure(10.0, (9.0, 11.0), 100), Figure(13.0, (12.0, 14.0), 100)
+    assert decide(a, b, lower_is_better=True) == "a" and decide(a, b, lower_is_better=False) == "b"
+    wide = Figure(13.0, (10.5, 15.5), 100)
+    assert decide(a, wide, True) == "undecided"
+    # the interval, not the value, says which is better (FID's intervals are bias-corrected)
+    assert decide(Figure(30.0, (5.0, 10.0)), Figure(28.0, (15.0, 20.0)), True) == "a"
+    # without intervals (exact figures): a plain comparison; an exact tie decides nothing
+    assert decide(Figure(1.0), Figure(2.0), True) == "a" and decide(Figure(2.0), Figure(2.0), True) == "undecided"
+
+
+def test_samples_to_decide_scales_with_one_over_root_n():
+    from diffvae.compare.report import Figure, samples_to_decide
+
+    # half-widths 2 + 2 against a gap of 2: the intervals must shrink 2× → 4× the samples
+    a, b = Figure(10.0, (8.0, 12.0), 100), Figure(12.0, (10.0, 14.0), 100)
+    assert samples_to_decide(a, b) == 400
+    # brute force: the smallest n at which h·√(100/n) summed is below the gap
+    gap, h = 0.3, 1.0
+    a, b = Figure(0.0, (-h, h), 50), Figure(gap, (gap - h, gap + h), 50)
+    brute = next(n for n in range(1, 10 ** 6) if 2 * h * math.sqrt(50 / n) <= gap)
+    assert samples_to_decide(a, b) == brute
+    # unequal sizes: each interval shrinks from its own n
+    a, b = Figure(0.0, (-1.0, 1.0), 100), Figure(3.0, (1.0, 5.0), 25)
+    assert samples_to_decide(a, b) == math.ceil(((1 * 10 + 2 * 5) / 3) ** 2)
+    assert samples_to_decide(Figure(1.0, (0.0, 2.0), 10), Figure(1.0, (0.5, 1.5), 10)) is None  # same centre
+
+
+def test_a_verdict_flips_to_not_decided_when_the_intervals_overlap_and_back():
+    # FID: DDPM 30, LDM 35, VAE 80 (fake_results). Narrow intervals separate VAE from diffusion.
+    narrow = with_intervals(fake_results(), half=0.5)
+    verdicts = {c["claim"].split(":")[0]: c for c in claims(narrow)}
+    assert verdicts["Sample quality"]["verdict"] == "held"
+    assert "VAE 80.12 [75.12, 85.12]" in verdicts["Sample quality"]["evidence"]
+    quality = next(l for l in when_to_use(narrow) if l.startswith("Best sample quality"))
+    assert quality.startswith("Best sample quality: not decided at this budget")  # DDPM 30 ± 5 vs LDM 35 ± 5 overlap
+    assert "Pixel diffusion (DDPM) 30 [25, 35] vs Latent diffusion 35 [30, 40]" in quality
+    assert "about 800 samples per family would decide it" in quality  # 200·((5 + 5)/5)²
+    # widen the intervals until the VAE overlaps the diffusion families: no verdict
+    wide = with_intervals(fake_results(), half=3.0)
+    verdicts = {c["claim"].split(":")[0]: c for c in claims(wide)}
+    assert verdicts["Sample quality"]["verdict"] == "not decided at this budget"
+    assert "would decide it" in verdicts["Sample quality"]["evidence"]
+    # and narrow enough for DDPM vs LDM to separate: the winner is named again
+    tight = with_intervals(fake_results(), half=0.2)
+    quality = next(l for l in when_to_use(tight) if l.startswith("Best sample quality"))
+    assert quality.startswith("Best sample quality: Pixel diffusion (DDPM) (FID 30 [28, 32]; next Latent diffusion 35 [33, 37]")
+
+
+def test_every_claim_with_intervals_is_decided_only_when_they_separate():
+    results = with_intervals(fake_results(), half=0.5)
+    # generation speed: VAE 0.05 ± 5% vs DDPM 12.5 ± 5%: separate → held
+    verdicts = {c["claim"].split(":")[0]: c["verdict"] for c in claims(results)}
+    assert verdicts["Generation"] == "held"
+    results["families"]["ddpm"]["ms_per_sample"] = 0.051  # now 0.051 ± 5% overlaps 0.05 ± 5%
+    results["families"]["ddpm"]["ms_per_sample_ci95"] = [0.048, 0.054]
+    verdicts = {c["claim"].split(":")[0]: c for c in claims(results)}
+    assert verdicts["Generation"]["verdict"] == "not decided at this budget"
+    assert "timed sampling batches per family would decide it" in verdicts["Generation"]["evidence"]
+    assert verdicts["Latent dimension"]["verdict"] == "held"  # exact figures keep a plain verdict
+
+
+def test_table_cells_show_the_intervals_and_tag_them_in_html(tmp_path):
+    results = with_intervals(fake_results(), half=0.5)
+    results["families"]["ldm"]["fid"], results["families"]["ldm"]["fid_ci95"] = 412.0, [380.0, 450.0]
+    write_report(tmp_path, results)
+    md = (tmp_path / "report.md").read_text()
+    assert "FID 412 [380, 450]" in md
+    root = ET.parse(tmp_path / "report.html").getroot()
+    keys = {s.attrib["data-key"]: s.text for s in root.iter("span") if "data-key" in s.attrib}
+    assert keys["families.ldm.fid_ci95.0"] == "380" and keys["families.ldm.fid_ci95.1"] == "450"
+    assert "families.vae.ms_per_sample_ci95.1" in keys
+
+
+# ----------------------------------------------------------------------------- the report bugs
+
+def _ldm_results_from_the_bound():
+    """A results entry for the LDM built by the real bound function (means over images)."""
+    from diffvae.latent.bound import latent_diffusion_bound
+
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    per_image = latent_diffusion_bound(50 + torch.rand(n, generator=g, dtype=torch.float64),
+                                       300 + 10 * torch.rand(n, generator=g, dtype=torch.float64),  # H: large
+                                       400 + torch.rand(n, generator=g, dtype=torch.float64), -20.0, 784)
+    return {k: float(v.mean()) for k, v in per_image.items()}
+
+
+def test_bpd_stack_adds_up_to_the_total_with_the_entropy_subtracted():
+    from diffvae.compare.figures import bpd_stack
+
+    results = fake_results()
+    results["families"]["ldm"].update(_ldm_results_from_the_bound())
+    stack = bpd_stack(results, "ldm")
+    parts = dict(stack.parts)
+    assert sum(parts.values()) == pytest.approx(results["families"]["ldm"]["bpd"], rel=1e-12)
+    assert parts["−entropy H[q(z|x)]"] == pytest.approx(-results["families"]["ldm"]["entropy_bpd"])
+    assert "remainder (not itemised)" not in parts and stack.note is None
+
+
+def _bar_sums(results, monkeypatch, tmp_path, markers=False):
+    """Signed sum of the bar heights drawn for each family in the bits/dim figure (and the height of
+    the total's marker drawn over each family)."""
+    from matplotlib.collections import PathCollection
+
+    from diffvae.compare import figures
+
+    captured = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: captured.setdefault("fig", fig))
+    assert figures.bpd_bars(results, tmp_path / "bars.png")
+    ax = captured["fig"].axes[0]
+    names = [t.get_text() for t in ax.get_xticklabels()]
+    sums = dict.fromkeys(names, 0.0)
+    for rect in ax.patches:
+        sums[names[round(rect.get_x() + rect.get_width() / 2)]] += rect.get_height()
+    tops = {names[round(x)]: y for c in ax.collections if isinstance(c, PathCollection) for x, y in c.get_offsets()}
+    return (sums, tops) if markers else sums
+
+
+def test_bpd_bars_add_up_to_each_familys_total(monkeypatch, tmp_path):
+    """Bug: the LDM's entropy part (+H, subtracted in the bound) was stacked with a + sign, so its
+    bars overshot the total by 2H."""
+    results = fake_results()
+    results["families"]["ldm"].update(_ldm_results_from_the_bound())
+    results["families"]["vae"].update(recon_bpd=1.2, kl_bpd=0.3, bpd=1.5)
+    results["families"]["ddpm"].update(decoder_bpd=0.5, diffusion_bpd=0.9, prior_bpd=0.1, bpd=1.5)
+    sums = _bar_sums(results, monkeypatch, tmp_path)
+    for fam in ("vae", "ddpm", "ldm"):
+        assert sums[fam] == pytest.approx(results["families"][fam]["bpd"], rel=1e-9), fam
+
+
+def test_bits_per_dim_shows_the_interval_of_the_mean_for_ddpm_and_ldm_not_the_mc_error(tmp_path):
+    """Bugs: the table read ``bpd_stderr`` (the LDM wrote ``stderr_bpd``, so its ± never showed),
+    and that key was the mean per-image Monte-Carlo error, not the error of the mean over images."""
+    results = fake_results()
+    for fam in ("ddpm", "ldm"):
+        results["families"][fam].update(bpd=1.5, bpd_n=200, bpd_sem=0.02, bpd_ci95=[1.4608, 1.5392])
+    results["families"]["ddpm"]["bpd_stderr"] = 0.0123  # per-image MC error (old name)
+    results["families"]["ldm"]["stderr_bpd"] = 0.0123  # the same, as the LDM wrote it
+    write_report(tmp_path, results)
+    md = (tmp_path / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| Bits/dim"))
+    cells = row.split(" | ")
+    for cell in cells[2:]:  # DDPM, LDM
+        assert "1.5 [1.461, 1.539] over 200 held-out images" in cell, cell
+        assert "0.0123" not in cell, cell
+
+
+def test_bits_per_dim_interval_from_the_sem_when_no_interval_is_stored(tmp_path):
+    results = fake_results()
+    results["families"]["ldm"].update(bpd=2.0, bpd_sem=0.05, bpd_n=100)
+    write_report(tmp_path, results)
+    md = (tmp_path / "report.md").read_text()
+    assert "LSGM bound 2 [1.902, 2.098] over 100 held-out images" in md  # 2 ± 1.96·0.05
+
+
+def test_parts_from_a_subset_of_the_images_are_labelled_and_add_up_to_their_own_total(monkeypatch, tmp_path):
+    """Bug: the bound's parts came from 8 images while the total came from 200, drawn as one stack
+    whose bars did not reach the total marked on them."""
+    results = fake_results()
+    results["families"]["ddpm"].update(bpd=1.5, bpd_n=200, bound_parts_n=8, bpd_full_subset=1.62,
+                                       decoder_bpd=0.52, diffusion_bpd=1.0, prior_bpd=0.1)
+    write_report(tmp_path, results)
+    assert "parts from 8 of the 200 images (their bound 1.62)" in (tmp_path / "report.md").read_text()
+    sums, tops = _bar_sums(results, monkeypatch, tmp_path, markers=True)
+    assert sums["ddpm"] == pytest.approx(tops["ddpm"]) and tops["ddpm"] == pytest.approx(1.62)
+
+    from diffvae.compare.figures import bpd_stack
+
+    stack = bpd_stack(results, "ddpm")
+    assert stack.total == 1.62 and stack.images == 8 and sum(v for _, v in stack.parts) == pytest.approx(1.62)
+
+
+def test_mutual_information_at_its_ceiling_is_reported_as_a_lower_bound(tmp_path):
+    """Bug: MI = log N = 5.30 nats (the estimator's ceiling at N = 200) was printed as if measured."""
+    results = fake_results()
+    results["families"]["vae"].update(mutual_info=math.log(200), mutual_info_max=math.log(200))
+    write_report(tmp_path, results)
+    md = (tmp_path / "report.md").read_text()
+    assert "MI 5.298 nats (at the log N = 5.30 ceiling of the estimator: a lower bound)" in md
+    results["families"]["vae"].update(mutual_info=2.0)  # well below the ceiling: no note
+    write_report(tmp_path, results)
+    md = (tmp_path / "report.md").read_text()
+    assert "MI 2 nats" in md and "ceiling" not in md
+
+
+def test_collapse_evidence_labels_free_bits_in_nats_per_latent_dimension_and_the_mi_ceiling():
+    """Bug: free bits was printed as "free bits/dim" but λ is nats per latent dimension."""
+    results = fake_results()
+    results["collapse"]["without_free_bits"].update(mutual_info=math.log(500), mutual_info_max=math.log(500))
+    evidence = next(c["evidence"] for c in claims(results) if c["claim"].startswith("Posterior collapse"))
+    assert "free bits λ = 0.5 nats per latent dimension" in evidence
+    assert "bits/dim" not in evidence
+    assert "MI 6.215 (at the log N = 6.21 ceiling of the estimator: a lower bound) nats" in evidence
+
+
+def test_a_collapse_study_that_trained_too_little_decides_nothing():
+    """Both runs collapsed: the free-bits run's KL (0.05 nats) is far below its floor λ·L = 2 nats,
+    so the study cannot show the cure (a 15-minute compare on a slow CPU gets ~17 PixelCNN steps)."""
+    results = fake_results()
+    for arm in ("without_free_bits", "with_free_bits"):
+        results["collapse"][arm] = {"active_units": 0, "kl_nats": 0.05, "mutual_info": 0.01, "kl_per_dim": [0.0125] * 4}
+    verdict = next(c for c in claims(results) if c["claim"].startswith("Posterior collapse"))
+    assert verdict["verdict"] == "not decided at this budget"
+    assert "trained too little" in verdict["evidence"]

@@ -60,7 +60,9 @@ def test_samples_are_uint8_and_every_sampler_is_the_shared_function(monkeypatch)
         out = model.sample(3, generator=torch.Generator().manual_seed(0), sampler=sampler, steps=4)
         assert out.dtype == torch.uint8 and out.shape == (3, 1, 8, 8)
     assert calls == ["ddpm", "ddim", "dpm++2m"]
-    assert model.nfe(sampler="ddpm") == 50 and model.nfe() == 5
+    assert model.config.sampler == "ddpm" and model.nfe() == 5 and model.nfe(sampler="ddpm") == 5  # the configured steps
+    other = DDPM(DDPMConfig(**SMALL, sampler="dpm++2m"), (1, 8, 8))
+    assert other.nfe(sampler="ddpm") == 50 and other.nfe() == 5  # ancestral, not configured: every step
     a = model.sample(2, generator=torch.Generator().manual_seed(1))
     b = model.sample(2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
@@ -114,7 +116,7 @@ def test_fitted_bound_is_tighter_than_fixed_small_and_never_beats_the_entropy_of
     with torch.no_grad():
         full = model.bound(x[:8], generator=torch.Generator().manual_seed(1), fit_data=x)
         estimate = model.bound(x[:8], timesteps=8, generator=torch.Generator().manual_seed(2), fit_data=x)
-    choices = ("bpd_small", "bpd_large", "bpd_analytic", "bpd_npr")
+    choices = ("bpd_small", "bpd_large", "bpd_analytic", "bpd_npr", "bpd_analytic_levels", "bpd_npr_levels")
     for bound in (full, estimate):
         assert all(float(bound[c].mean()) * 64 >= 2.0 for c in choices), {c: float(bound[c].mean()) for c in choices}
         torch.testing.assert_close(bound["bpd"], bound[f"bpd_{bound['variance']}"])

@@ -12,8 +12,8 @@ from scipy.special import ndtr
 
 from diffvae.diffusion.likelihood import diffusion_bound_estimates, diffusion_bounds, diffusion_bpd
 from diffvae.diffusion.schedule import NoiseSchedule
-from diffvae.diffusion.variance import (analytic_variance, fit_decoder_variance, fit_points, fit_reverse_variances,
-                                        fixed_variance, variance_table)
+from diffvae.diffusion.variance import (analytic_variance, fit_decoder_variance, fit_level_prior, fit_points,
+                                        fit_reverse_variances, fixed_variance, level_posterior_nats, variance_table)
 from diffvae.errors import DiffvaeError
 from diffvae.images import to_signed
 
@@ -84,11 +84,18 @@ def test_analytic_variance_matches_the_closed_form_optimum(exact_quantized_eps):
     assert (fit.tables["analytic"][1:] >= schedule.posterior_variance[1:] - 1e-15).all()
 
 
-def test_fitted_variances_tighten_the_bound_and_stay_above_the_entropy(exact_quantized_eps):
+def _fitted_on_quantized_gaussian(exact_quantized_eps, n: int, seed: int):
+    """(schedule, level probabilities, exact ε*, the variances fitted on n images) for T = 1000."""
     schedule = NoiseSchedule.linear(1000)
     p = _probabilities()
     eps_fn = exact_quantized_eps(schedule, LEVELS, p)
-    fit = fit_reverse_variances(eps_fn, _data(2048, 2, seed=2), schedule, points=64, generator=torch.Generator().manual_seed(3))
+    fit = fit_reverse_variances(eps_fn, _data(n, 2, seed=seed), schedule, points=64,
+                                generator=torch.Generator().manual_seed(seed + 1))
+    return schedule, p, eps_fn, fit
+
+
+def test_fitted_variances_tighten_the_bound_and_stay_above_the_entropy(exact_quantized_eps):
+    schedule, p, eps_fn, fit = _fitted_on_quantized_gaussian(exact_quantized_eps, 2048, seed=2)
     x = _data(384, 2, seed=4)
     bounds = diffusion_bounds(eps_fn, x, schedule, fit.tables, batch_timesteps=25, generator=torch.Generator().manual_seed(5))
     bits = {name: float(b["total"].mean()) / (x[0].numel() * math.log(2)) for name, b in bounds.items()}
@@ -96,16 +103,13 @@ def test_fitted_variances_tighten_the_bound_and_stay_above_the_entropy(exact_qua
     for fitted in ("analytic", "npr"):
         assert bits[fitted] < bits["small"] - 0.3 and bits[fitted] < bits["large"] - 0.03, bits  # same draws: paired
         assert bits[fitted] > entropy_bits, (bits, entropy_bits)
-    assert fit.best in ("analytic", "npr")
+    assert fit.best in ("analytic", "npr", "analytic_levels", "npr_levels")
     # the decoder term is where fixed-small loses most: σ₀ = √β̃₁ ≈ 0.0074 is twice the bin half-width
     assert float(bounds["analytic"]["decoder"].mean()) < float(bounds["small"]["decoder"].mean())
 
 
 def test_importance_sampled_estimate_is_unbiased_and_beats_uniform(exact_quantized_eps):
-    schedule = NoiseSchedule.linear(1000)
-    p = _probabilities()
-    eps_fn = exact_quantized_eps(schedule, LEVELS, p)
-    fit = fit_reverse_variances(eps_fn, _data(1024, 2, seed=6), schedule, points=64, generator=torch.Generator().manual_seed(7))
+    schedule, _, eps_fn, fit = _fitted_on_quantized_gaussian(exact_quantized_eps, 1024, seed=6)
     image = _data(1, 2, seed=8)
     full = diffusion_bounds(eps_fn, image.expand(64, -1, -1, -1).contiguous(), schedule, {"best": fit.tables[fit.best]},
                             batch_timesteps=50, generator=torch.Generator().manual_seed(9))["best"]["total"]
@@ -155,3 +159,33 @@ def test_analytic_variance_api_and_bad_tables(optimal_eps):
         variance_table(schedule, torch.zeros(50))
     with pytest.raises(DiffvaeError, match="unknown reverse variance"):
         diffusion_bpd(optimal_eps(schedule, SIGMA), x, schedule, variance="medium")
+
+
+def test_grid_posterior_decoder_against_brute_force_and_the_conditional_entropy():
+    """−log p(x₀ | x_t) under the level histogram: brute force with scipy for a few pixels; and on
+    quantized Gaussian data with the true level probabilities its mean is H(x₀ | x_t) ≤ H(x₀)."""
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    schedule = NoiseSchedule.linear(1000)
+    x0 = _data(2, 2, seed=20)
+    log_prior = fit_level_prior(_data(64, 2, seed=21))
+    nats = level_posterior_nats(x0, schedule, log_prior, torch.Generator().manual_seed(22))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    a, s = math.sqrt(float(schedule.alphas_cumprod[0])), math.sqrt(1 - float(schedule.alphas_cumprod[0]))
+    grid, prior = LEVELS.numpy(), log_prior.numpy()
+    expected = []
+    for image, eps in zip(x0.double().numpy(), noise.numpy()):
+        total = 0.0
+        for v, e in zip(image.flatten(), eps.flatten()):
+            logits = prior + norm.logpdf(a * v + s * e, loc=a * grid, scale=s)
+            total -= logits[int(round((v + 1) * 127.5))] - logsumexp(logits)
+        expected.append(total)
+    torch.testing.assert_close(nats, torch.tensor(expected, dtype=torch.float64))
+
+    p = _probabilities()
+    x = _data(4096, 2, seed=23)
+    per_pixel = level_posterior_nats(x, schedule, torch.log(p), torch.Generator().manual_seed(24)) / x[0].numel()
+    entropy = float(-(p * torch.log(p.clamp(min=1e-300))).sum())
+    assert 0 < per_pixel.mean() < entropy
+    assert per_pixel.mean() < 0.5 * entropy  # at t = 0 the noise (σ ≈ 0.01) hides only a few neighbouring levels

@@ -83,18 +83,18 @@ def test_sampling_inversion_and_bound_go_through_the_pixel_diffusion_functions(m
         def wrapper(*args, **kwargs):
             calls.append((name, args, kwargs))
             return fn(*args, **kwargs)
-        monkeypatch.setattr(samplers if name != "diffusion_bound" else likelihood, name, wrapper)
+        monkeypatch.setattr(samplers if name != "diffusion_bounds" else likelihood, name, wrapper)
 
     spy("sample", samplers.sample)
     spy("ddim_invert", samplers.ddim_invert)
-    spy("diffusion_bound", likelihood.diffusion_bound)
+    spy("diffusion_bounds", likelihood.diffusion_bounds)
     x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     model.sample(3, generator=torch.Generator().manual_seed(0))
     x_T = model.to_latent(x)
     model.from_latent(x_T)
     model.bound(x, generator=torch.Generator().manual_seed(0))
     names = [c[0] for c in calls]
-    assert names == ["sample", "ddim_invert", "sample", "diffusion_bound"]
+    assert names == ["sample", "ddim_invert", "sample", "diffusion_bounds"]
     (_, sample_args, _), (_, invert_args, _), (_, _, regen_kwargs), (_, bound_args, bound_kwargs) = calls
     assert sample_args[1] == (3, *model.latent_shape) and sample_args[2] is model.denoiser.schedule
     assert invert_args[2] is model.denoiser.schedule and invert_args[1].shape == (3, *model.latent_shape)
@@ -110,10 +110,11 @@ def test_bound_combines_autoencoder_terms_with_the_scaled_latent_prior(monkeypat
     x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     seen = {}
 
-    def fake_bound_nats(x0, decoder="discretized", timesteps=0, generator=None, progress=False):
-        seen.update(x0=x0, decoder=decoder)
+    def fake_bound_nats(x0, decoder="discretized", timesteps=0, generator=None, progress=False, fit_x=None):
+        seen.update(x0=x0, decoder=decoder, fit_x=fit_x)
         total = torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64)
-        return {"total": total, "prior": total * 0, "decoder": total / 2, "diffusion": total / 2}
+        return {"total": total, "prior": total * 0, "decoder": total / 2, "diffusion": total / 2,
+                "total_small": total + 7.0, "variance": "npr"}
 
     monkeypatch.setattr(model.denoiser, "bound_nats", fake_bound_nats)
     out = model.bound(x, generator=torch.Generator().manual_seed(7))
@@ -128,6 +129,13 @@ def test_bound_combines_autoencoder_terms_with_the_scaled_latent_prior(monkeypat
     torch.testing.assert_close(seen["x0"].float(), scale * z)
     torch.testing.assert_close(out["bpd"], expected)
     torch.testing.assert_close(out["latent_prior_decoder_bpd"], torch.tensor([5.0, 10.0, 15.0], dtype=torch.float64) / (64 * math.log(2)))
+    # every variance choice gets the whole-model bound; the fit sees the scaled latents of the fit images only
+    torch.testing.assert_close(out["bpd_small"], expected + 7.0 / (64 * math.log(2)))
+    assert out["variance"] == "npr" and seen["fit_x"] is None
+    fit_images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    model.bound(x, generator=torch.Generator().manual_seed(7), fit_data=fit_images)
+    assert seen["fit_x"].shape == (5, *model.latent_shape)
+    torch.testing.assert_close(seen["fit_x"].float().mean(), scale * model.encode(fit_images)[0].mean(), atol=0.5, rtol=0)
 
 
 # ----------------------------------------------------------------------------- the run: scale, checkpoint, resume
@@ -205,9 +213,12 @@ def test_whole_model_bound_stays_above_the_entropy_of_four_templates(tmp_path):
     model = train_run("ldm", DataConfig("templates"), config, tiny_train(steps=100, batch_size=16, lr=1e-2, checkpoint_every=1000),
                       out=tmp_path / "run", progress=False, dataset=dataset)
     x = templates.repeat(4, 1, 1, 1)  # the data distribution: each template equally often
-    bound = model.bound(x, generator=torch.Generator().manual_seed(1))
-    bits_per_image = {k: float(v.mean()) * 64 for k, v in bound.items()}
-    assert bits_per_image["bpd"] >= math.log2(4), bits_per_image  # the true entropy: 2 bits per image
+    bound = model.bound(x, generator=torch.Generator().manual_seed(1), fit_data=dataset.train)
+    bits_per_image = {k: float(v.mean()) * 64 for k, v in bound.items() if torch.is_tensor(v)}
+    for choice in ("bpd", "bpd_small", "bpd_large", "bpd_analytic", "bpd_npr"):  # fitted variances included
+        assert bits_per_image[choice] >= math.log2(4), bits_per_image  # the true entropy: 2 bits per image
+    assert bits_per_image["bpd"] == min(bits_per_image[c] for c in ("bpd_small", "bpd_large", "bpd_analytic", "bpd_npr")) \
+        or bound["variance"] in ("small", "large", "analytic", "npr")
     assert bool((bound["reconstruction_bpd"] >= 0).all())  # a probability of the 8-bit image, not a density
     untrained_reconstruction = 64 * 8.0  # about 8 bits per pixel before training
     assert bits_per_image["reconstruction_bpd"] < 0.25 * untrained_reconstruction, bits_per_image

@@ -12,7 +12,7 @@ from diffvae.data import ImageDataset, load_data
 from diffvae.errors import DiffvaeError
 from diffvae.metrics import features as features_module
 from diffvae.metrics.features import FeatureNetConfig, get_feature_extractor, recognisability, train_feature_net
-from diffvae.metrics.fid import fid
+from diffvae.metrics.distances import fid
 from diffvae.metrics.probe import linear_probe
 
 QUICK_STEPS = 30

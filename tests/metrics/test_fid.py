@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 
 from diffvae.errors import DiffvaeError
-from diffvae.metrics.fid import fid, kid, precision_recall
+from diffvae.metrics.distances import fid, kid, precision_recall
 
 
 def _features(n, d, seed, scale=1.0, shift=0.0):
@@ -110,7 +110,7 @@ def test_precision_recall_matches_brute_force_knn(k):
 
 
 def test_precision_recall_chunking_does_not_change_the_answer():
-    from diffvae.metrics import fid as fid_module
+    from diffvae.metrics import distances as fid_module
 
     real, fake = torch.from_numpy(_features(70, 4, 11)), torch.from_numpy(_features(65, 4, 12, shift=0.4))
     radii = fid_module.knn_radii(real, 3)

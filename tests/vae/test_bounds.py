@@ -170,3 +170,18 @@ def test_mutual_information_is_zero_for_an_encoder_that_ignores_x_and_chunking_i
     assert whole == pytest.approx(chunked, rel=1e-12)
     assert whole > 4.0  # close to its ceiling log N = 5.7 for a nearly deterministic encoder
     assert whole <= math.log(300) + 1e-9
+
+
+def test_mutual_information_sits_at_its_log_n_ceiling_for_a_deterministic_encoder():
+    """Well-separated posteriors with tiny variance carry far more than log N nats, yet the
+    estimate equals log N exactly: it is a lower bound there, which the ceiling says."""
+    from diffvae.vae.bounds import mutual_information_ceiling
+
+    generator = torch.Generator().manual_seed(1)
+    means = 10.0 * torch.randn(200, 4, generator=generator, dtype=F64)
+    estimate = mutual_information(means, torch.full_like(means, -12.0), generator=generator)
+    assert mutual_information_ceiling(200) == pytest.approx(math.log(200), rel=1e-15)
+    assert estimate == pytest.approx(mutual_information_ceiling(200), abs=1e-9)
+    assert mutual_information_ceiling(200) == pytest.approx(5.298, abs=1e-3)
+    with pytest.raises(ValueError):
+        mutual_information_ceiling(0)

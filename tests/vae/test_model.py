@@ -52,6 +52,27 @@ def test_conv_sizes_round_trip_through_the_decoder():
         assert model.decoder(torch.zeros(2, 3)).shape == (2, 2 * shape[0], *shape[1:])
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_deeper_conv_networks_keep_the_sizes_and_add_exactly_their_convolutions(depth):
+    shallow = VAE(VAEConfig(latent_dim=3, width=4, architecture="conv"), (2, 15, 31))
+    deep = VAE(VAEConfig(latent_dim=3, width=4, architecture="conv", depth=depth), (2, 15, 31))
+    assert deep.decoder(torch.zeros(2, 3)).shape == (2, 4, 15, 31)
+    assert deep.encoder(torch.zeros(2, 2, 15, 31)).shape == (2, 6)
+    levels = len(downsample_sizes(15, 31)) - 1
+
+    def convs(module):
+        return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and not isinstance(m, torch.nn.ConvTranspose2d)]
+
+    assert len(convs(deep.encoder)) - len(convs(shallow.encoder)) == depth * levels
+    assert len(convs(deep.decoder)) - len(convs(shallow.decoder)) == depth * levels + depth  # + the full-size refinement
+    # depth 0 keeps the original layer layout, so checkpoints written before `depth` existed still load
+    weights = {k for k in VAE(VAEConfig(), (1, 28, 28)).state_dict() if k.endswith("weight")}
+    assert weights == {"encoder.features.0.weight", "encoder.features.2.weight", "encoder.head.weight",
+                       "decoder.project.weight", "decoder.body.1.weight", "decoder.body.3.weight"}
+    with pytest.raises(DiffvaeError, match="depth"):
+        VAE(VAEConfig(depth=-1), (1, 28, 28))
+
+
 def test_sampling_is_reproducible_with_a_generator():
     model = VAE(VAEConfig(latent_dim=4, width=8), (1, 8, 8))
     first = model.sample(6, generator=torch.Generator().manual_seed(3))
@@ -186,8 +207,11 @@ def test_bound_parts_add_up_and_use_the_generator():
     model = VAE(VAEConfig(latent_dim=3, width=8), (1, 8, 8))
     x = random_images(5, (1, 8, 8))
     result = model.bound(x, iwae_samples=4, generator=torch.Generator().manual_seed(7))
-    assert set(result) == {"bpd", "recon_bpd", "kl_bpd", "iwae_bpd"}
-    torch.testing.assert_close(result["bpd"], result["recon_bpd"] + result["kl_bpd"])
+    assert set(result) == {"bpd", "elbo_bpd", "recon_bpd", "kl_bpd", "iwae_bpd", "iwae_gap_bpd"}
+    torch.testing.assert_close(result["elbo_bpd"], result["recon_bpd"] + result["kl_bpd"])
+    # the headline is the tightest bound asked for (IWAE), and the parts still add up to it
+    torch.testing.assert_close(result["bpd"], result["iwae_bpd"])
+    torch.testing.assert_close(result["bpd"], result["recon_bpd"] + result["kl_bpd"] + result["iwae_gap_bpd"])
     # recompute the same single-sample bound by hand from the same generator
     mean, logvar = model.encode(x)
     z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=torch.Generator().manual_seed(7))
@@ -236,5 +260,17 @@ def test_a_trained_vae_never_reports_a_bound_below_the_data_entropy(decoder):
         assert logs["bpd"] >= floor, (step, logs)
     after = model.bound(data, iwae_samples=50, generator=torch.Generator().manual_seed(0))
     assert after["bpd"].mean().item() >= floor and after["iwae_bpd"].mean().item() >= floor
-    assert after["iwae_bpd"].mean().item() <= after["bpd"].mean().item() + 1e-3
-    assert after["bpd"].mean().item() < 0.7 * before, (before, after["bpd"].mean().item())
+    assert after["iwae_bpd"].mean().item() <= after["elbo_bpd"].mean().item() + 1e-3
+    assert after["elbo_bpd"].mean().item() < 0.7 * before, (before, after["elbo_bpd"].mean().item())
+
+
+def test_diagnostics_state_the_mutual_information_ceiling_and_the_kl_interval():
+    model = VAE(VAEConfig(latent_dim=3, width=8), (1, 8, 8))
+    x = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    diag = model.diagnostics(x, generator=torch.Generator().manual_seed(1))
+    assert diag["mutual_info_max"] == pytest.approx(math.log(37)) and diag["mutual_info"] <= diag["mutual_info_max"] + 1e-9
+    mean, logvar = model.encode(x)
+    per_image = kl_per_dim(mean, logvar).double().sum(1)  # the interval is the mean's: ± 1.96 SEM over the 37 images
+    half = 1.96 * float(per_image.std()) / math.sqrt(37)
+    assert diag["kl_nats_ci95"] == pytest.approx([float(per_image.mean()) - half, float(per_image.mean()) + half], rel=1e-9)
+    assert diag["kl_n"] == 37

@@ -3,18 +3,55 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffvae.runs import atomic_write_bytes
 
 COLORS = {"vae": "#1f77b4", "ddpm": "#d62728", "ldm": "#2ca02c"}
+# (key, label, sign): bpd = Σ sign · part. The LDM's entropy_bpd is +H[q(z|x)], which the bound
+# subtracts (bpd = reconstruction − entropy + latent prior + Jacobian, diffvae.latent.bound); the VAE's
+# iwae_gap_bpd (IWAE − ELBO) is ≤ 0 and enters with +.
 BPD_PARTS = {
-    "vae": [("recon_bpd", "reconstruction"), ("kl_bpd", "KL")],
-    "ddpm": [("decoder_bpd", "L0 decoder"), ("diffusion_bpd", "Σ KL (t ≥ 2)"), ("prior_bpd", "L_T prior")],
-    "ldm": [("reconstruction_bpd", "reconstruction"), ("entropy_bpd", "−entropy q(z|x)"),
-            ("latent_prior_bpd", "latent diffusion bound"), ("jacobian_bpd", "scale Jacobian")],
+    "vae": [("recon_bpd", "reconstruction", 1), ("kl_bpd", "KL", 1), ("iwae_gap_bpd", "IWAE gain over the ELBO", 1)],
+    "ddpm": [("decoder_bpd", "L0 decoder", 1), ("diffusion_bpd", "Σ KL (t ≥ 2)", 1), ("prior_bpd", "L_T prior", 1)],
+    "ldm": [("reconstruction_bpd", "reconstruction", 1), ("entropy_bpd", "−entropy H[q(z|x)]", -1),
+            ("latent_prior_bpd", "latent diffusion bound", 1), ("jacobian_bpd", "scale Jacobian", 1)],
 }
+PARTS_TOLERANCE = 1e-6  # relative: parts that miss their total by more get an explicit remainder
+
+
+@dataclass
+class BpdStack:
+    """A family's bound split into signed parts that add up to ``total``, the bound on the same images."""
+
+    parts: list[tuple[str, float]]  # (label, signed bits/dim), Σ = total
+    total: float
+    images: int | None  # how many held-out images the parts (and total) average over
+    note: str | None  # set when the parts are not over all the images of the headline bpd
+
+
+def bpd_stack(results: dict[str, Any], fam: str) -> BpdStack | None:
+    """The signed parts of a family's bound (``BPD_PARTS``), over the same images as their total.
+
+    If the evaluation gave the parts on a subset only (``bound_parts_n`` of ``bpd_n`` images, with
+    their own total ``bpd_full_subset``), the total is that subset's and ``note`` says so. Parts
+    that do not add up to the total (a part not listed here) get a "remainder" part, so the bars
+    always sum to the total they are drawn against."""
+    r = (results.get("families") or {}).get(fam) or {}
+    if r.get("bpd") is None:
+        return None
+    n, k = r.get("bpd_n"), r.get("bound_parts_n")
+    total, images, note = float(r["bpd"]), n, None
+    if k is not None and k != n and r.get("bpd_full_subset") is not None:
+        total, images = float(r["bpd_full_subset"]), k
+        note = f"parts from {k} of the {n if n is not None else '?'} images (their bound {total:.4g})"
+    parts = [(label, sign * float(r[key])) for key, label, sign in BPD_PARTS.get(fam, []) if r.get(key) is not None]
+    remainder = total - sum(v for _, v in parts)
+    if parts and abs(remainder) > PARTS_TOLERANCE * max(1.0, abs(total)):
+        parts.append(("remainder (not itemised)", remainder))
+    return BpdStack(parts, total, images, note)
 
 
 def _save(fig, path: Path) -> None:
@@ -37,10 +74,13 @@ def _pyplot():
 
 def draw_all(out: Path, results: dict[str, Any]) -> dict[str, str]:
     """Draw every plot the results allow; returns {name: relative path}."""
+    from diffvae.compare.curves import bpd_vs_compute, fid_vs_compute  # the learning curves at equal compute
+
     drawn = {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, fn in (("quality_vs_nfe", quality_vs_nfe), ("bpd_bars", bpd_bars), ("training_curves", training_curves),
-                     ("kl_per_dim", kl_per_dim), ("collapse", collapse)):
+                     ("kl_per_dim", kl_per_dim), ("collapse", collapse), ("fid_vs_compute", fid_vs_compute),
+                     ("bpd_vs_compute", bpd_vs_compute)):
         rel = f"figures/{name}.png"
         if fn(results, out / rel):
             drawn[name] = rel
@@ -75,29 +115,36 @@ def quality_vs_nfe(results: dict[str, Any], path: Path) -> bool:
 
 
 def bpd_bars(results: dict[str, Any], path: Path) -> bool:
-    fams = {f: r for f, r in results.get("families", {}).items() if r.get("bpd") is not None}
-    if not fams:
+    """Per family: the positive parts stacked up from 0 (left), the negative ones stacked down from
+    there (right, hatched), ending at the total; the bound's 95% interval as an error bar."""
+    stacks = {f: bpd_stack(results, f) for f in results.get("families", {})}
+    stacks = {f: st for f, st in stacks.items() if st is not None}
+    if not stacks:
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    names = list(fams)
+    names = list(stacks)
     for i, fam in enumerate(names):
-        bottom = 0.0
-        for key, label in BPD_PARTS.get(fam, []):
-            value = fams[fam].get(key)
-            if value is None:
-                continue
-            ax.bar(i, value, bottom=bottom, label=f"{fam}: {label}", alpha=0.85)
-            bottom += value
-        ax.scatter([i], [fams[fam]["bpd"]], color="black", marker="_", s=400, zorder=5)
-        ax.annotate(f"{fams[fam]['bpd']:.3f}", (i, fams[fam]["bpd"]), textcoords="offset points", xytext=(0, 5), ha="center")
+        stack, r = stacks[fam], results["families"][fam]
+        top = 0.0
+        for label, value in [p for p in stack.parts if p[1] >= 0] + [p for p in stack.parts if p[1] < 0]:
+            negative = value < 0
+            ax.bar(i + (0.18 if negative else -0.18), value, width=0.36, bottom=top, label=f"{fam}: {label}" + (" (−)" if negative else ""),
+                   alpha=0.85, hatch="//" if negative else None)
+            top += value
+        ax.scatter([i], [stack.total], color="black", marker="_", s=600, zorder=5)
+        ci = r.get("bpd_ci95")
+        if stack.note is None and isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+            ax.errorbar([i], [r["bpd"]], yerr=[[r["bpd"] - ci[0]], [ci[1] - r["bpd"]]], color="black", capsize=4, zorder=6)
+        text = f"{stack.total:.3f}" + (f"\n{stack.note}" if stack.note else "")
+        ax.annotate(text, (i, stack.total), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
     ax.set_xticks(range(len(names)), names)
-    totals = [fams[f]["bpd"] for f in names]
+    totals = [stacks[f].total for f in names]
     if min(totals) > 0 and max(totals) / min(totals) > 20:
         ax.set_yscale("log")  # an undertrained bound can be orders of magnitude above the others
     ax.margins(y=0.15)
     ax.set_ylabel("bits/dim (upper bound on −log₂ p(x) / D)")
-    ax.set_title("Likelihood bounds and their parts (held-out)")
+    ax.set_title("Likelihood bounds and their parts (held-out; hatched parts are subtracted)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6)
     _save(fig, path)

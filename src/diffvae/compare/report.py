@@ -4,12 +4,18 @@ the figures — as ``report.md`` and ``report.html`` (well-formed XHTML-style HT
 
 Every number in a table cell is rendered from ``results.json`` by :func:`fmt` and, in the HTML,
 carries ``data-key`` with its path in ``results.json`` so the report can be checked against it.
+
+A verdict ("best", "held", "did not hold") is printed only when the 95% intervals of the compared
+figures (``<key>_ci95`` in ``results.json``) do not overlap (:func:`decide`); otherwise it is "not
+decided at this budget", with the sample size that would decide it (:func:`samples_to_decide`).
+Exact figures (e.g. the latent dimension) have no interval and keep a plain comparison.
 """
 
 from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +23,13 @@ from diffvae.runs import atomic_write_text
 
 FAMILY_TITLES = {"vae": "VAE", "ddpm": "Pixel diffusion (DDPM)", "ldm": "Latent diffusion"}
 
-# A cell is a list of parts: plain text, or (key in the family's results, optional prefix) for a number.
+# A cell is a list of parts: plain text, (prefix, path) for a number, or (prefix, path, kind) for a
+# rule of its own (:func:`_special`): "ci" = " [low, high]", the 95% interval of the figure at path;
+# "mi" = mutual information with its estimator's ceiling; "images" = how many held-out images;
+# "parts" = a note when the bound's parts (figure) come from fewer images than its total.
 Part = str | tuple[str, ...]
+UNDECIDED = "not decided at this budget"
+MI_CEILING_TOLERANCE = 0.01  # MI within 1% of log N is at the estimator's ceiling
 
 
 def fmt(value: Any) -> str:
@@ -48,20 +59,119 @@ def lookup(results: dict[str, Any], path: str) -> Any:
     return node
 
 
+# ----------------------------------------------------------------------------- intervals and decisions
+
+@dataclass(frozen=True)
+class Figure:
+    """A measured figure: its value, its 95% interval (None = exact, or not measured) and the sample
+    size n the interval came from (None = unknown, or a fixed threshold)."""
+
+    value: float
+    ci: tuple[float, float] | None = None
+    n: int | None = None
+
+
+def _stored_interval(family_results: dict[str, Any], key: str) -> tuple[float, float] | None:
+    ci = family_results.get(f"{key}_ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
+        return (float(ci[0]), float(ci[1]))
+    return None
+
+
+def interval_of(family_results: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """The 95% interval of ``key``: ``<key>_ci95``, else ``<key>`` ± 1.96 ``<key>_sem``, else None."""
+    stored = _stored_interval(family_results, key)
+    if stored is not None:
+        return stored
+    value, sem = family_results.get(key), family_results.get(f"{key}_sem")
+    if isinstance(value, (int, float)) and isinstance(sem, (int, float)) and math.isfinite(sem):
+        return (value - 1.959963984540054 * sem, value + 1.959963984540054 * sem)
+    return None
+
+
+def separated(a_ci: tuple[float, float], b_ci: tuple[float, float]) -> bool:
+    """True when two closed intervals do not overlap."""
+    return a_ci[1] < b_ci[0] or b_ci[1] < a_ci[0]
+
+
+def decide(a: Figure, b: Figure, lower_is_better: bool) -> str:
+    """"a" or "b" (the better figure) when the intervals separate — or by value when either figure
+    has no interval — else "undecided". With intervals, the better one is the one whose interval
+    lies on the better side (for FID that is the bias-corrected one, not always the lower value)."""
+    if a.ci is None or b.ci is None:
+        if a.value == b.value:
+            return "undecided"
+        return "a" if (a.value < b.value) == lower_is_better else "b"
+    if not separated(a.ci, b.ci):
+        return "undecided"
+    return "a" if (a.ci[1] < b.ci[0]) == lower_is_better else "b"
+
+
+def samples_to_decide(a: Figure, b: Figure) -> int | None:
+    """Sample size per family at which the intervals would just separate, if the centres stay and
+    the half-widths h shrink ∝ 1/√n:  h_a √(n_a / n) + h_b √(n_b / n) = |c_a − c_b|  ⇒
+
+        n = ((h_a √n_a + h_b √n_b) / |c_a − c_b|)²,  rounded up
+
+    (= n · ((h_a + h_b) / |c_a − c_b|)² for equal n). A figure with no interval or no n (a fixed
+    threshold) contributes no width. None when the centres coincide or nothing has a size."""
+    def width(f: Figure) -> float:
+        return 0.0 if f.ci is None or f.n is None else (f.ci[1] - f.ci[0]) / 2.0 * math.sqrt(f.n)
+
+    def centre(f: Figure) -> float:
+        return f.value if f.ci is None else (f.ci[0] + f.ci[1]) / 2.0
+
+    gap = abs(centre(a) - centre(b))
+    total = width(a) + width(b)
+    if gap == 0 or total == 0:
+        return None
+    return math.ceil((total / gap) ** 2 * (1 - 1e-12))  # the factor: 800.0000000001 is 800, not 801
+
+
+def figure_text(f: Figure) -> str:
+    """"412.3 [380.1, 450.2]" (or just the value without an interval)."""
+    return fmt(f.value) + (f" [{fmt(f.ci[0])}, {fmt(f.ci[1])}]" if f.ci is not None else "")
+
+
+def undecided_text(label: str, names: tuple[str, str], a: Figure, b: Figure, unit: str) -> str:
+    """"not decided at this budget (FID: VAE 412 [380, 450] vs DDPM 430 [400, 470]; about 2,400
+    samples per family would decide it)"."""
+    n = samples_to_decide(a, b)
+    need = f"; about {n:,} {unit} would decide it" if n is not None else ""
+    return f"{UNDECIDED} ({label}: {names[0]} {figure_text(a)} vs {names[1]} {figure_text(b)}{need})"
+
+
+def mi_ceiling_note(mutual_info: Any, ceiling: Any) -> str:
+    """" (at the log N = 5.30 ceiling of the estimator: a lower bound)" when the MI estimate is within
+    1% of its ceiling log N (the He et al. estimator can never exceed it), else ""."""
+    if not isinstance(mutual_info, (int, float)) or not isinstance(ceiling, (int, float)) or ceiling <= 0:
+        return ""
+    if mutual_info < (1.0 - MI_CEILING_TOLERANCE) * ceiling:
+        return ""
+    return f" (at the log N = {ceiling:.2f} ceiling of the estimator: a lower bound)"
+
+
 def _cells(fam: str) -> dict[str, list[Part]]:
     F = f"families.{fam}."
     T = f"training.{fam}."
+
+    def ci(key: str) -> Part:
+        return ("", F + key, "ci")
+
     interp = {"vae": "direct in latent", "ddpm": "DDIM inversion + slerp", "ldm": "latent DDIM inversion + slerp"}[fam]
     space = {"vae": "learned encoder, N(0, I) prior", "ddpm": "fixed Gaussian forward process (no encoder)",
              "ldm": "learned encoder + fixed forward process on its latent"}[fam]
-    bound = {"vae": [("bound ", F + "bpd"), (", IWAE ", F + "iwae_bpd")],
-             "ddpm": [("L0+ΣKL+L_T ", F + "bpd"), (" ± ", F + "bpd_stderr")],
-             "ldm": [("LSGM bound ", F + "bpd"), (" ± ", F + "bpd_stderr")]}[fam]
+    held_out = [(" over ", F + "bpd_n", "images"), ("", F, "parts")]
+    bound = {"vae": [("bound ", F + "bpd"), ci("bpd"), *held_out, (", ELBO ", F + "elbo_bpd"), (", IWAE ", F + "iwae_bpd")],
+             "ddpm": [("L0+ΣKL+L_T ", F + "bpd"), ci("bpd"), *held_out, (", reverse variance ", F + "variance"),
+                      ("; fixed-small ", F + "bpd_small"), (", fixed-large ", F + "bpd_large")],
+             "ldm": [("LSGM bound ", F + "bpd"), ci("bpd"), *held_out, (", latent prior's reverse variance ", F + "variance"),
+                     ("; fixed-small ", F + "bpd_small"), (", fixed-large ", F + "bpd_large")]}[fam]
     collapse: list[Part]
     if fam == "vae":
-        collapse = [("active units ", F + "active_units"), ("/", F + "latent_dims"), (", KL ", F + "kl_nats"), (" nats, MI ", F + "mutual_info"),
-                    " nats; PixelCNN decoder: ", ("", "collapse.without_free_bits.active_units"), " active without free bits → ",
-                    ("", "collapse.with_free_bits.active_units"), " with"]
+        collapse = [("active units ", F + "active_units"), ("/", F + "latent_dims"), (", KL ", F + "kl_nats"), " nats",
+                    (", MI ", F + "mutual_info", "mi"), "; PixelCNN decoder: ", ("", "collapse.without_free_bits.active_units"),
+                    " active without free bits → ", ("", "collapse.with_free_bits.active_units"), " with"]
     else:
         collapse = ["not applicable: the forward process is a fixed encoder" if fam == "ddpm"
                     else "not applicable to the diffusion stage; autoencoder round trip PSNR ", *(
@@ -69,20 +179,63 @@ def _cells(fam: str) -> dict[str, list[Part]]:
     return {
         "Latent space": [space, ("; latent std ", F + "latent_std")],
         "Latent dimension": [("", F + "latent_dims"), (" for ", F + "data_dims"), (" pixel values (ratio ", F + "latent_ratio"), ")"],
-        "Generation": [("", F + "nfe"), " network evaluations, ", ("", F + "ms_per_sample"), " ms/sample"],
-        "Sample quality": [("FID ", F + "fid"), (", KID ", F + "kid"), (", precision ", F + "precision"), (", recall ", F + "recall"),
-                           (", sharpness ×", F + "sharpness_ratio"), (", recognisable ", F + "confident_fraction")],
+        "Generation": [("", F + "nfe"), " network evaluations, ", ("", F + "ms_per_sample"), ci("ms_per_sample"), " ms/sample"],
+        "Sample quality": [("FID ", F + "fid"), ci("fid"), (", KID ", F + "kid"), ci("kid"), (", precision ", F + "precision"),
+                           ci("precision"), (", recall ", F + "recall"), ci("recall"),
+                           (", sharpness ×", F + "sharpness_ratio"), ci("sharpness_ratio"), (", recognisable ", F + "confident_fraction")],
         "Training": [("", T + "objective"), (": ", T + "minutes"), (" min, ", T + "steps"), (" steps, final loss ", T + "final_loss")],
         "Interpolation": [interp, ("; round trip PSNR ", F + "roundtrip_psnr_db"), (" dB, smoothness ", F + "path_smoothness"),
-                          (", midpoint FID ", F + "midpoint_fid")],
+                          (", midpoint FID ", F + "midpoint_fid"), ci("midpoint_fid")],
         "Posterior collapse": collapse,
         "Bits/dim (ELBO view)": bound,
-        "Representation (linear probe)": [("accuracy ", F + "probe_accuracy"), (" (chance ", F + "probe_chance"), ")"],
+        "Representation (linear probe)": [("accuracy ", F + "probe_accuracy"), ci("probe_accuracy"), (" (chance ", F + "probe_chance"), ")"],
     }
 
 
 ROWS = ["Latent space", "Latent dimension", "Generation", "Sample quality", "Training", "Interpolation",
         "Posterior collapse", "Bits/dim (ELBO view)", "Representation (linear probe)"]
+
+
+def _number(value: Any, path: str, as_html: bool) -> str:
+    text = fmt(value)
+    if as_html:
+        return f'<span data-key="{html.escape(path)}">{html.escape(text)}</span>' if isinstance(value, (int, float)) else html.escape(text)
+    return text
+
+
+def _interval_text(results: dict[str, Any], path: str, as_html: bool) -> str:
+    """" [low, high]" for the figure at ``path`` (from ``<key>_ci95``, numbers tagged with their
+    path; or from ``<key>_sem``, plain), or "" without an interval."""
+    family_path, key = path.rsplit(".", 1)
+    family = lookup(results, family_path) or {}
+    ci = interval_of(family, key)
+    if ci is None:
+        return ""
+    if _stored_interval(family, key) is not None:  # stored in results.json: tag the numbers with their path
+        low, high = (_number(family[f"{key}_ci95"][i], f"{path}_ci95.{i}", as_html) for i in (0, 1))
+    else:
+        low, high = (html.escape(fmt(v)) if as_html else fmt(v) for v in ci)
+    return f" [{low}, {high}]"
+
+
+def _special(kind: str, prefix: str, path: str, results: dict[str, Any], as_html: bool) -> str:
+    e = html.escape if as_html else (lambda t: t)
+    if kind == "ci":
+        return _interval_text(results, path, as_html)
+    value = lookup(results, path)
+    if kind == "mi":  # mutual information, with the estimator's ceiling when it sits at it
+        if value is None:
+            return ""
+        note = mi_ceiling_note(value, lookup(results, path + "_max"))
+        return e(prefix) + _number(value, path, as_html) + e(" nats" + note)
+    if kind == "images":
+        return "" if value is None else e(prefix) + _number(value, path, as_html) + e(" held-out images")
+    if kind == "parts":  # the figure's parts come from fewer images than the total: say so
+        from diffvae.compare.figures import bpd_stack
+
+        stack = bpd_stack(results, path.rstrip(".").rsplit(".", 1)[1])
+        return "" if stack is None or stack.note is None else e(f"; {stack.note}")
+    raise ValueError(f"unknown cell part kind {kind!r}")
 
 
 def _render_cell(parts: list[Part], results: dict[str, Any], as_html: bool) -> str:
@@ -91,16 +244,14 @@ def _render_cell(parts: list[Part], results: dict[str, Any], as_html: bool) -> s
         if isinstance(part, str):
             out.append(html.escape(part) if as_html else part)
             continue
+        if len(part) == 3:
+            out.append(_special(part[2], part[0], part[1], results, as_html))
+            continue
         prefix, path = part
         value = lookup(results, path)
         if value is None:
             continue
-        text = fmt(value)
-        if as_html:
-            out.append(html.escape(prefix) + (f'<span data-key="{html.escape(path)}">{html.escape(text)}</span>'
-                                               if isinstance(value, (int, float)) else html.escape(text)))
-        else:
-            out.append(prefix + text)
+        out.append((html.escape(prefix) if as_html else prefix) + _number(value, path, as_html))
     return "".join(out)
 
 
@@ -133,83 +284,176 @@ def table(results: dict[str, Any], as_html: bool) -> tuple[list[str], list[list[
 
 # ----------------------------------------------------------------------------- claims and advice
 
+# the sample size behind each figure's interval, and how "would decide it" counts it
+SAMPLE_SIZES = {
+    "fid": ("n_samples", "samples per family"), "kid": ("n_samples", "samples per family"),
+    "precision": ("n_samples", "samples per family"), "recall": ("n_samples", "samples per family"),
+    "sharpness_ratio": ("n_samples", "samples per family"), "sharpness_gap": ("n_samples", "samples per family"),
+    "midpoint_fid": ("midpoint_n", "midpoint pairs per family"), "bpd": ("bpd_n", "held-out images per family"),
+    "ms_per_sample": ("ms_per_sample_repeats", "timed sampling batches per family"),
+    "probe_accuracy": ("probe_n", "probe test images per family"),
+}
+FAMILIES = ("vae", "ddpm", "ldm")
+
+
 def _get(results, fam, key):
     return lookup(results, f"families.{fam}.{key}")
 
 
-def _get_derived(results, fam, key):
-    if key == "sharpness_gap":  # blur (< 1) and noise (> 1) both move the ratio away from 1
-        ratio = _get(results, fam, "sharpness_ratio")
-        return abs(math.log(ratio)) if isinstance(ratio, (int, float)) and ratio > 0 else None
-    return _get(results, fam, key)
+def _number_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
-def _best(results: dict[str, Any], key: str, lower_is_better: bool) -> list[tuple[str, float]]:
-    values = [(fam, _get_derived(results, fam, key)) for fam in results.get("families", {})]
-    values = [(f, v) for f, v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return sorted(values, key=lambda fv: fv[1] if lower_is_better else -fv[1])
+def log_gap_interval(ci: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Interval of |log r| from an interval (lo, hi) of a positive ratio r: 0 at its low end when the
+    interval contains 1 (blur, r < 1, and noise, r > 1, both move the ratio away from 1)."""
+    if ci is None or ci[0] <= 0:
+        return None
+    ends = sorted((abs(math.log(ci[0])), abs(math.log(ci[1]))))
+    return (0.0, ends[1]) if ci[0] <= 1.0 <= ci[1] else (ends[0], ends[1])
+
+
+def figure(results: dict[str, Any], fam: str, key: str) -> Figure | None:
+    """The family's figure ``key`` with its interval and sample size, or None if not measured.
+    ``sharpness_gap`` is derived: |log sharpness ratio|."""
+    r = lookup(results, f"families.{fam}") or {}
+    if key == "sharpness_gap":
+        ratio = _number_or_none(r.get("sharpness_ratio"))
+        if ratio is None or ratio <= 0:
+            return None
+        value, ci = abs(math.log(ratio)), log_gap_interval(interval_of(r, "sharpness_ratio"))
+    else:
+        value, ci = _number_or_none(r.get(key)), interval_of(r, key)
+        if value is None:
+            return None
+    size_key = SAMPLE_SIZES.get(key, ("", ""))[0]
+    n = r.get(size_key) if size_key else None
+    if n is None and size_key == "n_samples":
+        n = lookup(r, "eval_config.n_samples")
+    return Figure(value, ci, int(n) if isinstance(n, (int, float)) and n > 0 else None)
+
+
+def _outcome(comparisons: list[str]) -> str:
+    """Several comparisons that must all go the claim's way ("a"): held if they all do, did not hold
+    if any decided against it ("b"), otherwise not decided."""
+    if comparisons and all(c == "a" for c in comparisons):
+        return "held"
+    return "did not hold" if "b" in comparisons else UNDECIDED
+
+
+def _need(pairs: list[tuple[str, Figure, Figure]], key: str) -> str:
+    """"; about N samples per family would decide it" for the undecided comparisons, else ""."""
+    sizes = [samples_to_decide(a, b) for outcome, a, b in pairs if outcome == "undecided"]
+    sizes = [n for n in sizes if n is not None]
+    return f"; about {max(sizes):,} {SAMPLE_SIZES.get(key, ('', 'samples per family'))[1]} would decide it" if sizes else ""
+
+
+def _compared(results, key, better, others, lower) -> tuple[list[str], str, Figure | None, dict[str, Figure]]:
+    """decide(better, other) for each measured other family; (outcomes, the '; about N ...' text, figures)."""
+    a = figure(results, better, key)
+    figs = {f: figure(results, f, key) for f in others}
+    figs = {f: v for f, v in figs.items() if v is not None}
+    if a is None:
+        return [], "", None, figs
+    pairs = [(decide(a, b, lower), a, b) for b in figs.values()]
+    return [p[0] for p in pairs], _need(pairs, key), a, figs
+
+
+def _listing(figs: dict[str, Figure], names: dict[str, str] | None = None) -> str:
+    return ", ".join(f"{(names or {}).get(f, f)} {figure_text(v)}" for f, v in figs.items())
 
 
 def claims(results: dict[str, Any]) -> list[dict[str, str]]:
-    """Each classic claim with a verdict (held / did not hold / not measured) and the evidence."""
+    """Each classic claim with a verdict (held / did not hold / not decided at this budget / not
+    measured) and the evidence: held or did not hold only when the intervals separate."""
     out = []
 
     def claim(text: str, verdict: str | None, evidence: str) -> None:
         out.append({"claim": text, "verdict": verdict or "not measured", "evidence": evidence})
 
-    fid = {f: _get(results, f, "fid") for f in ("vae", "ddpm", "ldm")}
-    if fid["vae"] is not None and (fid["ddpm"] is not None or fid["ldm"] is not None):
-        diff = [f for f in ("ddpm", "ldm") if fid[f] is not None]
-        best = min(diff, key=lambda f: fid[f])
-        claim("Sample quality: diffusion is state of the art, VAEs lag", "held" if fid[best] < fid["vae"] else "did not hold",
-              f"FID {best} {fmt(fid[best])} vs VAE {fmt(fid['vae'])}")
+    fid_vae = figure(results, "vae", "fid")
+    diffusion = {f: figure(results, f, "fid") for f in ("ddpm", "ldm")}
+    diffusion = {f: v for f, v in diffusion.items() if v is not None}
+    if fid_vae is not None and diffusion:
+        pairs = [(decide(v, fid_vae, True), v, fid_vae) for v in diffusion.values()]
+        outcomes = [p[0] for p in pairs]
+        verdict = "held" if "a" in outcomes else "did not hold" if all(o == "b" for o in outcomes) else UNDECIDED
+        claim("Sample quality: diffusion is state of the art, VAEs lag", verdict,
+              f"FID {_listing(diffusion)} vs VAE {figure_text(fid_vae)}" + (_need(pairs, "fid") if verdict == UNDECIDED else ""))
     else:
         claim("Sample quality: diffusion is state of the art, VAEs lag", None, "needs the VAE and a diffusion family")
-    sharp = {f: _get(results, f, "sharpness_ratio") for f in ("vae", "ddpm", "ldm")}
-    if sharp["vae"] is not None:
-        others = [f for f in ("ddpm", "ldm") if sharp[f] is not None]
-        held = sharp["vae"] < 0.8 and all(sharp["vae"] < sharp[f] for f in others)
-        claim("VAE samples are often blurry", "held" if held else "did not hold",
-              f"sharpness vs real data: VAE ×{fmt(sharp['vae'])}" + "".join(f", {f} ×{fmt(sharp[f])}" for f in others))
-    ms = {f: _get(results, f, "ms_per_sample") for f in ("vae", "ddpm", "ldm")}
-    nfe = {f: _get(results, f, "nfe") for f in ("vae", "ddpm", "ldm")}
-    if ms["vae"] is not None and ms["ddpm"] is not None:
-        claim("Generation: a VAE decodes once, diffusion denoises iteratively (slower)",
-              "held" if ms["vae"] < ms["ddpm"] else "did not hold",
-              f"VAE {fmt(ms['vae'])} ms/sample ({nfe['vae']} NFE) vs DDPM {fmt(ms['ddpm'])} ms/sample ({nfe['ddpm']} NFE): "
-              f"{fmt(ms['ddpm'] / max(ms['vae'], 1e-9))}× ")
-    lat = {f: _get(results, f, "latent_ratio") for f in ("vae", "ddpm", "ldm")}
-    if lat["vae"] is not None and lat["ddpm"] is not None:
+    outcomes, need, sharp_vae, others = _compared(results, "sharpness_ratio", "vae", ("ddpm", "ldm"), True)
+    if sharp_vae is not None:
+        threshold = decide(sharp_vae, Figure(0.8), True)
+        verdict = _outcome([threshold, *outcomes])
+        claim("VAE samples are often blurry", verdict, f"sharpness vs real data (blurry: below ×0.8 and below the others): "
+              f"VAE ×{figure_text(sharp_vae)}" + "".join(f", {f} ×{figure_text(v)}" for f, v in others.items())
+              + (need if verdict == UNDECIDED else ""))
+    outcomes, need, ms_vae, ms = _compared(results, "ms_per_sample", "vae", ("ddpm",), True)
+    nfe = {f: _get(results, f, "nfe") for f in FAMILIES}
+    if ms_vae is not None and "ddpm" in ms:
+        verdict = _outcome(outcomes)
+        claim("Generation: a VAE decodes once, diffusion denoises iteratively (slower)", verdict,
+              f"VAE {figure_text(ms_vae)} ms/sample ({nfe['vae']} NFE) vs DDPM {figure_text(ms['ddpm'])} ms/sample ({nfe['ddpm']} NFE): "
+              f"{fmt(ms['ddpm'].value / max(ms_vae.value, 1e-9))}×" + (need if verdict == UNDECIDED else ""))
+    lat = {f: _get(results, f, "latent_ratio") for f in FAMILIES}
+    if lat["vae"] is not None and lat["ddpm"] is not None:  # exact figures: no interval
         claim("Latent dimension: VAE compressed, diffusion the same as the data",
               "held" if lat["vae"] < 1 and lat["ddpm"] == 1 else "did not hold",
               f"latent/data dimension: VAE {fmt(lat['vae'])}, DDPM {fmt(lat['ddpm'])}" + (f", LDM {fmt(lat['ldm'])}" if lat["ldm"] else ""))
-    rt = {f: _get(results, f, "roundtrip_psnr_db") for f in ("vae", "ddpm", "ldm")}
-    mid = {f: _get(results, f, "midpoint_fid") for f in ("vae", "ddpm", "ldm")}
-    if mid["vae"] is not None and (mid["ddpm"] is not None or mid["ldm"] is not None):
-        diff = [f for f in ("ddpm", "ldm") if mid[f] is not None]
-        held = all(mid["vae"] < mid[f] for f in diff)
-        claim("Interpolation: direct in a VAE's latent (better for latent manipulation) vs via DDIM inversion",
-              "held" if held else "did not hold",
-              "midpoint FID (lower = more realistic midpoints): VAE " + fmt(mid["vae"]) +
-              "".join(f", {f} {fmt(mid[f])}" for f in diff) + "; round trip PSNR: VAE " + fmt(rt["vae"]) + " dB (encode→decode)" +
-              "".join(f", {f} {fmt(rt[f])} dB (invert→regenerate)" for f in diff if rt[f] is not None))
+    rt = {f: _get(results, f, "roundtrip_psnr_db") for f in FAMILIES}
+    outcomes, need, mid_vae, mid = _compared(results, "midpoint_fid", "vae", ("ddpm", "ldm"), True)
+    if mid_vae is not None and mid:
+        verdict = _outcome(outcomes)
+        claim("Interpolation: direct in a VAE's latent (better for latent manipulation) vs via DDIM inversion", verdict,
+              "midpoint FID (lower = more realistic midpoints): VAE " + figure_text(mid_vae) +
+              "".join(f", {f} {figure_text(v)}" for f, v in mid.items()) + "; round trip PSNR: VAE " + fmt(rt["vae"]) + " dB (encode→decode)" +
+              "".join(f", {f} {fmt(rt[f])} dB (invert→regenerate)" for f in mid if rt[f] is not None) + (need if verdict == UNDECIDED else ""))
     study = results.get("collapse") or {}
     if "without_free_bits" in study and "with_free_bits" in study:
-        a, b = study["without_free_bits"], study["with_free_bits"]
-        collapsed = a.get("active_units", 0) < b.get("active_units", 0) or a.get("kl_nats", 0) < 0.5 * b.get("kl_nats", 0)
-        claim("Posterior collapse is a common issue with powerful decoders (VAE only)", "held" if collapsed else "did not hold",
-              f"PixelCNN decoder: {a.get('active_units')} active units, KL {fmt(a.get('kl_nats'))} nats, MI {fmt(a.get('mutual_info'))} "
-              f"without free bits; {b.get('active_units')} active, KL {fmt(b.get('kl_nats'))} nats with {study.get('free_bits')} free bits/dim")
-    probe = {f: _get(results, f, "probe_accuracy") for f in ("vae", "ddpm", "ldm")}
-    if probe["vae"] is not None and probe["ddpm"] is not None:
-        claim("VAEs learn representations (diffusion's latent is just noise)", "held" if probe["vae"] > probe["ddpm"] else "did not hold",
-              f"linear probe: VAE {fmt(probe['vae'])}, DDPM inverted noise {fmt(probe['ddpm'])}" +
-              (f", LDM {fmt(probe['ldm'])}" if probe["ldm"] is not None else ""))
-    if fid["ldm"] is not None and fid["vae"] is not None and ms["ldm"] is not None and ms["ddpm"] is not None:
-        held = fid["ldm"] < fid["vae"] and ms["ldm"] < ms["ddpm"]
-        claim("Latent diffusion combines the strengths of both", "held" if held else "did not hold",
-              f"LDM FID {fmt(fid['ldm'])} vs VAE {fmt(fid['vae'])}; LDM {fmt(ms['ldm'])} ms/sample vs DDPM {fmt(ms['ddpm'])}")
+        claim("Posterior collapse is a common issue with powerful decoders (VAE only)", *_collapse_verdict(study))
+    outcomes, need, probe_vae, probe = _compared(results, "probe_accuracy", "vae", ("ddpm",), False)
+    if probe_vae is not None and "ddpm" in probe:
+        verdict = _outcome(outcomes)
+        ldm_probe = figure(results, "ldm", "probe_accuracy")
+        claim("VAEs learn representations (diffusion's latent is just noise)", verdict,
+              f"linear probe: VAE {figure_text(probe_vae)}, DDPM inverted noise {figure_text(probe['ddpm'])}" +
+              (f", LDM {figure_text(ldm_probe)}" if ldm_probe is not None else "") + (need if verdict == UNDECIDED else ""))
+    fid_out, fid_need, fid_ldm, fid_vs = _compared(results, "fid", "ldm", ("vae",), True)
+    ms_out, ms_need, ms_ldm, ms_vs = _compared(results, "ms_per_sample", "ldm", ("ddpm",), True)
+    if fid_ldm is not None and "vae" in fid_vs and ms_ldm is not None and "ddpm" in ms_vs:
+        verdict = _outcome(fid_out + ms_out)
+        claim("Latent diffusion combines the strengths of both", verdict,
+              f"LDM FID {figure_text(fid_ldm)} vs VAE {figure_text(fid_vs['vae'])}{fid_need}; "
+              f"LDM {figure_text(ms_ldm)} ms/sample vs DDPM {figure_text(ms_vs['ddpm'])}{ms_need}")
     return out
+
+
+def _collapse_verdict(study: dict[str, Any]) -> tuple[str, str]:
+    """Collapse held if the run without free bits has fewer active units, or a KL below half the cured
+    run's (decided on their intervals when the study stored ``kl_nats_ci95``). Not decided when the
+    cured run's KL is still far below its free-bits floor λ·L: free bits make KL below λ per
+    dimension free, so a run that trained enough to use its latent sits at or above the floor —
+    one far below it trained too little to show the cure (or the collapse)."""
+    a, b = study["without_free_bits"], study["with_free_bits"]
+    kl_a = Figure(a.get("kl_nats", 0.0), interval_of(a, "kl_nats"), a.get("kl_n"))
+    ci_b = interval_of(b, "kl_nats")
+    half_b = Figure(0.5 * b.get("kl_nats", 0.0), (0.5 * ci_b[0], 0.5 * ci_b[1]) if ci_b else None, b.get("kl_n"))
+    kl_outcome = decide(kl_a, half_b, True)
+    fewer_units = a.get("active_units", 0) < b.get("active_units", 0)
+    verdict = "held" if fewer_units or kl_outcome == "a" else "did not hold" if kl_outcome == "b" else UNDECIDED
+    floor = float(study.get("free_bits") or 0.0) * len(b.get("kl_per_dim") or [])
+    too_little = floor > 0 and b.get("kl_nats", 0.0) < 0.5 * floor
+    if too_little:
+        verdict = UNDECIDED
+    mi = lambda arm: fmt(arm.get("mutual_info")) + mi_ceiling_note(arm.get("mutual_info"), arm.get("mutual_info_max"))
+    evidence = (f"PixelCNN decoder: {a.get('active_units')} active units, KL {figure_text(kl_a)} nats, MI {mi(a)} nats "
+                f"without free bits; {b.get('active_units')} active, KL {figure_text(Figure(b.get('kl_nats', 0.0), ci_b))} nats, "
+                f"MI {mi(b)} nats with free bits λ = {study.get('free_bits')} nats per latent dimension")
+    if too_little:
+        evidence += (f"; the free-bits run's KL is far below its floor λ·L = {fmt(floor)} nats: the study trained too little "
+                     "to show the collapse or its cure")
+    return verdict, evidence
 
 
 CRITERIA = [
@@ -223,16 +467,26 @@ CRITERIA = [
 
 
 def when_to_use(results: dict[str, Any]) -> list[str]:
-    """Statements derived from the measured numbers: who was best at what, by how much."""
+    """Statements derived from the measured numbers: who was best at what, by how much — or that
+    the best and the runner-up are not decided at this budget (their intervals overlap)."""
     lines = []
     for name, key, lower, label in CRITERIA:
-        ranked = _best(results, key, lower)
+        figs = {fam: figure(results, fam, key) for fam in results.get("families", {})}
+        ranked = sorted(((f, v) for f, v in figs.items() if v is not None), key=lambda fv: fv[1].value if lower else -fv[1].value)
         if len(ranked) < 2:
             continue
-        (best, bv), (second, sv) = ranked[0], ranked[1]
-        ratio = (sv / bv if lower else bv / sv) if bv and sv else float("nan")
-        lines.append(f"Best {name}: {FAMILY_TITLES.get(best, best)} ({label} {fmt(bv)}; next {FAMILY_TITLES.get(second, second)} "
-                     f"{fmt(sv)}, {fmt(ratio)}× {'better' if ratio >= 1 else 'worse'}).")
+        (best, a), (second, b) = ranked[0], ranked[1]
+        outcome = decide(a, b, lower)
+        title = lambda f: FAMILY_TITLES.get(f, f)
+        if outcome == "undecided":
+            unit = SAMPLE_SIZES.get(key, ("", "samples per family"))[1]
+            lines.append(f"Best {name}: {undecided_text(label, (title(best), title(second)), a, b, unit)}.")
+            continue
+        if outcome == "b":  # the intervals say the other way round (FID's are bias-corrected)
+            (best, a), (second, b) = (second, b), (best, a)
+        ratio = (b.value / a.value if lower else a.value / b.value) if a.value and b.value else float("nan")
+        lines.append(f"Best {name}: {title(best)} ({label} {figure_text(a)}; next {title(second)} "
+                     f"{figure_text(b)}, {fmt(ratio)}× {'better' if ratio >= 1 else 'worse'}).")
     return lines
 
 
@@ -248,19 +502,21 @@ def _images(results: dict[str, Any], figures: dict[str, str]) -> list[tuple[str,
             items.append((f"{FAMILY_TITLES.get(fam, fam)}: {row['sampler']}, {row['steps']} steps (FID {fmt(row['fid'])})", row["figure"]))
     captions = {"quality_vs_nfe": "Quality against NFE", "bpd_bars": "Bits/dim and the bound's parts",
                 "training_curves": "Training curves", "kl_per_dim": "VAE KL per latent dimension",
-                "collapse": "Posterior-collapse study"}
+                "collapse": "Posterior-collapse study", "fid_vs_compute": "Learning curves: FID against training compute",
+                "bpd_vs_compute": "Learning curves: bits/dim against training compute"}
     for name, rel in figures.items():
         items.append((captions.get(name, name), rel))
     return items
 
 
 def write_report(out: Path, results: dict[str, Any]) -> None:
+    from diffvae.compare.curves import crossover_sentences
     from diffvae.compare.figures import draw_all
 
     figures = draw_all(out, results)
     results["figures"] = figures
     results["claims"] = claims(results)
-    results["when_to_use"] = when_to_use(results)
+    results["when_to_use"] = when_to_use(results) + crossover_sentences(results)  # + where learning curves cross
     images = [(c, p) for c, p in _images(results, figures) if (out / p).exists()]
     atomic_write_text(out / "report.md", render_markdown(results, images))
     atomic_write_text(out / "report.html", render_html(results, images))
@@ -270,7 +526,9 @@ def _intro(results: dict[str, Any]) -> str:
     return (f"Data: {results.get('data')} ({results.get('train_size')} training / {results.get('test_size')} held-out images of "
             f"{'×'.join(map(str, results.get('image_shape', [])))}). Budget {fmt(results.get('budget_minutes'))} min, "
             f"used {fmt(results.get('elapsed_minutes'))} min. Sample-quality metrics use {results.get('feature_space', 'diffvae features')} "
-            "(a locally trained network; not comparable to Inception FID).")
+            "(a locally trained network; not comparable to Inception FID). [low, high] is a 95% interval; FID's is for the "
+            "population value, corrected for the upward bias of FID at finite sample size, so it can lie below the printed "
+            "FID. A verdict is given only when the intervals of the compared figures do not overlap.")
 
 
 def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> str:

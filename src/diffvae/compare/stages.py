@@ -4,6 +4,7 @@ family (sized to its time share), and the sampler sweep for the diffusion famili
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from diffvae.api import DataConfig, load, train_run
 from diffvae.evaluate import EvalConfig, evaluate
 from diffvae.families import get_family
 from diffvae.runs import RunDir
+from diffvae.snapshots import read_index
 from diffvae.train import TrainConfig
 
 OBJECTIVES = {
@@ -22,6 +24,7 @@ OBJECTIVES = {
     "ldm": "autoencoder ELBO, then latent noise-prediction MSE",
 }
 COLLAPSE_FREE_BITS = 0.5  # nats per latent dimension for the cured run
+SNAPSHOT_FIRST_FRACTION = 1 / 32  # first snapshot after this share of a family's training time, then every doubling
 
 
 def _train_config(family: str, seconds: float, args, **overrides) -> TrainConfig:
@@ -43,13 +46,21 @@ def model_config_for(family: str, image_shape: tuple[int, int, int], **overrides
 
 
 def train_family(family: str, data: DataConfig, dataset, out: Path, seconds: float, args, results: dict) -> None:
+    from diffvae.recipes import describe, for_budget
+
     run_dir = out / "runs" / family
-    config = model_config_for(family, dataset.image_shape)
+    recipe, recipe_info = for_budget(get_family(family).recipes, seconds / 60.0, args.device)
+    if recipe is not None:
+        print(f"[train:{family}] {describe(recipe_info)}", file=sys.stderr, flush=True)
+    config = model_config_for(family, dataset.image_shape, **(recipe.model if recipe else {}))
     t0 = time.perf_counter()
-    train_run(family, data, config, _train_config(family, seconds, args), out=run_dir, force=run_dir.exists(),
-              progress=not args.quiet, dataset=dataset)
+    train_config = _train_config(family, seconds, args, snapshot_first_minutes=seconds / 60.0 * SNAPSHOT_FIRST_FRACTION,
+                                 recipe=recipe.name if recipe else None, **(recipe.train if recipe else {}))
+    train_run(family, data, config, train_config, out=run_dir, force=run_dir.exists(), progress=not args.quiet, dataset=dataset)
     minutes = (time.perf_counter() - t0) / 60.0
     rows = RunDir(run_dir).read_metrics()
+    index = read_index(run_dir) or {}
+    final = (index.get("snapshots") or [{}])[-1]
     results["training"][family] = {
         "objective": OBJECTIVES[family],
         "minutes": minutes,
@@ -57,6 +68,9 @@ def train_family(family: str, data: DataConfig, dataset, out: Path, seconds: flo
         "final_loss": float(rows[-1]["loss"]) if rows else None,
         "curve": [[int(r["step"]), float(r["loss"])] for r in rows if "loss" in r and "step" in r],
         "images_per_s": float(sum(r.get("images_per_s", 0) for r in rows[-5:]) / max(1, len(rows[-5:]))) if rows else None,
+        "gflop_per_image": index.get("gflop_per_image"),  # of one training step, measured (ldm: its diffusion stage)
+        "gflop": final.get("gflop"),  # to reach the final weights (ldm: both stages and the encoder pass)
+        "recipe": recipe_info or None,  # the compute-aware default chosen for this budget (diffvae.recipes)
     }
 
 
@@ -109,17 +123,17 @@ def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: 
     invert = model.config.invert_steps
     nfe = model.nfe()
     T = model.denoiser.schedule.T
-    full.bound_n = 64  # the full bound costs T network evaluations per image
+    # the bound: 2K evaluations per held-out image (importance-sampled estimate) + the variance fit
 
     def evaluations(c: EvalConfig) -> float:
         return (c.n_samples * nfe + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
-                + c.strips * c.frames) * invert + c.bound_n * (c.bound_timesteps or T))
+                + c.strips * c.frames) * invert + c.bound_n * (2 * c.bound_timesteps or T) + c.variance_fit_n * min(T, 128))
 
     scale = min(1.0, 0.5 * seconds / max(1e-9, evaluations(full) * unit))
-    floor = EvalConfig(n_samples=50, bound_n=2, midpoints=10, roundtrip_n=8, probe_train=100, probe_test=50)
+    floor = EvalConfig(n_samples=50, bound_n=16, variance_fit_n=16, midpoints=10, roundtrip_n=8, probe_train=100, probe_test=50)
     sized = {}
     for f in dataclasses.fields(EvalConfig):
-        if f.name in ("bound_n", "roundtrip_n", "probe_train", "probe_test"):
+        if f.name in ("bound_n", "variance_fit_n", "roundtrip_n", "probe_train", "probe_test"):
             sized[f.name] = max(getattr(floor, f.name), int(getattr(full, f.name) * scale))
     return dataclasses.replace(full, **sized)
 
@@ -136,7 +150,7 @@ def sampler_sweep(model, family: str, dataset, extractor, out: Path, seconds: fl
                   n_samples: int) -> list[dict[str, Any]]:
     """FID and ms/sample against NFE for each sampler, as many settings as fit ``seconds``."""
     from diffvae.images import save_grid
-    from diffvae.metrics.fid import fid
+    from diffvae.metrics.distances import fid
     from diffvae.metrics.sharpness import sharpness
 
     real_features = extractor.features(dataset.test)

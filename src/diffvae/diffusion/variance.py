@@ -22,6 +22,13 @@ Index 0 of every table is the decoder's variance σ₀² of L₀ (:mod:`diffvae.
 the σ₀ that maximises the L₀ likelihood of the fit data — the mean squared error of x̂₀ for a
 continuous decoder, a one-dimensional search for the discretized one.
 
+For 8-bit data there is also a decoder that knows the data live on the grid: the exact posterior of a
+pixel's level given x at t = 0 under the level histogram π of the fit images (pseudo-count ½ per level),
+
+    p(x₀ = v | x_t) = π(v) N(x_t; √ᾱ₀ v, 1 − ᾱ₀) / Σ_u π(u) N(x_t; √ᾱ₀ u, 1 − ᾱ₀),   per pixel,
+
+which needs no network; the fitted choices with it are named ``<choice>_levels``.
+
 The moments are Monte-Carlo averages over fit images at up to ``points`` timesteps and linearly
 interpolated in t between them (they vary smoothly); every value is float64.
 """
@@ -126,11 +133,12 @@ class VarianceFit:
     """What :func:`fit_reverse_variances` measured on the fit images, and what it chose."""
 
     tables: dict[str, torch.Tensor]  # every choice's (T,) σ² table, index 0 = σ₀²
-    expected_nats: dict[str, float]  # each choice's expected L₀ + Σ L_t per fit image (L_T is shared)
+    expected_nats: dict[str, float]  # each choice's expected L₀ + Σ L_t per fit image (L_T is shared), ``_levels`` too
     best: str  # the choice with the smallest expected bound on the fit images
     proposal: torch.Tensor  # (T,) importance distribution over t ≥ 1 for ``best`` (proposal[0] = 0)
     gamma: torch.Tensor  # (T,) Γ_t = E‖ε̂‖²/d
     residual: torch.Tensor  # (T,) R_t = E‖ε − ε̂‖²/d
+    level_log_prior: torch.Tensor | None = None  # (256,) log π of the grid levels (8-bit data only)
 
 
 def _moments_at(eps_fn, x0, t_chunk, schedule, generator):
@@ -188,8 +196,44 @@ def fit_reverse_variances(eps_fn, x: torch.Tensor, schedule: NoiseSchedule, *, d
         mean, second = _expected_terms(schedule, table, r_mean, r_sq, dims)
         decoder_nats = _decoder_nats(x0, x0_hat, table[0], decoder)
         expected[name], seconds[name] = float(mean[1:].sum() + decoder_nats), second
+    level_log_prior = None
+    if decoder == "discretized":  # the grid-posterior decoder: the fitted choices with it
+        level_log_prior = fit_level_prior(x0)
+        levels_nats = float(level_posterior_nats(x0, schedule, level_log_prior, generator).mean())
+        for name in FITTED_VARIANCES:
+            expected[f"{name}_levels"] = expected[name] - _decoder_nats(x0, x0_hat, tables[name][0], decoder) + levels_nats
+            seconds[f"{name}_levels"] = seconds[name]
     best = min(expected, key=expected.get)
-    return VarianceFit(tables, expected, best, importance_proposal(seconds[best]), gamma, r_mean)
+    return VarianceFit(tables, expected, best, importance_proposal(seconds[best]), gamma, r_mean, level_log_prior)
+
+
+def fit_level_prior(x0: torch.Tensor, pseudo_count: float = 0.5) -> torch.Tensor:
+    """log π (256,): the histogram of the 8-bit levels of every pixel of ``x0`` (on [-1, 1]), with
+    ``pseudo_count`` added to every level so that no level has probability 0."""
+    levels = torch.round((x0.double().flatten() + 1.0) * 127.5).long().clamp(0, 255)
+    counts = torch.bincount(levels.cpu(), minlength=256).double() + pseudo_count
+    return torch.log(counts / counts.sum())
+
+
+def level_posterior_nats(x0: torch.Tensor, schedule: NoiseSchedule, level_log_prior: torch.Tensor,
+                         generator: torch.Generator | None = None, chunk: int = 1 << 16) -> torch.Tensor:
+    """One draw of L₀ = −log p(x₀ | x_t) per example (N,), nats, for the grid-posterior decoder of the
+    module docstring at t = 0 (x_t ~ q(x_t | x₀) drawn here; no network)."""
+    device = generator.device if generator is not None else x0.device
+    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float64).to(x0.device)
+    a2 = float(schedule.alphas_cumprod[0])
+    a, variance = math.sqrt(a2), 1.0 - a2
+    grid = (torch.arange(256, dtype=torch.float64, device=x0.device) / 127.5 - 1.0)
+    log_prior = level_log_prior.to(x0.device)
+    x0_flat = x0.double().flatten()
+    x_t = a * x0_flat + math.sqrt(variance) * noise.flatten()
+    index = torch.round((x0_flat + 1.0) * 127.5).long().clamp(0, 255)
+    nats = torch.empty_like(x0_flat)
+    for i in range(0, x0_flat.numel(), chunk):
+        logits = log_prior[None, :] - (x_t[i:i + chunk, None] - a * grid[None, :]) ** 2 / (2.0 * variance)
+        chosen = logits.gather(1, index[i:i + chunk, None]).squeeze(1)
+        nats[i:i + chunk] = torch.logsumexp(logits, dim=1) - chosen
+    return nats.reshape(x0.shape[0], -1).sum(1)
 
 
 def _decoder_nats(x0: torch.Tensor, x0_hat: torch.Tensor, variance: torch.Tensor, decoder: str) -> float:

@@ -31,11 +31,13 @@ import torch
 from torch import Tensor, nn
 
 from diffvae.diffusion.model import DiffusionConfig, Denoiser
+from diffvae.distributions import nats_to_bpd
 from diffvae.errors import DiffvaeError
 from diffvae.latent.autoencoder import AutoencoderKL, latent_scale_from
 from diffvae.latent.bound import LATENT_PRIOR_PARTS, gaussian_entropy, latent_diffusion_bound, scale_jacobian_nats
 from diffvae.nn.autoencoder import DOWNSAMPLE_FACTORS, GROUPS
 from diffvae.runs import RunDir, split_prefixed
+from diffvae.snapshots import Compute, count_gflop, training_gflop_per_image
 
 __all__ = ["LDMConfig", "LatentDiffusion", "stage_train_configs"]
 
@@ -117,10 +119,17 @@ def stage_train_configs(train_config, config: LDMConfig, train_autoencoder: bool
     least 1), stage 2 the rest. ``--budget B`` splits the same way: B·fraction minutes for stage 1
     (or exactly ``ae_steps`` steps if set) and B·(1 − fraction) for stage 2 — the caller may give
     stage 2 what stage 1 left over instead. Without stage 1 (``ae_run``), stage 2 gets everything.
+    Snapshots (``snapshot_first_minutes``) are taken in stage 2 only.
     """
-    replace = dataclasses.replace
     if not train_autoencoder:
-        return None, replace(train_config)
+        return None, dataclasses.replace(train_config)
+    ae, diffusion = _split_stages(train_config, config)
+    return dataclasses.replace(ae, snapshot_first_minutes=None), diffusion
+
+
+def _split_stages(train_config, config: LDMConfig):
+    """(stage 1, stage 2) TrainConfigs: the split of :func:`stage_train_configs`."""
+    replace = dataclasses.replace
     if train_config.steps is not None:
         total = train_config.steps
         ae_steps = config.ae_steps or max(1, round(total * config.ae_steps_fraction))
@@ -253,25 +262,38 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def bound(self, x_uint8: Tensor, timesteps: int = 0, generator: torch.Generator | None = None,
-              progress: bool = False, **_) -> dict[str, Tensor]:
+              progress: bool = False, fit_data: Tensor | None = None, **_) -> dict[str, Tensor | str]:
         """Per-example bits/dim of −log p(x) ≤ E_q[−log p(x|z)] − H[q] + E_q[−log p(z)] (one z ~ q(z|x)),
         the last term bounded by the diffusion bound on s·z with a continuous Gaussian L₀
         (all T terms, or ``timesteps`` sampled ones) plus the scale's Jacobian; parts as
-        :func:`diffvae.latent.bound.latent_diffusion_bound`."""
+        :func:`diffvae.latent.bound.latent_diffusion_bound`. With ``fit_data`` (uint8 training images)
+        the latent prior's reverse variances are fitted on their latents (``Denoiser.bound_nats``):
+        ``bpd`` is the tightest choice (``variance``) and ``bpd_<choice>`` the whole bound for each."""
         mean, logvar = self.encode(x_uint8)
         z = mean + torch.exp(0.5 * logvar) * self._noise(mean, generator)
         reconstruction = -self.autoencoder.reconstruction_log_likelihood(x_uint8, z).double()
         entropy = gaussian_entropy(logvar.double()).flatten(1).sum(1)
+        fit_z = self.scale * self._posterior_sample(fit_data, generator).double() if fit_data is not None else None
         prior = self.denoiser.bound_nats(self.scale * z.double(), decoder="continuous", timesteps=timesteps,
-                                         generator=generator, progress=progress)
+                                         generator=generator, progress=progress, fit_x=fit_z)
+        jacobian = scale_jacobian_nats(self.scale, self.latent_dims)
         parts = {k: prior[k] for k in LATENT_PRIOR_PARTS if torch.is_tensor(prior.get(k))}
-        return latent_diffusion_bound(reconstruction, entropy, prior["total"], scale_jacobian_nats(self.scale, self.latent_dims),
-                                      self.num_dims, parts)
+        out: dict[str, Tensor | str] = latent_diffusion_bound(reconstruction, entropy, prior["total"], jacobian, self.num_dims, parts)
+        for key, value in prior.items():
+            if key.startswith("total_"):
+                out[key.replace("total_", "bpd_")] = nats_to_bpd(reconstruction - entropy + value + jacobian, self.num_dims)
+        out["variance"] = prior["variance"]
+        return out
+
+    def _posterior_sample(self, x_uint8: Tensor, generator: torch.Generator | None) -> Tensor:
+        """z ~ q(z|x), unscaled."""
+        mean, logvar = self.encode(x_uint8)
+        return mean + torch.exp(0.5 * logvar) * self._noise(mean, generator)
 
     @torch.no_grad()
     def diagnostics(self, x_uint8: Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
         """The autoencoder alone: −log p(x|z) in bits/dim (z ~ q), PSNR of decode(mean), KL to N(0, I), s."""
-        from diffvae.distributions import nats_to_bpd, normal_kl
+        from diffvae.distributions import normal_kl
         from diffvae.metrics.interpolation import roundtrip_error
 
         mean, logvar = self.encode(x_uint8)
@@ -286,45 +308,77 @@ class LatentDiffusion(nn.Module):
         }
 
     # ------------------------------------------------------------------ training both stages
+    def check_fit(self, train_config, dataset) -> None:
+        """Refuse what :meth:`fit` would refuse, before the run exists: the split of --steps/--budget
+        between the stages and the ``--ae-run`` to reuse (loaded here, and again by fit)."""
+        stage_train_configs(train_config, self.config, train_autoencoder=not self.config.ae_run)
+        if self.config.ae_run:
+            self._load_autoencoder_run(self.config.ae_run)
+
     def fit(self, dataset, train_config, run: RunDir, resume: bool = False, progress: bool = True) -> "LatentDiffusion":
         """Train stage 1 (autoencoder) then stage 2 (diffusion on the scaled latent) into ``run``;
-        returns the model with EMA weights. ``resume`` continues whichever stage was interrupted."""
-        from diffvae.train import distributed_context, resolve_device, train
+        returns the model with EMA weights. ``resume`` continues whichever stage was interrupted.
+        Snapshots are taken in stage 2; their minutes and GFLOP include what stage 1 and the encoder
+        pass over the training set cost (``compute_before``)."""
+        from diffvae.train import distributed_context, resolve_device, train, wall_clock
 
         rank, _ = distributed_context()
         self.to(resolve_device(train_config.device))
         reuse = self.config.ae_run
         ae_config, diffusion_config = stage_train_configs(train_config, self.config, train_autoencoder=not reuse)
-        ae_steps = 0
+        ae_steps, before = 0, Compute()
         if reuse:
             scale = self._load_autoencoder_run(reuse)
             if self.config.latent_scale is None:
                 self._record_scale(run, scale, rank)
         else:
-            if self.config.perceptual_weight > 0:
-                from diffvae.metrics.features import get_feature_extractor
-
-                self.autoencoder.set_perceptual_network(get_feature_extractor(dataset, progress=progress).net)
-            stage_run = _StageRunDir(run.path, AUTOENCODER_STAGE)
-            ema_autoencoder, result = train(self.autoencoder, dataset.train, ae_config, stage_run,
-                                            resume=resume and stage_run.checkpoint_path.is_file(), progress=progress,
-                                            description="ldm autoencoder")
-            self.autoencoder.load_state_dict(ema_autoencoder.state_dict())
-            self.autoencoder.set_perceptual_network(None)
+            result, before = self._fit_autoencoder(dataset, ae_config, run, resume, progress,
+                                                   count_cost=bool(train_config.snapshot_first_minutes))
             ae_steps = result.steps
             if train_config.budget_minutes is not None and self.config.ae_steps:
                 left = train_config.budget_minutes - result.seconds / 60.0
                 diffusion_config.budget_minutes = max(left, 0.1 * train_config.budget_minutes)
         self.autoencoder.requires_grad_(False).eval()
+        started = wall_clock()
         moments = self.latent_moments(dataset.train)
+        if train_config.snapshot_first_minutes:
+            before.seconds += wall_clock() - started
+            before.gflop += self._encode_gflop_per_image(dataset.train) * dataset.train.shape[0]
         if self.config.latent_scale is None:
             generator = torch.Generator(device=moments.device).manual_seed(train_config.seed)
             mean, logvar = moments.chunk(2, dim=1)
             self._record_scale(run, latent_scale_from(mean + torch.exp(0.5 * logvar) * self._noise(mean, generator)), rank)
         ema, _ = train(self, moments, diffusion_config, run, resume=resume and run.checkpoint_path.is_file(),
-                       progress=progress, description="ldm diffusion",
+                       progress=progress, description="ldm diffusion", compute_before=before,
                        extra_metadata={"stage": "diffusion", "autoencoder_steps": ae_steps, "ae_run": reuse})
         return ema
+
+    def _fit_autoencoder(self, dataset, ae_config, run: RunDir, resume: bool, progress: bool, count_cost: bool):
+        """Stage 1 into ``run``'s autoencoder files; loads its EMA weights into this model. Returns the
+        engine's TrainResult and, with ``count_cost``, what the stage cost (seconds, GFLOP)."""
+        from diffvae.train import train
+
+        if self.config.perceptual_weight > 0:
+            from diffvae.metrics.features import get_feature_extractor
+
+            self.autoencoder.set_perceptual_network(get_feature_extractor(dataset, progress=progress).net)
+        stage_run = _StageRunDir(run.path, AUTOENCODER_STAGE)
+        ema_autoencoder, result = train(self.autoencoder, dataset.train, ae_config, stage_run,
+                                        resume=resume and stage_run.checkpoint_path.is_file(), progress=progress,
+                                        description="ldm autoencoder")
+        self.autoencoder.load_state_dict(ema_autoencoder.state_dict())
+        cost = Compute()
+        if count_cost:  # measured with the perceptual network, part of the training cost, still attached
+            probe = dataset.train[:8].to(self._device)
+            images = result.steps * min(ae_config.batch_size, dataset.train.shape[0])
+            cost = Compute(result.seconds, training_gflop_per_image(self.autoencoder, probe) * images)
+        self.autoencoder.set_perceptual_network(None)
+        return result, cost
+
+    def _encode_gflop_per_image(self, images: Tensor) -> float:
+        """GFLOP per image of :meth:`latent_moments` (the encoder pass that precedes stage 2)."""
+        probe = images[:8].to(self._device)
+        return count_gflop(lambda: self.latent_moments(probe), self._device) / max(1, probe.shape[0])
 
     def _record_scale(self, run: RunDir, scale: float, rank: int) -> None:
         """Set ``latent_scale`` and rewrite the run's config.json with it (atomically, rank 0)."""

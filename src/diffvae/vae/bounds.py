@@ -84,6 +84,17 @@ def active_units(posterior_means: torch.Tensor, threshold: float = 0.01) -> tupl
     return int((variances > threshold).sum().item()), variances
 
 
+def mutual_information_ceiling(num_examples: int) -> float:
+    """The largest value :func:`mutual_information` can return on N examples: log N nats.
+
+    Each example's term is log q(z_n|x_n) − log[(1/N) Σ_m q(z_n|x_m)] ≤ log q(z_n|x_n) − log[q(z_n|x_n)/N]
+    = log N, since the sum contains the example's own term. An estimate at the ceiling is a lower
+    bound on I(x; z) (the encoder may carry far more than log N nats)."""
+    if num_examples < 1:
+        raise ValueError(f"the mutual-information estimate needs at least one example, got {num_examples}")
+    return math.log(num_examples)
+
+
 def mutual_information(
     mean: torch.Tensor,
     logvar: torch.Tensor,
@@ -96,8 +107,8 @@ def mutual_information(
         log q(z) ≈ logsumexp_m log q(z|x_m) − log N,
 
     with one z_n ~ q(z|x_n) per example. Both terms use the same draws (the first by Monte Carlo
-    rather than the analytic entropy), so the estimate is at most log N: it needs N well above
-    exp(I). Computed in float64, in chunks of rows of the (N, N) matrix log q(z_n|x_m).
+    rather than the analytic entropy), so the estimate is at most log N
+    (:func:`mutual_information_ceiling`): it needs N well above exp(I). Computed in float64, in chunks of rows of the (N, N) matrix log q(z_n|x_m).
     """
     mean = mean.detach().double()
     logvar = logvar.detach().double()

@@ -32,7 +32,8 @@ from diffvae.errors import DiffvaeError
 from diffvae.images import to_signed, to_uint8
 from diffvae.nn.conv import build_decoder, build_encoder, resolve_architecture
 from diffvae.nn.pixelcnn import PixelCNN, autoregressive_sample
-from diffvae.vae.bounds import active_units, free_bits_kl, iwae_bound, kl_per_dim, kl_weight, mutual_information, negative_elbo
+from diffvae.vae.bounds import (active_units, free_bits_kl, iwae_bound, kl_per_dim, kl_weight, mutual_information,
+                               mutual_information_ceiling, negative_elbo)
 
 ARCHITECTURES = ("auto", "conv", "mlp")
 DECODERS = ("logistic", "gaussian", "bernoulli", "pixelcnn")
@@ -45,6 +46,7 @@ class VAEConfig:
     latent_dim: int = 16
     architecture: str = "auto"  # "conv" | "mlp" | "auto" (mlp when H*W <= 144)
     width: int = 64
+    depth: int = 0  # extra same-size 3×3 convolutions per level of the conv encoder and decoder
     decoder: str = "logistic"  # "logistic" | "gaussian" | "bernoulli" | "pixelcnn"
     beta: float = 1.0
     kl_warmup_steps: int = 0
@@ -60,6 +62,8 @@ class VAEConfig:
             raise DiffvaeError(f"vae architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if self.width < 1:
             raise DiffvaeError(f"vae width must be at least 1, got {self.width}")
+        if not 0 <= self.depth <= 8:
+            raise DiffvaeError(f"vae depth must be in 0..8, got {self.depth}")
         if self.decoder not in DECODERS:
             raise DiffvaeError(f"vae decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if not self.beta >= 0:
@@ -146,14 +150,15 @@ class VAE(nn.Module):
         self.architecture = resolve_architecture(config.architecture, self.image_shape)
         channels = self.image_shape[0]
         self.step = 0
-        self.encoder = build_encoder(self.architecture, self.image_shape, 2 * config.latent_dim, config.width)
+        self.encoder = build_encoder(self.architecture, self.image_shape, 2 * config.latent_dim, config.width, config.depth)
         if config.decoder == "pixelcnn":
             # the latent becomes a feature map that conditions every PixelCNN layer
-            self.decoder = build_decoder(self.architecture, config.latent_dim, self.image_shape, config.width, config.width)
+            self.decoder = build_decoder(self.architecture, config.latent_dim, self.image_shape, config.width, config.width, config.depth)
             self.pixelcnn = PixelCNN(channels, 2 * channels, config.width, config.pixelcnn_layers, cond_channels=config.width)
         else:
             params_per_channel = 1 if config.decoder == "bernoulli" else 2
-            self.decoder = build_decoder(self.architecture, config.latent_dim, self.image_shape, params_per_channel * channels, config.width)
+            self.decoder = build_decoder(self.architecture, config.latent_dim, self.image_shape, params_per_channel * channels, config.width,
+                                         config.depth)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -232,8 +237,9 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def bound(self, x_uint8: torch.Tensor, iwae_samples: int = 0, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Per-example bits/dim: ``bpd`` (−ELBO with β = 1, no free bits, one z sample),
-        ``recon_bpd`` + ``kl_bpd`` = ``bpd``, and ``iwae_bpd`` (−L_K, K = iwae_samples) if K > 0."""
+        """Per-example bits/dim of the tightest bound asked for: ``bpd`` is ``elbo_bpd`` (−ELBO with β = 1,
+        no free bits, one z sample) or, if K = iwae_samples > 0, ``iwae_bpd`` (−L_K). The parts add up:
+        ``recon_bpd`` + ``kl_bpd`` + ``iwae_gap_bpd`` = ``bpd`` (the gap, IWAE − ELBO, is 0 without IWAE)."""
         if iwae_samples < 0:
             raise DiffvaeError(f"iwae_samples must be >= 0, got {iwae_samples}")
         images = self.prepare(x_uint8).to(self._device)
@@ -242,10 +248,13 @@ class VAE(nn.Module):
         z = mean + std * self._gaussian_noise(tuple(mean.shape), generator)
         log_px = self._log_likelihood_prepared(images, z)
         kl = kl_per_dim(mean, logvar).sum(1)
+        elbo = nats_to_bpd(negative_elbo(log_px, kl), self.num_dims)
         result = {
-            "bpd": nats_to_bpd(negative_elbo(log_px, kl), self.num_dims),
+            "bpd": elbo,
+            "elbo_bpd": elbo,
             "recon_bpd": nats_to_bpd(-log_px, self.num_dims),
             "kl_bpd": nats_to_bpd(kl, self.num_dims),
+            "iwae_gap_bpd": torch.zeros_like(elbo),
         }
         if iwae_samples > 0:
             log_px_k, log_pz_k, log_qz_k = [], [], []
@@ -255,7 +264,8 @@ class VAE(nn.Module):
                 log_pz_k.append(gaussian_log_density(z_k, 0.0, 0.0).sum(1))
                 log_qz_k.append(gaussian_log_density(z_k, mean, logvar).sum(1))
             nats = iwae_bound(torch.stack(log_px_k), torch.stack(log_pz_k), torch.stack(log_qz_k))
-            result["iwae_bpd"] = nats_to_bpd(nats, self.num_dims)
+            result["iwae_bpd"] = result["bpd"] = nats_to_bpd(nats, self.num_dims)
+            result["iwae_gap_bpd"] = result["iwae_bpd"] - elbo
         return result
 
     @torch.no_grad()
@@ -304,9 +314,16 @@ class VAE(nn.Module):
     @torch.no_grad()
     def diagnostics(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """Posterior-collapse diagnostics on held-out images: active units (Burda et al. 2016),
-        KL per latent dimension and in total (nats), and I(x; z) under the aggregate posterior."""
+        KL per latent dimension and in total (nats; with the 95% interval of the mean over the N
+        images, mean ± 1.96 SEM), and I(x; z) under the aggregate posterior with its estimator's
+        ceiling ``mutual_info_max`` = log N (an estimate at the ceiling is only a lower bound)."""
         mean, logvar = self.encode(x_uint8)
         count, _ = active_units(mean)
-        kl_dims = kl_per_dim(mean, logvar).mean(0)
+        kl = kl_per_dim(mean, logvar).double()
+        kl_dims, kl_total = kl.mean(0), kl.sum(1)
+        n = kl_total.numel()
+        half = 1.96 * float(kl_total.std()) / math.sqrt(n) if n > 1 else float("nan")
         return {"active_units": int(count), "kl_per_dim": [float(v) for v in kl_dims],
-                "kl_nats": float(kl_dims.sum()), "mutual_info": float(mutual_information(mean, logvar, generator=generator))}
+                "kl_nats": float(kl_dims.sum()), "kl_nats_ci95": [float(kl_dims.sum()) - half, float(kl_dims.sum()) + half], "kl_n": n,
+                "mutual_info": float(mutual_information(mean, logvar, generator=generator)),
+                "mutual_info_max": mutual_information_ceiling(n)}

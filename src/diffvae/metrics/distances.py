@@ -42,32 +42,46 @@ def mean_and_covariance(features: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     """Square root S of a symmetric positive semi-definite matrix (S S = M, S symmetric), via
-    M = V diag(λ) Vᵀ → S = V diag(√max(λ, 0)) Vᵀ; rounding's tiny negative eigenvalues become 0."""
-    symmetric = 0.5 * (matrix + matrix.T)
+    M = V diag(λ) Vᵀ → S = V diag(√max(λ, 0)) Vᵀ; rounding's tiny negative eigenvalues become 0.
+    Batched over leading dimensions: (..., d, d)."""
+    symmetric = 0.5 * (matrix + matrix.mT)
     eigenvalues, eigenvectors = torch.linalg.eigh(symmetric)
-    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+    return (eigenvectors * eigenvalues.clamp(min=0).sqrt().unsqueeze(-2)) @ eigenvectors.mT
 
 
 def trace_sqrt_product(sigma_a: torch.Tensor, sigma_b: torch.Tensor) -> torch.Tensor:
-    """Tr (Σa Σb)^{1/2} for symmetric PSD Σa, Σb.
+    """Tr (Σa Σb)^{1/2} for symmetric PSD Σa, Σb (batched over leading dimensions).
 
-    Σa Σb is similar to the symmetric PSD matrix √Σa Σb √Σa (conjugate by √Σa), so both have the
-    same non-negative eigenvalues λᵢ and Tr (Σa Σb)^{1/2} = Σᵢ √λᵢ, computed with ``eigvalsh``.
+    Σa Σb has non-negative eigenvalues λᵢ and Tr (Σa Σb)^{1/2} = Σᵢ √λᵢ, computed with ``eigvalsh`` of a
+    similar symmetric PSD matrix: Lᵀ Σb L when Σa = L Lᵀ is positive definite (Cholesky; Σa Σb =
+    L (Lᵀ Σb L) L⁻¹), else √Σa Σb √Σa (conjugate by √Σa; eigendecomposition, for singular Σa).
     """
-    root_a = psd_sqrt(sigma_a)
-    product = root_a @ sigma_b @ root_a
-    eigenvalues = torch.linalg.eigvalsh(0.5 * (product + product.T))
-    return eigenvalues.clamp(min=0).sqrt().sum()
+    d = sigma_a.shape[-1]
+    a, b = sigma_a.reshape(-1, d, d), sigma_b.reshape(-1, d, d)
+    chol, info = torch.linalg.cholesky_ex(a)
+    product = chol.mT @ b @ chol
+    singular = info != 0
+    if singular.any():
+        root = psd_sqrt(a[singular])
+        product[singular] = root @ b[singular] @ root
+    eigenvalues = torch.linalg.eigvalsh(0.5 * (product + product.mT))
+    return eigenvalues.clamp(min=0).sqrt().sum(-1).reshape(sigma_a.shape[:-2])
 
 
-def frechet_distance(mean_a: torch.Tensor, sigma_a: torch.Tensor, mean_b: torch.Tensor, sigma_b: torch.Tensor) -> float:
-    """Fréchet (2-Wasserstein²) distance between N(μa, Σa) and N(μb, Σb):
+def frechet_distances(mean_a: torch.Tensor, sigma_a: torch.Tensor, mean_b: torch.Tensor, sigma_b: torch.Tensor) -> torch.Tensor:
+    """Fréchet (2-Wasserstein²) distance between N(μa, Σa) and N(μb, Σb), batched: means (..., d),
+    covariances (..., d, d) → (...):
 
         d² = ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^{1/2})
     """
-    mean_term = (mean_a - mean_b).square().sum()
-    trace_term = sigma_a.trace() + sigma_b.trace() - 2.0 * trace_sqrt_product(sigma_a, sigma_b)
-    return float(mean_term + trace_term)
+    mean_term = (mean_a - mean_b).square().sum(-1)
+    traces = sigma_a.diagonal(dim1=-2, dim2=-1).sum(-1) + sigma_b.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return mean_term + traces - 2.0 * trace_sqrt_product(sigma_a, sigma_b)
+
+
+def frechet_distance(mean_a: torch.Tensor, sigma_a: torch.Tensor, mean_b: torch.Tensor, sigma_b: torch.Tensor) -> float:
+    """:func:`frechet_distances` of one pair of Gaussians, as a float."""
+    return float(frechet_distances(mean_a, sigma_a, mean_b, sigma_b))
 
 
 def fid(a: ArrayLike, b: ArrayLike) -> float:

@@ -1,0 +1,150 @@
+"""Recipes swept, not guessed: FID per CPU-minute for each family's levers on mnist (issue 13).
+
+Every candidate trains for the same *compute*, not the same wall clock: the engine's ``--budget`` runs on
+this process's CPU clock (``time.process_time``), so with ``--threads 1`` a budget is CPU-minutes and a
+busy machine changes how long the sweep takes, not which recipe wins. Each trained
+model draws ``--samples`` images with the family's default sampler (and, for the diffusion families,
+the alternative samplers listed in ``SAMPLERS``) from one seed; FID is in diffvae's mnist feature space
+against the held-out split. The winner per family and budget is the smallest FID.
+
+    python benchmarks/bench_sweep.py --minutes 3                       # every family, every candidate
+    python benchmarks/bench_sweep.py --families ddpm --minutes 2 5
+    python benchmarks/bench_sweep.py --quick                           # smoke setting (digits, seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS_DIR, machine_info, machine_line, results_path, setup_threads, write_json  # noqa: E402
+
+from diffvae.api import DataConfig, load, train_run  # noqa: E402
+from diffvae.families import get_family  # noqa: E402
+from diffvae.metrics.features import get_feature_extractor  # noqa: E402
+from diffvae.metrics.distances import fid  # noqa: E402
+import diffvae.train  # noqa: E402
+from diffvae.train import TrainConfig  # noqa: E402
+
+# name -> (model config overrides, train config overrides); the first of each family is today's default
+CANDIDATES = {
+    "vae": {
+        "default": ({}, {}),
+        "batch64-lr2e-3": ({}, {"batch_size": 64, "lr": 2e-3}),
+        "latent32-batch64-lr2e-3": ({"latent_dim": 32}, {"batch_size": 64, "lr": 2e-3}),
+        "depth1-batch64-lr2e-3": ({"depth": 1}, {"batch_size": 64, "lr": 2e-3}),
+    },
+    "ddpm": {
+        "default": ({}, {}),
+        "width16": ({"channels": 16}, {}),
+        "width16-batch32-lr2e-3": ({"channels": 16}, {"batch_size": 32, "lr": 2e-3}),
+        "width32-v": ({"prediction": "v"}, {}),
+        "width32-mult12": ({"channel_mult": (1, 2)}, {}),
+    },
+    "ldm": {
+        "default": ({}, {}),
+        "ae50": ({"ae_steps_fraction": 0.5}, {}),
+        "denoiser32": ({"channels": 32}, {}),
+        "latent2": ({"latent_channels": 2}, {}),
+    },
+}
+DIFFUSION_SAMPLERS = [{"sampler": "dpm++2m", "steps": 20}, {"sampler": "ddpm", "steps": 100}, {"sampler": "ddim", "steps": 20}]
+SAMPLERS = {"ddpm": DIFFUSION_SAMPLERS, "ldm": DIFFUSION_SAMPLERS}
+QUICK_RECIPES = ["default", "width16", "denoiser32"]
+
+
+def train_and_score(family, name, model_over, train_over, minutes, dataset, extractor, real, samples, out_dir, quick):
+    """Train one recipe for ``minutes`` of this process's CPU time (the engine's --budget, on the CPU
+    clock) and score its samples with every sampler of ``SAMPLERS``."""
+    config_class, _ = get_family(family).load()
+    model_config = config_class(**model_over)
+    train_config = TrainConfig(**{**get_family(family).train_defaults, **train_over},
+                               **({"steps": 20} if quick else {"budget_minutes": minutes}))
+    out = Path(out_dir) / f"{family}-{name}-{minutes:g}"
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    train_run(family, DataConfig("digits" if quick else "mnist"), model_config, train_config, out=out, force=True,
+              progress=False, dataset=dataset)
+    train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    model = load(out)  # the EMA weights, as `diffvae sample` sees them
+    steps = int(model.trained_steps)
+    rows = []
+    for sampling in SAMPLERS.get(family, [{}]):
+        g = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            images = torch.cat([model.sample(min(250, samples - i), generator=g, **sampling) for i in range(0, samples, 250)])
+        rows.append({"family": family, "recipe": name, "minutes": minutes, "steps": steps, "train_cpu_seconds": train_cpu,
+                     "train_seconds": train_seconds, "sampler": sampling.get("sampler", "default"),
+                     "sample_steps": sampling.get("steps"), "fid": fid(real, extractor.features(images)),
+                     "ms_per_sample": 1000 * (time.perf_counter() - t0) / samples, "model": model_over, "train": train_over})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    """The section for RESULTS.md from this script's JSON."""
+    return result["markdown"]
+
+
+def sweep_markdown(rows: list[dict], info: dict, samples: int) -> str:
+    lines = [f"**Recipe sweep** — mnist, each recipe trained for the budget in CPU-minutes (the engine's --budget on this "
+             f"process's CPU clock), {samples} samples per row (seed 0), FID in diffvae features against the held-out split; "
+             f"ms/sample on the same thread, as busy as the machine was. {machine_line(info)}", "",
+             "| family | budget (min) | recipe | steps | sampler | FID | ms/sample |", "|---|---:|---|---:|---|---:|---:|"]
+    for r in rows:
+        sampler = r["sampler"] + (f":{r['sample_steps']}" if r["sample_steps"] else "")
+        lines.append(f"| {r['family']} | {r['minutes']:g} | {r['recipe']} | {r['steps']} | {sampler} | {r['fid']:.1f} | {r['ms_per_sample']:.2f} |")
+    best = {}
+    for r in rows:
+        key = (r["family"], r["minutes"])
+        if key not in best or r["fid"] < best[key]["fid"]:
+            best[key] = r
+    lines += ["", "Winners (smallest FID per family and budget):", ""]
+    lines += [f"- {f} at {m:g} min: **{r['recipe']}** with {r['sampler']}" + (f":{r['sample_steps']}" if r["sample_steps"] else "")
+              + f" — FID {r['fid']:.1f}" for (f, m), r in best.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default="vae,ddpm,ldm")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[3.0])
+    parser.add_argument("--recipes", nargs="*", default=None, help="only these recipe names")
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if args.quick and args.recipes is None:
+        args.recipes = QUICK_RECIPES
+    setup_threads(args.threads)
+    diffvae.train.wall_clock = time.process_time  # budgets in CPU time: a busy machine slows the sweep, not the recipes
+    from diffvae.data import load_data
+
+    dataset = load_data("digits" if args.quick else "mnist")
+    extractor = get_feature_extractor(dataset)
+    real = extractor.features(dataset.test)
+    rows = []
+    for minutes in args.minutes:
+        for family in args.families.split(","):
+            for name, (model_over, train_over) in CANDIDATES[family].items():
+                if args.recipes and name not in args.recipes:
+                    continue
+                rows += train_and_score(family, name, model_over, train_over, minutes, dataset, extractor, real,
+                                        50 if args.quick else args.samples, os.path.join(RESULTS_DIR, "sweep"), args.quick)
+    info = machine_info()
+    text = sweep_markdown(rows, info, args.samples)
+    print(text)
+    result = {"machine": info, "rows": rows, "markdown": text}
+    write_json(args.out or results_path("bench_sweep", args.quick), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

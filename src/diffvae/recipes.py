@@ -1,0 +1,99 @@
+"""Compute-aware defaults: the recipe that gives the best samples for the compute a budget buys here.
+
+A budget of B minutes buys C = 60·B·S GFLOP, S being this machine's measured speed on a reference
+3×3 convolution at the training precision (:func:`machine_gflops`: bf16 where the CPU or GPU does it
+natively, fp32 otherwise), so the same minutes buy several times less on a 2-core AVX2 CPU than on
+an AMX one. A family lists its recipes from small to large, each with the compute from which it won
+the sweep of ``benchmarks/bench_sweep.py`` (the table in benchmarks/RESULTS.md); :func:`choose`
+takes the largest whose threshold C reaches. The choice is printed and stored with the run; a
+setting the user gave explicitly always wins over the recipe's (:func:`apply`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    min_gflop: float  # reference-convolution GFLOP a budget must buy for this recipe to be chosen
+    model: dict[str, Any] = field(default_factory=dict)  # model-config fields it sets
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields it sets
+    note: str = ""  # why, in a few words (measured where, by what)
+
+
+@functools.lru_cache(maxsize=8)
+def machine_gflops(device: str = "cpu", dtype: torch.dtype | None = None, threads: int | None = None) -> float:
+    """GFLOP/s of a 3×3, 64→64 convolution on a batch of 16 28×28 maps (best of 5 calls after a
+    warm-up) on ``device`` in ``dtype`` (None = fp32): the reference speed of :func:`compute_gflop`."""
+    dev = torch.device(device)
+    kind = dtype or torch.float32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 64, 28, 28, generator=g).to(dev, kind)
+    w = torch.randn(64, 64, 3, 3, generator=g).to(dev, kind)
+    flops = 2.0 * 9 * 64 * 64 * 28 * 28 * 16
+    best = float("inf")
+    with torch.no_grad():
+        for i in range(6):
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            torch.nn.functional.conv2d(x, w, padding=1)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i:
+                best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
+
+
+def compute_gflop(budget_minutes: float, device: str = "cpu", dtype: torch.dtype | None = None) -> float:
+    """C = 60 · budget · S: the reference GFLOP that ``budget_minutes`` buy on this machine."""
+    return 60.0 * budget_minutes * machine_gflops(device, dtype, torch.get_num_threads())
+
+
+def choose(recipes: tuple[Recipe, ...], gflop: float) -> Recipe | None:
+    """The largest recipe (the last in ``recipes`` order) whose ``min_gflop`` ``gflop`` reaches."""
+    reached = [r for r in recipes if gflop >= r.min_gflop]
+    return reached[-1] if reached else (recipes[0] if recipes else None)
+
+
+def apply(recipe: Recipe | None, model_values: dict[str, Any], train_values: dict[str, Any],
+          explicit: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model values, train values) with the recipe's settings filled in wherever ``explicit`` (the
+    field names the user set) does not name them."""
+    if recipe is None:
+        return dict(model_values), dict(train_values)
+    model = {**{k: v for k, v in recipe.model.items() if k not in explicit}, **model_values}
+    train = {**train_values, **{k: v for k, v in recipe.train.items() if k not in explicit}}
+    return model, train
+
+
+def for_budget(recipes: tuple[Recipe, ...], budget_minutes: float, device: str = "auto",
+               precision: str = "auto") -> tuple[Recipe | None, dict[str, Any]]:
+    """The recipe :func:`choose` picks for ``budget_minutes`` on this machine at the training precision,
+    and what it was picked from (for the log line and the run's record)."""
+    from diffvae.train import resolve_device, resolve_precision
+
+    if not recipes:
+        return None, {}
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    speed = machine_gflops(str(dev), dtype, torch.get_num_threads())
+    recipe = choose(recipes, 60.0 * budget_minutes * speed)
+    info = {"recipe": recipe.name, "budget_gflop": round(60.0 * budget_minutes * speed, 1),
+            "machine_gflops": round(speed, 2), "precision": "bf16" if dtype is not None else "fp32",
+            "candidates": {r.name: r.min_gflop for r in recipes}, "note": recipe.note}
+    return recipe, info
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for the log: which recipe, from how much compute."""
+    return (f"recipe {info['recipe']!r}: the budget buys {info['budget_gflop']:,.0f} reference GFLOP at "
+            f"{info['machine_gflops']:.0f} GFLOP/s ({info['precision']}); thresholds "
+            + ", ".join(f"{k} ≥ {v:,.0f}" for k, v in info["candidates"].items()))
