@@ -111,10 +111,11 @@ def test_fitted_variances_tighten_the_bound_and_stay_above_the_entropy(exact_qua
 def test_importance_sampled_estimate_is_unbiased_and_beats_uniform(exact_quantized_eps):
     schedule, _, eps_fn, fit = _fitted_on_quantized_gaussian(exact_quantized_eps, 1024, seed=6)
     image = _data(1, 2, seed=8)
-    full = diffusion_bounds(eps_fn, image.expand(64, -1, -1, -1).contiguous(), schedule, {"best": fit.tables[fit.best]},
+    table = fit.tables[fit.best.removesuffix("_levels")]  # the proposal is for the best choice's L_t, whatever its L₀
+    full = diffusion_bounds(eps_fn, image.expand(64, -1, -1, -1).contiguous(), schedule, {"best": table},
                             batch_timesteps=50, generator=torch.Generator().manual_seed(9))["best"]["total"]
     repeats = image.expand(256, -1, -1, -1).contiguous()
-    variances = {"best": fit.tables[fit.best]}
+    variances = {"best": table}
     weighted = diffusion_bound_estimates(eps_fn, repeats, schedule, 16, variances, proposal=fit.proposal,
                                          generator=torch.Generator().manual_seed(10), batch_timesteps=32)["best"]
     uniform = diffusion_bound_estimates(eps_fn, repeats, schedule, 16, variances,
