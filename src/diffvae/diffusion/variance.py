@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from diffvae.diffusion.schedule import NoiseSchedule
 from diffvae.diffusion.targets import predict_x0_from_eps
-from diffvae.distributions import discretized_gaussian_log_likelihood
+from diffvae.distributions import discretized_gaussian_log_likelihood, gaussian_log_density
 from diffvae.errors import DiffvaeError
 
 FIXED_VARIANCES = ("small", "large")
@@ -183,7 +183,9 @@ def fit_reverse_variances(eps_fn, x: torch.Tensor, schedule: NoiseSchedule, *, d
     for start in tqdm(range(0, len(where), batch_timesteps), desc="fit variances", disable=not progress, leave=False):
         chunk = where[start:start + batch_timesteps]
         e2, r, hat = _moments_at(eps_fn, x0.to(x.dtype), chunk, schedule, generator)
-        eps_sq.append(e2.mean(1)), residual.append(r.mean(1)), residual_sq.append(r.square().mean(1))
+        eps_sq.append(e2.mean(1))
+        residual.append(r.mean(1))
+        residual_sq.append(r.square().mean(1))
         x0_hat = hat if start == 0 else x0_hat
     gamma = interpolate(where, torch.cat(eps_sq), T)
     r_mean, r_sq = interpolate(where, torch.cat(residual), T), interpolate(where, torch.cat(residual_sq), T)
@@ -237,8 +239,6 @@ def level_posterior_nats(x0: torch.Tensor, schedule: NoiseSchedule, level_log_pr
 
 
 def _decoder_nats(x0: torch.Tensor, x0_hat: torch.Tensor, variance: torch.Tensor, decoder: str) -> float:
-    from diffvae.distributions import gaussian_log_density
-
     log_variance = torch.log(variance).double()
     if decoder == "discretized":
         log_likelihood = discretized_gaussian_log_likelihood(x0, x0_hat, 0.5 * log_variance)
