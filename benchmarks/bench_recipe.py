@@ -79,16 +79,19 @@ def train_diffvae(out: Path, dataset_spec: str, minutes: float, quick: bool) -> 
             "precision": f"{'fp32' if dtype is None else 'bf16'} ({train_config.precision})"}
 
 
-def train_diffusers(images_uint8: torch.Tensor, minutes: float, quick: bool, seed: int = 0) -> dict:
-    """The diffusers example's recipe (module docstring) for ``minutes`` of wall-clock time; returns
-    the EMA ``UNet2DModel``, its noise scheduler, steps and seconds."""
+def train_diffusers(images_uint8: torch.Tensor, minutes: float, quick: bool, seed: int = 0, clock=time.perf_counter,
+                    snapshot_minutes: tuple[float, ...] = ()) -> dict:
+    """The diffusers example's recipe (module docstring) for ``minutes`` of ``clock`` time (wall by default);
+    returns the EMA ``UNet2DModel``, its noise scheduler, steps and seconds, and ``snapshots``: (minutes, EMA
+    UNet) when the training time first reaches each of ``snapshot_minutes``."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     recipe = DIFFUSERS_RECIPE
     budget = minutes * 60.0
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, start = time.perf_counter(), time.process_time(), clock()
+    marks, snapshots = sorted(snapshot_minutes), []
     torch.manual_seed(seed)
     channels, size = images_uint8.shape[1], images_uint8.shape[2]
     unet = diffusers_unet((DDPMConfig(channels=16) if quick else DDPMConfig()).unet_config(), channels, size)
@@ -134,22 +137,30 @@ def train_diffusers(images_uint8: torch.Tensor, minutes: float, quick: bool, see
     unet.train()
     step, loss = 0, torch.tensor(float("nan"))
     stream = batches()
-    while (total_steps is None or step < total_steps) and time.perf_counter() - wall < budget:  # a hard limit
+    while (total_steps is None or step < total_steps) and clock() - start < budget:  # a hard limit
         loss = train_step(unet, optimizer, next(stream))
         lr_scheduler.step()
         ema.step(unet.parameters())
         step += 1
+        if marks and clock() - start >= 60.0 * marks[0]:
+            snapshots.append((marks.pop(0), _ema_copy(unet, ema)))
         if step == RATE_FROM:
-            rate_start = time.perf_counter()
+            rate_start = clock()
         elif total_steps is None and step == RATE_FROM + RATE_STEPS:
-            seconds_per_step = (time.perf_counter() - rate_start) / RATE_STEPS
-            total_steps = step + max(0, int((budget - (time.perf_counter() - wall)) / seconds_per_step))
+            seconds_per_step = (clock() - rate_start) / RATE_STEPS
+            total_steps = step + max(0, int((budget - (clock() - start)) / seconds_per_step))
             lr_scheduler = cosine(total_steps, last_epoch=step - 1)
-    ema_unet = copy.deepcopy(unet)
-    ema.copy_to(ema_unet.parameters())
-    return {"unet": ema_unet.eval(), "scheduler": noise_scheduler, "steps": step, "planned_steps": total_steps or step,
+    return {"unet": _ema_copy(unet, ema), "scheduler": noise_scheduler, "steps": step, "planned_steps": total_steps or step,
+            "snapshots": snapshots,
             "seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu, "batch": batch_size,
             "precision": "fp32", "final_loss": float(loss), "ema_decay": float(ema.cur_decay_value or 0.0)}
+
+
+def _ema_copy(unet, ema):
+    """A copy of ``unet`` holding the EMA weights (diffusers' ``EMAModel.copy_to``), in eval mode."""
+    ema_unet = copy.deepcopy(unet)
+    ema.copy_to(ema_unet.parameters())
+    return ema_unet.eval()
 
 
 # ----------------------------------------------------------------------------- sampling

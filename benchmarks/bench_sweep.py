@@ -46,6 +46,11 @@ CANDIDATES = {
         "width16-batch32-lr2e-3": ({"channels": 16}, {"batch_size": 32, "lr": 2e-3}),
         "width32-v": ({"prediction": "v"}, {}),
         "width32-mult12": ({"channel_mult": (1, 2)}, {}),
+        "small-minsnr": ({"channels": 16, "loss_weight": "min_snr"}, {"batch_size": 32, "lr": 2e-3}),
+        "small-v-minsnr": ({"channels": 16, "prediction": "v", "loss_weight": "min_snr"}, {"batch_size": 32, "lr": 2e-3}),
+        "small-lr4e-3": ({"channels": 16}, {"batch_size": 32, "lr": 4e-3}),
+        "small-batch16": ({"channels": 16}, {"batch_size": 16, "lr": 2e-3}),
+        "small-mult12": ({"channels": 16, "channel_mult": (1, 2)}, {"batch_size": 32, "lr": 2e-3}),
     },
     "ldm": {
         "default": ({}, {}),
@@ -119,8 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--samplers", nargs="*", default=None, metavar="NAME:STEPS",
+                        help="the diffusion samplers to score (default: every one of DIFFUSION_SAMPLERS)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    if args.samplers:
+        chosen = [{"sampler": s.split(":")[0], "steps": int(s.split(":")[1])} for s in args.samplers]
+        SAMPLERS.update({family: chosen for family in SAMPLERS})
     if args.quick and args.recipes is None:
         args.recipes = QUICK_RECIPES
     setup_threads(args.threads)

@@ -43,7 +43,7 @@ from diffvae.diffusion.model import DDPM, DDPMConfig  # noqa: E402
 from diffvae.families import get_family  # noqa: E402
 from diffvae.latent.model import LatentDiffusion, LDMConfig  # noqa: E402
 from diffvae.nn.unet import UNet, UNetConfig  # noqa: E402
-from diffvae.train import autocast, ema_update  # noqa: E402
+from diffvae.train import StepSettings, TrainState, train_step  # noqa: E402
 from diffvae.vae.model import VAE, VAEConfig  # noqa: E402
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -147,24 +147,14 @@ def family_models(quick: bool) -> dict[str, tuple[torch.nn.Module, torch.Tensor,
 
 
 def engine_step(model: torch.nn.Module, batch: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
-    """One step as :func:`diffvae.train.train` runs it: autocast, training_loss, backward, clip, AdamW, EMA."""
-    device = torch.device("cpu")
-    optimizer = engine_optimizer(model)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    autocast_dtype = None if dtype == torch.float32 else dtype
+    """One step as :func:`diffvae.train.train` runs it — :func:`diffvae.train.train_step`: autocast,
+    training_loss, backward, clip, AdamW, EMA — past any warm-up (step 10,000)."""
+    state = TrainState(model, copy.deepcopy(model).requires_grad_(False), engine_optimizer(model), step=10_000)
+    settings = StepSettings(torch.device("cpu"), None if dtype == torch.float32 else dtype, grad_clip=1.0, ema_decay=0.995)
     model.train()
 
     def step() -> None:
-        if hasattr(model, "set_step"):
-            model.set_step(10_000)
-        with autocast(device, autocast_dtype):
-            loss, _ = model.training_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        ema_update(ema, model, 0.995)
+        train_step(state, batch, settings)
 
     return step
 

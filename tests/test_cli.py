@@ -57,3 +57,23 @@ def test_resume_continues_a_finished_run_without_retraining(tmp_path, capsys):
     before = (run / "checkpoint.safetensors").read_bytes()
     assert main(["train", "vae", "--out", str(run), "--resume", "--quiet"]) == 0
     assert (run / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_a_subcommand_is_one_registration(monkeypatch, tmp_path, capsys):
+    """A command in its own module (add_arguments + run) joins the CLI with one Subcommand line."""
+    import sys
+    import types
+
+    from diffvae import cli
+
+    module = types.ModuleType("diffvae_test_hello_command")
+    module.add_arguments = lambda parser: parser.add_argument("--name", required=True)
+    module.run = lambda args: print(f"hello {args.name}") or 0
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, cli.Subcommand("hello", "say hello", module=module.__name__)])
+    monkeypatch.setattr(cli, "DATA_SUBCOMMANDS", [*cli.DATA_SUBCOMMANDS, cli.Subcommand("hello", "data hello", module=module.__name__)])
+    assert main(["hello", "--name", "x"]) == 0
+    assert main(["data", "hello", "--name", "y"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["hello x", "hello y"]
+    assert main(["hello"]) == 2  # its own flags are checked like every command's
+    assert "the following arguments are required: --name" in capsys.readouterr().err

@@ -339,3 +339,36 @@ def test_content_hash_sees_one_pixel_and_describe_summarises():
     assert ds.content_hash() != before
     text = describe(load_data("shapes"))
     assert "shapes" in text and "5400 train / 600 test" in text and "triangle" in text and "size" in text
+
+
+@pytest.fixture(autouse=True)
+def _pack_cache_in_tmp(tmp_path, monkeypatch):
+    """Folder sources cache their decoded pack (diffvae.pack.cached_folder): keep it out of ~/.cache."""
+    monkeypatch.setenv("DIFFVAE_CACHE", str(tmp_path / "cache"))
+
+
+def test_pixel_statistics_match_numpy_and_describe_reports_them():
+    from diffvae.data import pixel_statistics
+
+    ds = load_data("mnist")
+    pixels = ds.train.numpy().astype(np.float64)
+    mean, std, levels = pixel_statistics(ds.train, chunk=333)  # chunks that do not divide the set
+    assert mean == pytest.approx(pixels.mean(), rel=1e-12) and std == pytest.approx(pixels.std(ddof=1), rel=1e-12)
+    assert levels == len(np.unique(pixels))
+    assert f"train mean {pixels.mean():.1f}, std {pixels.std(ddof=1):.1f}, {levels} distinct levels" in describe(ds)
+
+
+def test_limit_and_binarize_equal_applying_them_before_the_split():
+    """load_data applies --limit and --binarize after the split: per image and per pixel, so the result is
+    the first `limit` images of the shuffled split, thresholded (the order they had before)."""
+    full = load_data("digits", seed=4)
+    ds = load_data("digits", seed=4, limit=70, binarize=True)
+    train_index, test_index = held_out_split(1797, 0.1, 4)
+    assert torch.equal(ds.train, torch.where(full.train[:70] >= 128, 255, 0).to(torch.uint8))
+    assert torch.equal(ds.test, torch.where(full.test >= 128, 255, 0).to(torch.uint8))
+    assert torch.equal(ds.train_labels, full.train_labels[:70]) and torch.equal(ds.test_labels, full.test_labels)
+    assert len(train_index) == 1617 and len(test_index) == 180
+    shapes = load_data("shapes", limit=10)
+    reference = load_data("shapes")
+    for name, values in shapes.attributes.items():
+        assert torch.equal(values, torch.cat([reference.attributes[name][:10], reference.attributes[name][5400:]]))

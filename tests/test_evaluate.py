@@ -84,3 +84,33 @@ def test_bootstrap_zero_turns_the_intervals_off(runs):
     res = evaluate(runs["vae"], EvalConfig.quick(n_samples=30, midpoints=6, probe_train=60, probe_test=30, bound_n=4, bootstrap=0))
     assert not any(f"{key}_ci95" in res for key in ("fid", "kid", "precision", "recall", "midpoint_fid"))
     assert res["fid"] > 0 and res["ms_per_sample_ci95"] is not None  # the speed interval needs no bootstrap
+
+
+def test_sample_quality_gives_evals_figures_for_the_same_samples(runs, results):
+    """``sample_quality`` (what ``diffvae score`` builds on) is exactly eval's sample-quality part."""
+    from diffvae.api import run_data
+    from diffvae.evaluate import sample_quality, sampling_speed
+    from diffvae.metrics.features import get_feature_extractor
+
+    model = runs["vae"]
+    cfg = EvalConfig.quick(n_samples=60, midpoints=12, probe_train=120, probe_test=60, bound_n=4)
+    dataset = run_data(model)
+    samples, _ = sampling_speed(model, cfg, torch.Generator().manual_seed(cfg.seed))
+    quality = sample_quality(samples, dataset, cfg, get_feature_extractor(dataset))
+    keys = {"fid", "kid", "kid_std", "precision", "recall", "fid_ci95", "kid_ci95", "precision_ci95", "recall_ci95", "n_samples",
+            "sharpness", "sharpness_real", "sharpness_ratio", "sharpness_ratio_ci95", "confident_fraction", "class_entropy_bits",
+            "class_entropy_max_bits", "class_histogram", "feature_space", "reference"}
+    assert set(quality) == keys
+    assert {k: results["vae"][k] for k in keys} == quality
+
+
+def test_sample_quality_refuses_what_is_not_uint8_images_of_the_data(runs):
+    from diffvae.api import run_data
+    from diffvae.errors import DiffvaeError
+    from diffvae.evaluate import sample_quality
+
+    dataset = run_data(runs["vae"])
+    with pytest.raises(DiffvaeError, match="uint8 images of shape"):
+        sample_quality(torch.zeros(4, 1, 8, 8), dataset)
+    with pytest.raises(DiffvaeError, match="uint8 images of shape"):
+        sample_quality(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), dataset)

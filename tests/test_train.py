@@ -116,3 +116,77 @@ def test_budget_fits_the_schedule_and_stops_in_time():
 def test_bad_training_settings_are_refused(bad):
     with pytest.raises(DiffvaeError):
         config(**bad).validate()
+
+
+# ----------------------------------------------------------------------------- the engine's pieces
+
+def test_batch_source_keeps_the_data_order_and_carries_labels_with_their_images():
+    from diffvae.train import BatchSource
+
+    x = images(50)
+    labels = torch.arange(50)
+    source = BatchSource(x, batch_size=16, seed=7, labels=labels)
+    for step in (0, 1, 2, 3, 4, 11):  # across epochs (3 batches of 16 per epoch of 50)
+        idx = batch_indices(step, 50, 16, 7)
+        batch, y = source.batch(step)
+        assert torch.equal(batch, x[idx]) and torch.equal(y, idx)
+    assert BatchSource(x, 16, 7).batch(0)[1] is None
+    halves = [BatchSource(x, 16, 7, labels, rank=r, world=2).batch(5)[1] for r in (0, 1)]  # each rank its slice
+    assert torch.equal(torch.cat(halves), batch_indices(5, 50, 16, 7))
+    with pytest.raises(DiffvaeError, match="labels"):
+        BatchSource(x, 16, 7, labels=labels[:10])
+
+
+def test_budget_schedule_fixes_the_length_from_the_measured_rate_and_stops_at_the_budget():
+    from diffvae.train import BudgetSchedule
+
+    schedule = BudgetSchedule(config(steps=None, budget_minutes=1.0), total_steps=None, step=0)
+    assert not schedule.finished(0, 0.0) and schedule.total_steps is None
+    assert not schedule.after_step(3, now=100.0, elapsed=3.0)  # the rate is measured from step 3 ...
+    assert schedule.after_step(53, now=105.0, elapsed=8.0)  # ... 50 steps in 5 s: 10 steps/s for the 52 s left
+    assert schedule.total_steps == 53 + 520
+    assert schedule.lr(0) == pytest.approx(learning_rate(0, 573, 3e-3, 5, 0.1))
+    assert schedule.finished(573, 59.0) and not schedule.finished(100, 59.0)
+    late = BudgetSchedule(config(steps=None, budget_minutes=1.0), total_steps=None, step=0)
+    assert late.finished(7, 60.0) and late.total_steps == 7  # the budget is a hard limit
+
+
+def test_metrics_accumulator_averages_between_rows_and_measures_the_rate():
+    from diffvae.train import MetricsAccumulator
+
+    metrics = MetricsAccumulator(step=10, now=0.0)
+    metrics.add({"loss": 1.0, "mse": 4.0})
+    metrics.add({"loss": 3.0, "mse": 0.0})
+    row = metrics.row(step=12, lr=0.5, now=4.0, elapsed=4.0004, batch_size=8)
+    assert row == {"loss": 2.0, "mse": 2.0, "step": 12, "lr": 0.5, "elapsed": 4.0, "images_per_s": 4.0}
+    metrics.add({"loss": 5.0})
+    assert metrics.row(step=13, lr=0.5, now=5.0, elapsed=5.0, batch_size=8)["loss"] == 5.0  # a fresh interval
+
+
+def test_train_step_is_the_engines_step():
+    """The step benchmarks/bench_train.py times is the one :func:`train` runs: same weights after."""
+    from diffvae.train import StepSettings, TrainState, resolve_precision, train_step
+
+    x = images(16)
+    torch.manual_seed(0)
+    reference = ToyFamily()
+    by_hand = ToyFamily()
+    by_hand.load_state_dict(reference.state_dict())
+    torch.manual_seed(3)  # what train seeds the global RNG with (seed 3, rank 0)
+    ema, _ = train(reference, x, config(steps=2, batch_size=16, warmup_steps=0, min_lr_ratio=1.0), progress=False)
+    torch.manual_seed(3)
+    state = TrainState.new(by_hand, config(), torch.device("cpu"))
+    settings = StepSettings(torch.device("cpu"), resolve_precision("fp32", torch.device("cpu")), 1.0, 0.999)
+    for step in range(2):
+        train_step(state, x[batch_indices(step, 16, 16, 3)], settings, lr=3e-3)
+    assert state.step == 2
+    for a, b in zip(ema.parameters(), state.ema.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_train_config_with_an_unknown_key_is_refused_in_one_line():
+    from diffvae.train import train_config_from_dict
+
+    assert train_config_from_dict({"steps": 5, "lr": 0.01}) == TrainConfig(steps=5, lr=0.01)
+    with pytest.raises(DiffvaeError, match="unknown TrainConfig field.*: stepz"):
+        train_config_from_dict({"stepz": 5})

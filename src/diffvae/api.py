@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import platform
 import shutil
@@ -15,7 +14,7 @@ import torch
 from diffvae.errors import DiffvaeError
 from diffvae.families import config_from_dict, get_family
 from diffvae.runs import RunDir, WriterLock, split_prefixed, state_dict_mismatch
-from diffvae.train import TrainConfig, on_rank_zero, train, train_config_from_dict
+from diffvae.train import TrainConfig, on_rank_zero, train_config_from_dict
 
 
 @dataclass
@@ -33,6 +32,14 @@ class DataConfig:
         from diffvae.data import load_data
 
         return load_data(self.spec, size=self.size, key=self.key, binarize=self.binarize, seed=self.split_seed, limit=self.limit)
+
+
+def data_config_from_dict(values: dict[str, Any]) -> DataConfig:
+    """The DataConfig of a run's config.json "data" section (which also records what
+    ``diffvae.schema.DATA_EXTRA_FIELDS`` names), refusing unknown keys (one error line)."""
+    from diffvae.schema import DATA_EXTRA_FIELDS
+
+    return config_from_dict(DataConfig, {k: v for k, v in values.items() if k not in DATA_EXTRA_FIELDS})
 
 
 def run_config(family: str, model_config, train_config: TrainConfig, data_config: DataConfig, dataset) -> dict[str, Any]:
@@ -71,7 +78,7 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
         check_resume(saved, family, out, given)
         model_config = config_from_dict(config_class, saved["model"])
         train_config = train_config_from_dict(saved["train"])
-        data = DataConfig(**{k: v for k, v in saved["data"].items() if k in DataConfig.__dataclass_fields__})
+        data = data_config_from_dict(saved["data"])
     else:
         RunDir.check_new(out, force=force)
     model_config = model_config or config_class()
@@ -80,31 +87,15 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     dataset = dataset or data.load()
     torch.manual_seed(train_config.seed)  # the initialisation is part of the seeded run
     model = model_class(model_config, dataset.image_shape)  # validates the config against the data
-    check_trainable(model, dataset, train_config)
+    spec = fam.spec()
+    spec.check_fit(model, train_config, dataset)  # refuse now what training would refuse at its first step
     make_config = lambda: run_config(family, model_config, train_config, data, dataset)  # noqa: E731
     lock = on_rank_zero(lambda: open_run(out, resume=resume, force=force, make_config=make_config))
     try:  # under torchrun only rank 0 creates the run and holds its lock; the other ranks wait for it
-        run = RunDir(out)
-        fit = getattr(model, "fit", None)
-        if fit is not None:  # families with several stages (latent diffusion) drive the engine themselves
-            return fit(dataset, train_config, run, resume=resume, progress=progress)
-        ema, _ = train(model, dataset.train, train_config, run, resume=resume, progress=progress, description=family)
-        return ema
+        return spec.fit(model, dataset, train_config, RunDir(out), resume=resume, progress=progress)
     finally:
         if lock is not None:
             lock.release()
-
-
-def check_trainable(model, dataset, train_config: TrainConfig) -> None:
-    """Refuse now, before the run exists, what training would refuse at its first step: the family's
-    own checks (``check_fit``: stage split, ``--ae-run``) or else one loss evaluation on two training
-    images (e.g. a bernoulli decoder on grey data), on a copy and with the RNG state put back."""
-    check_fit = getattr(model, "check_fit", None)
-    if check_fit is not None:
-        check_fit(train_config, dataset)
-        return
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        copy.deepcopy(model).training_loss(dataset.train[:2])
 
 
 def open_run(out: str | Path, *, resume: bool, force: bool, make_config) -> WriterLock:
@@ -194,7 +185,7 @@ def run_data(model_or_config) -> "Any":
     """The dataset a loaded run was trained on (loaded again from its spec), checked by content hash."""
     config = getattr(model_or_config, "run_config", model_or_config)
     data = config["data"]
-    dc = DataConfig(**{k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__})
+    dc = data_config_from_dict(data)
     dataset = dc.load()
     if data.get("content_hash") and dataset.content_hash() != data["content_hash"]:
         raise DiffvaeError(f"the data {dc.spec!r} has changed since the run was trained (content hash differs)")

@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 
 from diffvae.errors import DiffvaeError
-from diffvae.ranges import MAX_IMAGES, MAX_SEED, MAX_SIZE, TRAIN_RANGES, Range, finite_float
+from diffvae.ranges import MAX_IMAGES, MAX_SEED, MAX_SIZE, TRAIN_RANGES, Range, finite_float, train_flag
 
 SEED = Range(int, 0, MAX_SEED)
 IMAGES = Range(int, 1, MAX_IMAGES)
@@ -58,7 +58,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
                                 help=f"comma-separated (default {','.join(map(str, default))})")
         else:
             kind = finite_float if isinstance(default, float) or "float" in hint else int if isinstance(default, int) else str
-            parser.add_argument(_flag(f.name), dest=f"model__{f.name}", type=kind, default=None, help=f"(default {default})")
+            parser.add_argument(_flag(f.name), dest=f"model__{f.name}", type=kind, default=None, metavar=f.name.upper(),
+                                help=f"(default {default})")
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -78,37 +79,67 @@ def _add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per user-facing TrainConfig field (``diffvae.train.TRAIN_CLI_FIELDS``), typed and
+    range-checked from ``diffvae.ranges``; ``--steps`` and ``--budget`` exclude each other."""
+    from diffvae.train import TRAIN_CLI_FIELDS, TrainConfig
+
     length = p.add_mutually_exclusive_group()
-    r = {field: allowed.parser() for field, allowed in TRAIN_RANGES.items()}
-    length.add_argument("--steps", type=r["steps"], default=None, help="optimizer steps")
-    length.add_argument("--budget", type=r["budget_minutes"], default=None, metavar="MINUTES",
-                        help="wall-clock budget; the LR schedule is fitted to it")
-    p.add_argument("--batch", type=r["batch_size"], default=None)
-    p.add_argument("--lr", type=r["lr"], default=None, help=f"in {TRAIN_RANGES['lr'].text()}")
-    p.add_argument("--weight-decay", type=r["weight_decay"], default=None)
-    p.add_argument("--warmup", type=r["warmup_steps"], default=None, help="LR warm-up steps")
-    p.add_argument("--grad-clip", type=r["grad_clip"], default=None)
-    p.add_argument("--ema-decay", type=r["ema_decay"], default=None)
-    p.add_argument("--precision", default=None, help="auto | bf16 | fp32 (default auto)")
-    p.add_argument("--checkpoint-every", type=r["checkpoint_every"], default=None)
-    p.add_argument("--log-every", type=r["log_every"], default=None)
-    p.add_argument("--seed", type=r["seed"], default=None, help="(default 0)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda[:N] (default auto)")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in TRAIN_CLI_FIELDS:
+        f = fields[name]
+        allowed = TRAIN_RANGES.get(name)
+        kind = allowed.parser() if allowed is not None else str
+        target = length if name in ("steps", "budget_minutes") else p
+        flag = train_flag(name)
+        target.add_argument(flag, dest=f"train__{name}", type=kind, default=None,
+                            metavar=f.metadata.get("metavar") or flag[2:].upper().replace("-", "_"), help=f.metadata.get("help"))
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly (the original flags may be repeated; none may differ)")
     p.add_argument("--force", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    """A ``diffvae`` subcommand: ``add_arguments(parser)`` declares its flags, ``run(args) -> int`` runs it.
+    ``module`` names a module holding both (imported only when the parser is built)."""
+
+    name: str
+    help: str
+    add_arguments: typing.Callable[[argparse.ArgumentParser], None] | None = None
+    run: typing.Callable[[argparse.Namespace], int | None] | None = None
+    module: str | None = None
+
+    def resolve(self) -> tuple[typing.Callable, typing.Callable]:
+        if self.module is None:
+            return self.add_arguments, self.run
+        import importlib
+
+        mod = importlib.import_module(self.module)
+        return mod.add_arguments, mod.run
+
+
 def build_parser() -> argparse.ArgumentParser:
     from diffvae import __version__
-    from diffvae.families import FAMILIES
 
     parser = _Parser(prog="diffvae", description="Train, sample, evaluate and compare VAEs, pixel diffusion and latent diffusion.")
     parser.add_argument("--version", action="version", version=f"diffvae {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_subcommands(parser, SUBCOMMANDS, "command")
+    return parser
 
-    train = sub.add_parser("train", help="train one family into a run directory")
+
+def _add_subcommands(parser: argparse.ArgumentParser, commands: list[Subcommand], dest: str) -> None:
+    sub = parser.add_subparsers(dest=dest, required=True, parser_class=_Parser)
+    for command in commands:
+        add_arguments, run = command.resolve()
+        p = sub.add_parser(command.name, help=command.help)
+        add_arguments(p)
+        p.set_defaults(**{f"_run_{dest}": run})
+
+
+def add_train_parser(train: argparse.ArgumentParser) -> None:
+    from diffvae.families import FAMILIES
+
     fam_sub = train.add_subparsers(dest="family", required=True, parser_class=_Parser)
     for name, fam in FAMILIES.items():
         p = fam_sub.add_parser(name, help=fam.summary)
@@ -122,14 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
         group = p.add_argument_group(f"{name} model")
         add_dataclass_arguments(group, config_class, skip=("binarize",))  # --binarize is the data flag
 
-    p = sub.add_parser("sample", help="draw samples from a trained run")
+
+def add_sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run")
     p.add_argument("--n", type=IMAGES.parser(), default=64, help=f"in {IMAGES.text()}")
     p.add_argument("--out", required=True, help="grid.png, or samples.npz for the raw uint8 array")
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true", help="overwrite --out")
 
-    p = sub.add_parser("eval", help="evaluate a run (bound, sample quality, speed, interpolation, probe)")
+
+def add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--n", type=IMAGES.parser(), default=None, help="samples for FID/KID/precision/recall")
@@ -141,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true", help="overwrite --out")
 
-    p = sub.add_parser("interpolate", help="interpolate between held-out images through the latent")
+
+def add_interpolate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run")
     p.add_argument("--out", required=True, help="strip.png")
     p.add_argument("--pairs", type=Range(int, 1, 10_000).parser(), default=4)
@@ -150,40 +184,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true")
 
-    p = sub.add_parser("invert", help="map held-out images to their latent and back; report the round-trip error")
+
+def add_invert_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run")
     p.add_argument("--n", type=IMAGES.parser(), default=64)
     p.add_argument("--out", default=None, help="PNG: originals above reconstructions")
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true")
 
-    data = sub.add_parser("data", help="inspect data sources")
-    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    p = dsub.add_parser("info", help="print what a data spec yields")
+
+def add_data_parser(p: argparse.ArgumentParser) -> None:
+    _add_subcommands(p, DATA_SUBCOMMANDS, "data_command")
+
+
+def add_data_info_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec")
     p.add_argument("--size", type=SIZE.parser(), default=None)
     p.add_argument("--key", default=None)
     p.add_argument("--binarize", action="store_true")
 
-    p = sub.add_parser("compare", help="train every family under one budget and write the comparison report")
+
+def add_compare_parser(p: argparse.ArgumentParser) -> None:
     _add_data_arguments(p)
     p.add_argument("--budget", type=TRAIN_RANGES["budget_minutes"].parser(), default=None, metavar="MINUTES",
                    help="(default 15; --resume: the stored one)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--families", default=None, help="(default vae,ddpm,ldm; --resume: the stored ones)")
+    p.add_argument("--families", default=None, help="comma-separated (default: every registered family; --resume: the stored ones)")
     p.add_argument("--split", default=None, metavar="FAM=W,...",
-                   help="relative training time per family, e.g. vae=1,ddpm=2,ldm=2 (default: equal for every family)")
+                   help="relative training time per family, e.g. vae=1,ddpm=2,ldm=2 (default: each family's share)")
     p.add_argument("--seed", type=SEED.parser(), default=None, help="(default 0; --resume: the stored one)")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
-    return parser
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm++2m (diffusion families)")
-    p.add_argument("--steps", type=SAMPLING_STEPS.parser(), default=None, help="sampling steps (diffusion families)")
+    p.add_argument("--sampler", default=None, help="the sampler of an iterative family (e.g. ddpm | ddim | dpm++2m)")
+    p.add_argument("--steps", type=SAMPLING_STEPS.parser(), default=None, help="sampling steps (iterative families)")
     p.add_argument("--eta", type=ETA.parser(), default=None, help="DDIM η")
     p.add_argument("--seed", type=SEED.parser(), default=0)
     p.add_argument("--device", default="cpu")
@@ -214,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
-        code = COMMANDS[args.command](args) or 0
+        code = args._run_command(args) or 0
         sys.stdout.flush()  # inside the try: a reader that has gone (`| head`) is met here, not at exit
         return code
     except DiffvaeError as e:
@@ -259,10 +297,6 @@ def _silence_stdout() -> None:
 
 # ----------------------------------------------------------------------------- commands
 
-TRAIN_FLAG_FIELDS = [("steps", "steps"), ("budget", "budget_minutes"), ("batch", "batch_size"), ("lr", "lr"),
-                     ("weight_decay", "weight_decay"), ("warmup", "warmup_steps"), ("grad_clip", "grad_clip"),
-                     ("ema_decay", "ema_decay"), ("checkpoint_every", "checkpoint_every"), ("log_every", "log_every"),
-                     ("precision", "precision"), ("seed", "seed"), ("device", "device")]
 NEW_RUN_DEFAULTS = {"precision": "auto", "seed": 0, "device": "auto"}
 
 
@@ -312,7 +346,7 @@ def _given_train_flags(args, config_class) -> dict[str, dict]:
     model = {k[len("model__"):]: v for k, v in vars(args).items() if k.startswith("model__") and v is not None}
     if args.binarize and "binarize" in {f.name for f in dataclasses.fields(config_class)}:
         model.setdefault("binarize", True)
-    train = {field: getattr(args, flag) for flag, field in TRAIN_FLAG_FIELDS if getattr(args, flag) is not None}
+    train = {k[len("train__"):]: v for k, v in vars(args).items() if k.startswith("train__") and v is not None}
     data = {"spec": args.data, "size": args.size, "key": args.key, "limit": args.limit}
     data = {k: v for k, v in data.items() if v is not None}
     if args.binarize:
@@ -321,9 +355,14 @@ def _given_train_flags(args, config_class) -> dict[str, dict]:
 
 
 def _sampling_kwargs(args, model) -> dict:
+    """--sampler/--steps/--eta as sampling keywords; refused for a family with no samplers."""
+    from diffvae.contract import spec_of
+
     kwargs = {k: getattr(args, k) for k in ("sampler", "steps", "eta") if getattr(args, k, None) is not None}
-    if kwargs and getattr(model, "family", "") == "vae":
-        raise DiffvaeError(f"{'/'.join('--' + k for k in kwargs)} apply to diffusion runs; a VAE decodes in one step")
+    spec = spec_of(model)
+    if kwargs and not spec.samplers:
+        raise DiffvaeError(f"{'/'.join('--' + k for k in kwargs)} apply to iterative samplers; "
+                           f"a {spec.short} run decodes in one step")
     return kwargs
 
 
@@ -478,11 +517,31 @@ def cmd_data(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from diffvae.compare.pipeline import run_compare
+    from diffvae.compare.pipeline import CompareConfig, run_compare
 
-    run_compare(args)
+    run_compare(CompareConfig(data=args.data, out=args.out, budget_minutes=args.budget, families=args.families,
+                              split=args.split, seed=args.seed, device=args.device, size=args.size, key=args.key,
+                              binarize=args.binarize, limit=args.limit, resume=args.resume, force=args.force, quiet=args.quiet))
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "interpolate": cmd_interpolate,
-            "invert": cmd_invert, "data": cmd_data, "compare": cmd_compare}
+def _run_data(args) -> int:
+    return args._run_data_command(args) or 0
+
+
+DATA_SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("info", "print what a data spec yields", add_data_info_parser, cmd_data),
+]
+
+# One line per subcommand. A command written in its own module (add_arguments(parser) + run(args)):
+#     SUBCOMMANDS.append(Subcommand("score", "metrics of uint8 samples", module="diffvae.score"))
+#     DATA_SUBCOMMANDS.append(Subcommand("pack", "pack images into one .npz", module="diffvae.pack"))
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("train", "train one family into a run directory", add_train_parser, cmd_train),
+    Subcommand("sample", "draw samples from a trained run", add_sample_parser, cmd_sample),
+    Subcommand("eval", "evaluate a run (bound, sample quality, speed, interpolation, probe)", add_eval_parser, cmd_eval),
+    Subcommand("interpolate", "interpolate between held-out images through the latent", add_interpolate_parser, cmd_interpolate),
+    Subcommand("invert", "map held-out images to their latent and back; report the round-trip error", add_invert_parser, cmd_invert),
+    Subcommand("data", "inspect data sources", add_data_parser, _run_data),
+    Subcommand("compare", "train every family under one budget and write the comparison report", add_compare_parser, cmd_compare),
+]

@@ -11,6 +11,9 @@ Sources (``spec``):
 * ``shapes``        procedural circles / squares / triangles (3 classes) on black, 1×32×32 by
                     default; ``attributes`` holds each image's centre ``x``, ``y``, ``size`` and
                     grey ``intensity`` (see :func:`make_shapes`).
+* ``colours``       procedural RGB shapes, 10 classes (shape × hue) on dimmed photo patches, 3×32×32;
+                    ``photos``: natural-image patches of scikit-learn's two sample photos, labelled by
+                    photo (see :mod:`diffvae.colour`). Both need no download.
 * ``folder:PATH``   PNG/JPEG files found recursively, shorter side resized + centre-cropped to
                     ``size`` (default 32); labels from the class subfolders when every image sits
                     in one; an all-grey folder gives 1 channel, otherwise RGB.
@@ -18,6 +21,11 @@ Sources (``spec``):
                     labels from ``y`` / ``labels`` when present with one entry per image.
 * ``idx:PATH``      an MNIST IDX image file (gzip allowed), labels from the sibling
                     ``*-labels-idx1-ubyte`` file if found; or ``idx:IMAGES,LABELS``.
+* ``packed:DIR``    a pack written by ``diffvae data pack SPEC --out DIR`` (:mod:`diffvae.pack`): the
+                    source's very split, labels and content hash, images memory-mapped, not decoded.
+
+A folder is decoded once and then read from a cached pack (``$DIFFVAE_CACHE/packs``), rebuilt
+whenever an image's name, size or mtime changes.
 
 The module does I/O and the split only; pixel arithmetic lives in :mod:`diffvae.images`.
 """
@@ -34,15 +42,16 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from diffvae.errors import DiffvaeError
 
-BUILTIN_SOURCES = ("mnist", "digits", "shapes")
+BUILTIN_SOURCES = ("mnist", "digits", "shapes", "colours", "photos")
 PATH_SOURCES = ("folder", "npz", "idx")
-VALID_SPECS = "mnist, digits, shapes, folder:PATH, npz:PATH, idx:PATH (or idx:IMAGES,LABELS)"
+VALID_SPECS = "mnist, digits, shapes, colours, photos, folder:PATH, npz:PATH, idx:PATH (or idx:IMAGES,LABELS), packed:DIR"
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 DEFAULT_SHAPES_COUNT = 6000
@@ -69,6 +78,7 @@ class ImageDataset:
     num_classes: int | None
     attributes: dict[str, torch.Tensor] = field(default_factory=dict)
     class_names: list[str] | None = None
+    backing: Any = field(default=None, repr=False, compare=False)  # diffvae.pack.PackBacking of packed data
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -77,12 +87,23 @@ class ImageDataset:
         return int(c), int(h), int(w)
 
     def content_hash(self) -> str:
-        """First 16 hex digits of sha256 over the train and test shapes and bytes: names the data for caches."""
+        """First 16 hex digits of sha256 over the train and test shapes and bytes: names the data for caches.
+
+        Packed data (``backing``) hashes its shard files with plain reads instead, the same bytes, so that
+        hashing a data set larger than RAM does not pull it into the process's resident memory.
+        """
+        if self.backing is not None and self.backing.backs(self.train, self.test):
+            return self.backing.content_hash()
         digest = hashlib.sha256()
         for part, images in (("train", self.train), ("test", self.test)):
             digest.update(f"{part}:{tuple(images.shape)}:{images.dtype};".encode())
-            digest.update(images.contiguous().numpy().tobytes())
+            digest.update(images.contiguous().numpy())  # the buffer itself: no copy of the data set
         return digest.hexdigest()[:16]
+
+
+def hash_header(part: str, shape: tuple[int, ...]) -> bytes:
+    """What :meth:`ImageDataset.content_hash` hashes before the bytes of uint8 split ``part``."""
+    return f"{part}:{tuple(int(v) for v in shape)}:{torch.uint8};".encode()
 
 
 @dataclass
@@ -120,15 +141,27 @@ def load_data(
     unchanged. ``key`` selects the array of an ``npz`` file.
     """
     _check_options(spec, size, key, test_fraction, seed, limit)
-    source = _read_source(spec.strip(), size=size, key=key, seed=seed)
+    kind, sep, argument = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    if sep and kind == "packed":
+        from diffvae.pack import open_pack
+
+        if not argument.strip():
+            raise DiffvaeError(f"data spec {spec!r} needs a pack directory after 'packed:'")
+        dataset = open_pack(argument.strip(), size=size, key=key, test_fraction=test_fraction, seed=seed)
+    elif sep and kind == "folder" and argument.strip():
+        dataset = _read_folder_cached(_existing_path(argument), size or DEFAULT_FOLDER_SIZE, test_fraction, seed)
+    else:
+        dataset = split_source(_read_source(spec.strip(), size=size, key=key, seed=seed), size, test_fraction, seed)
+    return _binarize_and_limit(dataset, binarize, limit)
+
+
+def split_source(source: _Source, size: int | None, test_fraction: float, seed: int) -> ImageDataset:
+    """Resize a source's images (when ``size`` differs) and make the fixed held-out split."""
     images = source.images
     if size is not None and tuple(images.shape[2:]) != (size, size):
         images = resize_images(images, size)
-    if binarize:
-        images = binarize_images(images)
     train_index, test_index = held_out_split(images.shape[0], test_fraction, seed)
-    if limit is not None:
-        train_index = train_index[:limit]
     labels = source.labels
     return ImageDataset(
         name=source.name,
@@ -142,16 +175,36 @@ def load_data(
     )
 
 
+def _binarize_and_limit(ds: ImageDataset, binarize: bool, limit: int | None) -> ImageDataset:
+    """Threshold both splits and keep the first ``limit`` training images (pixel-wise and per image, so
+    this equals doing it before the split). A packed training split stays a view of its shard."""
+    n = ds.train.shape[0]
+    keep = n if limit is None else min(limit, n)
+    if not binarize and keep == n:
+        return ds
+    train, test = ds.train[:keep], ds.test
+    if binarize:
+        train, test = binarize_images(train), binarize_images(test)
+    elif ds.backing is None:
+        train = train.clone()
+    return ImageDataset(
+        name=ds.name, train=train, test=test,
+        train_labels=None if ds.train_labels is None else ds.train_labels[:keep].clone(),
+        test_labels=ds.test_labels, num_classes=ds.num_classes,
+        attributes={k: torch.cat([v[:keep], v[n:]]) for k, v in ds.attributes.items()},
+        class_names=ds.class_names,
+    )
+
+
 def describe(ds: ImageDataset) -> str:
     """A multi-line human summary of a dataset (what ``diffvae data info SPEC`` prints)."""
     c, h, w = ds.image_shape
-    train = ds.train.flatten().float()
-    levels = torch.unique(ds.train).numel()
+    mean, std, levels = pixel_statistics(ds.train)
     lines = [
         f"dataset     {ds.name}",
         f"images      {c}×{h}×{w} uint8 ({'grey' if c == 1 else 'RGB'}), {c * h * w} dims per image",
         f"split       {ds.train.shape[0]} train / {ds.test.shape[0]} test (held out)",
-        f"pixels      train mean {train.mean():.1f}, std {train.std():.1f}, {levels} distinct levels",
+        f"pixels      train mean {mean:.1f}, std {std:.1f}, {levels} distinct levels",
     ]
     if ds.num_classes is None or ds.train_labels is None or ds.test_labels is None:
         lines.append("labels      none")
@@ -166,6 +219,23 @@ def describe(ds: ImageDataset) -> str:
         lines.append(f"attribute   {attr_name}: min {v.min():.2f}, mean {v.mean():.2f}, max {v.max():.2f}")
     lines.append(f"hash        {ds.content_hash()}")
     return "\n".join(lines)
+
+
+def pixel_statistics(images: torch.Tensor, chunk: int = 4096) -> tuple[float, float, int]:
+    """(mean, unbiased std, number of distinct levels) of uint8 pixels, from their 256-bin histogram
+    built ``chunk`` images at a time (a data set larger than memory is never copied whole)."""
+    from diffvae.pack import shard_of
+
+    shard = shard_of(images)  # a packed split is read from its file, not faulted into memory
+    counts = torch.zeros(256, dtype=torch.int64)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start:start + chunk] if shard is None else shard.rows(start, start + chunk)
+        counts += torch.bincount(part.flatten(), minlength=256)
+    levels = torch.arange(256, dtype=torch.float64)
+    total = counts.sum().item()
+    mean = float((counts * levels).sum() / total)
+    variance = float((counts * (levels - mean) ** 2).sum() / max(total - 1, 1))
+    return mean, math.sqrt(variance), int((counts > 0).sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,6 +376,10 @@ def _read_source(spec: str, *, size: int | None, key: str | None, seed: int) -> 
     kind, sep, argument = spec.partition(":")
     kind = kind.strip().lower()
     if not sep and kind in BUILTIN_SOURCES:
+        if kind in ("colours", "photos"):
+            from diffvae.colour import read_colour_source
+
+            return read_colour_source(kind, size, seed)
         if kind == "mnist":
             return _read_mnist()
         if kind == "digits":
@@ -383,9 +457,8 @@ def _copy_source(source: _Source) -> _Source:
     return _Source(source.name, source.images.clone(), labels, source.num_classes, {}, list(source.class_names or []))
 
 
-def _read_folder(root: Path, size: int) -> _Source:
-    from PIL import Image
-
+def _folder_files(root: Path) -> list[Path]:
+    """The images of ``folder:root``: PNG/JPEG files found recursively (hidden ones skipped), sorted by path."""
     if not root.is_dir():
         raise DiffvaeError(f"folder:{root} is not a directory")
     files = sorted(
@@ -395,6 +468,23 @@ def _read_folder(root: Path, size: int) -> _Source:
     )
     if not files:
         raise DiffvaeError(f"no PNG or JPEG images found under {root}")
+    return files
+
+
+def _read_folder_cached(root: Path, size: int, test_fraction: float, seed: int) -> ImageDataset:
+    """The split ``folder:root`` data set, decoded once and then read from its cached pack
+    (:func:`diffvae.pack.cached_folder`: rebuilt when an image changes or the entry is damaged)."""
+    from diffvae.pack import cached_folder
+
+    files = _folder_files(root)
+    return cached_folder(root, files, size, test_fraction, seed,
+                         decode=lambda: split_source(_read_folder(root, size, files), size, test_fraction, seed))
+
+
+def _read_folder(root: Path, size: int, files: list[Path] | None = None) -> _Source:
+    from PIL import Image
+
+    files = _folder_files(root) if files is None else files
     check_fits_in_memory(len(files) * size * size * 3 * 2, f"{len(files)} images of {size}×{size}")
     arrays = []
     for path in files:

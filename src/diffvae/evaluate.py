@@ -24,7 +24,6 @@ Every figure is a plain float/int/list so the result is JSON; non-finite numbers
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -69,127 +68,169 @@ class EvalConfig:
 
 
 def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bool = False, extractor=None) -> dict[str, Any]:
-    """The full evaluation of a loaded family model (see the module docstring)."""
+    """The full evaluation of a loaded family model (see the module docstring): sampling speed,
+    :func:`sample_quality`, :func:`likelihood`, :func:`interpolation_quality`, :func:`representation`
+    and the family's diagnostics, in that order (the generator ``seed`` is shared in that order)."""
     from diffvae.api import run_data
-    from diffvae.metrics.features import get_feature_extractor, recognisability
+    from diffvae.contract import spec_of
+    from diffvae.metrics.features import get_feature_extractor
 
     config = config or EvalConfig()
     dataset = dataset or run_data(model)
     extractor = extractor or get_feature_extractor(dataset, progress=progress)
-    kw = dict(config.sampler_kwargs)
+    spec = spec_of(model)
     g = torch.Generator().manual_seed(config.seed)
-    real = dataset.test
-    real_features = extractor.features(real)
     c, h, w = dataset.image_shape
     out: dict[str, Any] = {
-        "family": model.family,
-        "data": dataset.name,
-        "image_shape": [c, h, w],
-        "data_dims": c * h * w,
-        "latent_dims": int(model.latent_dims),
-        "latent_ratio": int(model.latent_dims) / (c * h * w),
+        "family": model.family, "data": dataset.name, "image_shape": [c, h, w], "data_dims": c * h * w,
+        "latent_dims": int(model.latent_dims), "latent_ratio": int(model.latent_dims) / (c * h * w),
         "trained_steps": int(getattr(model, "trained_steps", 0)),
-        "feature_space": extractor.name,
-        "reference": f"held-out split ({real.shape[0]} images)",
     }
     steps = _log(progress)
-
-    # speed and samples -------------------------------------------------------------------------
     steps("sampling")
-    with torch.inference_mode():
-        _call(model.sample, 2, generator=torch.Generator().manual_seed(1), **kw)  # warm-up
-        batch = min(config.batch_size, math.ceil(config.n_samples / TIMED_CHUNKS))  # ≥ TIMED_CHUNKS timed repeats
-        samples, seconds = _batched_samples(model, config.n_samples, batch, g, kw, progress)
-    out["nfe"] = int(_call(model.nfe, **kw))
-    out["ms_per_sample"] = 1000.0 * sum(seconds) / config.n_samples
-    out["ms_per_sample_ci95"] = mean_interval([1000.0 * t / n for t, n in zip(seconds, _chunk_sizes(config.n_samples, batch))])
-    out["ms_per_sample_repeats"] = len(seconds)
-    out["sampling_batch"] = batch
-    out.update({k: v for k, v in kw.items()})
-    out["sampler"] = kw.get("sampler", getattr(getattr(model, "config", None), "sampler", None)) if model.family != "vae" else "decode"
-
-    # sample quality ----------------------------------------------------------------------------
+    samples, speed = sampling_speed(model, config, g, progress)
+    out.update(speed)
+    out["sampler"] = spec.sampler_name(model, config.sampler_kwargs)
     steps("sample quality")
-    fake_features = extractor.features(samples)
-    out["fid"] = fid(real_features, fake_features)
-    out["kid"], out["kid_std"] = kid(real_features, fake_features, subsets=50, subset_size=min(500, len(samples)),
-                                     generator=torch.Generator().manual_seed(config.seed))
+    real_features = extractor.features(dataset.test)
+    out.update(sample_quality(samples, dataset, config, extractor, real_features=real_features))
+    steps("bound")
+    out.update(likelihood(model, dataset, config))
+    steps("interpolation")
+    out.update(interpolation_quality(model, dataset, config, extractor, g, real_features=real_features))
+    if dataset.train_labels is not None and dataset.test_labels is not None:
+        steps("linear probe")
+        out.update(representation(model, dataset, config))
+    steps("diagnostics")
+    with torch.no_grad():
+        out.update(spec.diagnostics(model, dataset.test[: max(config.bound_n, 200)], generator=torch.Generator().manual_seed(config.seed)))
+    return _jsonable(out)
+
+
+def sampling_speed(model, config: EvalConfig, generator: torch.Generator | None = None,
+                   progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``config.n_samples`` samples with ``config.sampler_kwargs``, and the speed figures: NFE, ms per
+    sample (after a warm-up) with its t-interval over the timed batches."""
+    kw = dict(config.sampler_kwargs)
+    generator = generator or torch.Generator().manual_seed(config.seed)
+    with torch.inference_mode():
+        model.sample(2, generator=torch.Generator().manual_seed(1), **kw)  # warm-up
+        batch = min(config.batch_size, math.ceil(config.n_samples / TIMED_CHUNKS))  # ≥ TIMED_CHUNKS timed repeats
+        samples, seconds = _batched_samples(model, config.n_samples, batch, generator, kw, progress)
+    out: dict[str, Any] = {"nfe": int(model.nfe(**kw)), "ms_per_sample": 1000.0 * sum(seconds) / config.n_samples,
+                           "ms_per_sample_ci95": mean_interval([1000.0 * t / n for t, n in zip(seconds, _chunk_sizes(config.n_samples, batch))]),
+                           "ms_per_sample_repeats": len(seconds), "sampling_batch": batch}
+    out.update(kw)
+    return samples, out
+
+
+def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | None = None, extractor=None,
+                   generator: torch.Generator | None = None, real_features: torch.Tensor | None = None) -> dict[str, Any]:
+    """Sample-quality figures of uint8 samples (N, C, H, W) against the held-out split of ``dataset``:
+    FID, KID, precision/recall (with bootstrap 95% intervals when ``config.bootstrap``), sharpness and
+    its ratio to real data, and where labels exist recognisability and class coverage. The keys are
+    those of ``diffvae eval --json``; ``generator`` draws the KID subsets (default: ``config.seed``)."""
+    from diffvae.errors import DiffvaeError
+    from diffvae.metrics.features import get_feature_extractor, recognisability
+
+    config = config or EvalConfig()
+    if samples_uint8.dtype != torch.uint8 or samples_uint8.dim() != 4 or tuple(samples_uint8.shape[1:]) != tuple(dataset.image_shape):
+        raise DiffvaeError(f"samples must be uint8 images of shape (N, {', '.join(map(str, dataset.image_shape))}), "
+                           f"got {samples_uint8.dtype} {tuple(samples_uint8.shape)}")
+    extractor = extractor or get_feature_extractor(dataset)
+    real = dataset.test
+    real_features = extractor.features(real) if real_features is None else real_features
+    fake_features = extractor.features(samples_uint8)
+    out: dict[str, Any] = {"feature_space": extractor.name, "reference": f"held-out split ({real.shape[0]} images)",
+                           "fid": fid(real_features, fake_features)}
+    out["kid"], out["kid_std"] = kid(real_features, fake_features, subsets=50, subset_size=min(500, len(samples_uint8)),
+                                     generator=generator or torch.Generator().manual_seed(config.seed))
     out.update(precision_recall(real_features, fake_features, k=3))
     if config.bootstrap:  # 95% intervals, resampling the generated and the reference features
         out["fid_ci95"] = fid_ci(real_features, fake_features, config.bootstrap, _boot_generator(config))
         out["kid_ci95"] = kid_ci(real_features, fake_features, config.bootstrap, _boot_generator(config))
         pr = precision_recall_ci(real_features, fake_features, 3, config.bootstrap, _boot_generator(config))
         out["precision_ci95"], out["recall_ci95"] = pr["precision"], pr["recall"]
-    out["n_samples"] = int(samples.shape[0])
-    out["sharpness"] = sharpness(samples)
-    out["sharpness_real"] = sharpness(real)
-    out["sharpness_ratio"] = out["sharpness"] / out["sharpness_real"] if out["sharpness_real"] > 0 else None
-    if out["sharpness_ratio"] is not None:
-        out["sharpness_ratio_ci95"] = ratio_of_means_interval(laplacian_variance(samples), laplacian_variance(real))
+    out["n_samples"] = int(samples_uint8.shape[0])
+    out.update(_sharpness(samples_uint8, real))
     if dataset.test_labels is not None and getattr(extractor, "kind", "") == "classifier":
-        rec = recognisability(extractor.predict_proba(samples))
+        rec = recognisability(extractor.predict_proba(samples_uint8))
         out["confident_fraction"] = rec["confident_fraction"]
         out["class_entropy_bits"] = rec["class_entropy_bits"]
         out["class_entropy_max_bits"] = math.log2(dataset.num_classes)
         out["class_histogram"] = list(rec["class_histogram"])
+    return _jsonable(out)
 
-    # likelihood --------------------------------------------------------------------------------
-    steps("bound")
-    out.update(_likelihood(model, real[: config.bound_n], dataset.train[: config.variance_fit_n], config))
 
-    # interpolation -----------------------------------------------------------------------------
-    steps("interpolation")
+def _sharpness(samples: torch.Tensor, real: torch.Tensor) -> dict[str, Any]:
+    out: dict[str, Any] = {"sharpness": sharpness(samples), "sharpness_real": sharpness(real)}
+    out["sharpness_ratio"] = out["sharpness"] / out["sharpness_real"] if out["sharpness_real"] > 0 else None
+    if out["sharpness_ratio"] is not None:
+        out["sharpness_ratio_ci95"] = ratio_of_means_interval(laplacian_variance(samples), laplacian_variance(real))
+    return out
+
+
+def likelihood(model, dataset, config: EvalConfig) -> dict[str, Any]:
+    """The family's tightest bound on ``config.bound_n`` held-out images (:func:`_likelihood`), the
+    options chosen by the family's ``spec.bound_kwargs``."""
+    from diffvae.contract import BoundOptions, spec_of
+
+    fit = dataset.train[: config.variance_fit_n] if config.variance_fit_n else None
+    options = BoundOptions(importance_samples=config.iwae_samples, timesteps=config.bound_timesteps, fit_data=fit)
+    return _likelihood(model, dataset.test[: config.bound_n], spec_of(model).bound_kwargs(options), config.seed)
+
+
+def interpolation_quality(model, dataset, config: EvalConfig, extractor, generator: torch.Generator | None = None,
+                          real_features: torch.Tensor | None = None) -> dict[str, Any]:
+    """Round-trip error through the latent, the latent's std, midpoint FID of held-out pairs (spherical
+    paths, with its bootstrap interval) and path smoothness of ``config.strips`` strips."""
     from diffvae.interpolation import latent_path, roundtrip
 
+    kw = dict(config.sampler_kwargs)
+    real = dataset.test
+    g = generator or torch.Generator().manual_seed(config.seed)
+    real_features = extractor.features(real) if real_features is None else real_features
+    out: dict[str, Any] = {}
     with torch.inference_mode():
-        rt = real[: config.roundtrip_n]
-        _, err = roundtrip(model, rt, **kw)
+        _, err = roundtrip(model, real[: config.roundtrip_n], **kw)
         out["roundtrip_mse"], out["roundtrip_psnr_db"] = err["mse"], err["psnr_db"]
         pairs = torch.randperm(real.shape[0], generator=g)[: 2 * config.midpoints]
         half = pairs.numel() // 2
         a, b = real[pairs[:half]], real[pairs[half:2 * half]]
-        za, zb = _call(model.to_latent, a, **kw), _call(model.to_latent, b, **kw)
+        za, zb = model.to_latent(a, **kw), model.to_latent(b, **kw)
         out["latent_std"] = float(za.float().std())  # ≈ 1 for a latent that looks like N(0, I)
-        mid = _call(model.from_latent, latent_path(za, zb, 3)[:, 1], **kw)
+        mid = model.from_latent(latent_path(za, zb, 3)[:, 1], **kw)
         mid_features = extractor.features(mid) if half >= 2 else None
         out["midpoint_fid"] = fid(real_features, mid_features) if half >= 2 else None
         out["midpoint_n"] = int(half)
         if config.bootstrap and half >= 2:
             out["midpoint_fid_ci95"] = fid_ci(real_features, mid_features, config.bootstrap, _boot_generator(config))
         s = min(config.strips, half)
-        frames = _call(model.from_latent, latent_path(za[:s], zb[:s], config.frames).flatten(0, 1), **kw)
+        frames = model.from_latent(latent_path(za[:s], zb[:s], config.frames).flatten(0, 1), **kw)
         frames = frames.reshape(s, config.frames, -1).double() / 127.5 - 1
         out["path_smoothness"] = path_smoothness(frames)
-
-    # representation ----------------------------------------------------------------------------
-    if dataset.train_labels is not None and dataset.test_labels is not None:
-        steps("linear probe")
-        with torch.inference_mode():
-            ztr = _encode(model, dataset.train[: config.probe_train], config.batch_size, kw)
-            zte = _encode(model, dataset.test[: config.probe_test], config.batch_size, kw)
-        out["probe_accuracy"] = linear_probe(ztr, dataset.train_labels[: config.probe_train],
-                                             zte, dataset.test_labels[: config.probe_test])
-        out["probe_chance"] = 1.0 / dataset.num_classes
-        out["probe_n"] = int(zte.shape[0])
-        out["probe_accuracy_ci95"] = wilson_interval(out["probe_accuracy"], out["probe_n"])  # a share of test images
-
-    # family diagnostics ------------------------------------------------------------------------
-    diagnose = getattr(model, "diagnostics", None)
-    if diagnose is not None:
-        steps("diagnostics")
-        with torch.no_grad():
-            out.update(diagnose(real[: max(config.bound_n, 200)], generator=torch.Generator().manual_seed(config.seed)))
-    return _jsonable(out)
+    return out
 
 
-def _likelihood(model, x, fit_images, config: EvalConfig) -> dict[str, Any]:
+def representation(model, dataset, config: EvalConfig) -> dict[str, Any]:
+    """Linear-probe accuracy of the family's latent (``to_latent``) on the labels, with its Wilson interval."""
+    kw = dict(config.sampler_kwargs)
+    with torch.inference_mode():
+        ztr = _encode(model, dataset.train[: config.probe_train], config.batch_size, kw)
+        zte = _encode(model, dataset.test[: config.probe_test], config.batch_size, kw)
+    out: dict[str, Any] = {"probe_accuracy": linear_probe(ztr, dataset.train_labels[: config.probe_train],
+                                                          zte, dataset.test_labels[: config.probe_test])}
+    out["probe_chance"] = 1.0 / dataset.num_classes
+    out["probe_n"] = int(zte.shape[0])
+    out["probe_accuracy_ci95"] = wilson_interval(out["probe_accuracy"], out["probe_n"])  # a share of test images
+    return out
+
+
+def _likelihood(model, x, bound_kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
     """The family's tightest bound on the held-out ``x``: every per-image tensor averaged, with the
-    standard error of the mean over images (``<key>_sem``) and its 95% interval for ``bpd``. Families
-    that fit something on training data (diffusion's reverse variances) get ``fit_data``."""
+    standard error of the mean over images (``<key>_sem``) and its 95% interval for ``bpd``."""
     with torch.no_grad():
-        bound = _call(model.bound, x, iwae_samples=config.iwae_samples, timesteps=config.bound_timesteps,
-                      generator=torch.Generator().manual_seed(config.seed),
-                      fit_data=fit_images if config.variance_fit_n else None)
+        bound = model.bound(x, generator=torch.Generator().manual_seed(seed), **bound_kwargs)
     out: dict[str, Any] = {}
     for key, value in bound.items():
         if not torch.is_tensor(value):
@@ -222,7 +263,7 @@ def _batched_samples(model, n, batch, generator, kw, progress) -> tuple[torch.Te
         iterator = tqdm(iterator, desc="samples", unit="batch", leave=False)
     for size in iterator:
         t0 = time.perf_counter()
-        chunks.append(_call(model.sample, size, generator=generator, **kw).cpu())
+        chunks.append(model.sample(size, generator=generator, **kw).cpu())
         seconds.append(time.perf_counter() - t0)
     return torch.cat(chunks), seconds
 
@@ -258,16 +299,8 @@ def _boot_generator(config: EvalConfig) -> torch.Generator:
 
 
 def _encode(model, images, batch, kw) -> np.ndarray:
-    return torch.cat([_call(model.to_latent, images[i:i + batch], **kw).flatten(1).float().cpu()
+    return torch.cat([model.to_latent(images[i:i + batch], **kw).flatten(1).float().cpu()
                       for i in range(0, images.shape[0], batch)]).numpy()
-
-
-def _call(fn, *args, **kwargs):
-    """Call ``fn`` with the keyword arguments it accepts (families take different options)."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
 
 
 def _log(progress: bool):

@@ -1,4 +1,11 @@
-"""One training loop for every family.
+"""One training loop for every family, in pieces (the split of improved-diffusion's TrainLoop):
+
+* :class:`BatchSource` — global batch ``step`` as (inputs, labels or None), this rank's slice;
+* :class:`TrainState` — model, EMA, optimizer, step; ``restore`` / ``checkpoint`` (exact resume);
+* :func:`train_step` = :func:`forward_backward` + :func:`optimize` — the one step (benchmarks call it too);
+* :class:`BudgetSchedule` — ``steps`` or a wall-clock budget, and the learning rate;
+* :class:`MetricsAccumulator` — the means logged to ``metrics.jsonl``;
+* :class:`TrainLoop` — run_loop → run_step → log_step → save; :func:`train` builds and runs it.
 
 AdamW, linear warm-up then cosine decay, gradient clipping, EMA weights, bf16 autocast, a
 progress bar, ``metrics.jsonl`` and periodic crash-safe checkpoints (see :mod:`diffvae.runs`).
@@ -24,7 +31,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -36,22 +43,28 @@ from diffvae.runs import RunDir, add_prefix, split_prefixed, state_dict_mismatch
 from diffvae.snapshots import Compute, SnapshotRecorder, training_gflop_per_image
 
 
+def _cli(help_text: str | None = None, metavar: str | None = None) -> dict[str, Any]:
+    """Field metadata of a TrainConfig field that is a ``diffvae train`` flag (see TRAIN_CLI_FIELDS)."""
+    return {"cli": True, "help": help_text, "metavar": metavar}
+
+
 @dataclass
 class TrainConfig:
-    steps: int | None = None  # train this many optimizer steps ...
-    budget_minutes: float | None = None  # ... or as many as fit in this wall-clock budget
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
+    steps: int | None = field(default=None, metadata=_cli("optimizer steps"))  # train this many optimizer steps ...
+    budget_minutes: float | None = field(default=None, metadata=_cli("wall-clock budget; the LR schedule is fitted to it",
+                                                                     "MINUTES"))  # ... or as many as fit this budget
+    batch_size: int = field(default=128, metadata=_cli())
+    lr: float = field(default=1e-3, metadata=_cli(f"in {TRAIN_RANGES['lr'].text()}"))
+    weight_decay: float = field(default=0.0, metadata=_cli())
+    warmup_steps: int = field(default=100, metadata=_cli("LR warm-up steps"))
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    precision: str = "auto"  # auto | bf16 | fp32
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    checkpoint_every: int = 500
-    log_every: int = 10
+    grad_clip: float = field(default=1.0, metadata=_cli())
+    ema_decay: float = field(default=0.999, metadata=_cli())
+    precision: str = field(default="auto", metadata=_cli("auto | bf16 | fp32 (default auto)"))
+    seed: int = field(default=0, metadata=_cli("(default 0)"))
+    device: str = field(default="auto", metadata=_cli("auto | cpu | cuda[:N] (default auto)"))  # auto | cpu | cuda | cuda:N
+    checkpoint_every: int = field(default=500, metadata=_cli())
+    log_every: int = field(default=10, metadata=_cli())
     snapshot_first_minutes: float | None = None  # EMA snapshots after this many training minutes ... (None/0 = off)
     snapshot_factor: float = 2.0  # ... then each time the training minutes grow by this factor (diffvae.snapshots)
     recipe: str | None = None  # the compute-aware recipe a --budget run was given (diffvae.recipes), for the record
@@ -59,10 +72,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.steps is None and self.budget_minutes is None:
             raise DiffvaeError("give --steps N or --budget MINUTES")
-        for field, allowed in TRAIN_RANGES.items():  # every number within its range (diffvae.ranges)
-            value = getattr(self, field)
-            if value is not None or field not in ("steps", "budget_minutes"):
-                allowed.check(value, train_flag(field))
+        for name, allowed in TRAIN_RANGES.items():  # every number within its range (diffvae.ranges)
+            value = getattr(self, name)
+            if value is not None or name not in ("steps", "budget_minutes"):
+                allowed.check(value, train_flag(name))
         if self.precision not in ("auto", "bf16", "fp32"):
             raise DiffvaeError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not isinstance(self.device, str):
@@ -73,6 +86,10 @@ class TrainConfig:
         if not (self.snapshot_factor > 1 and math.isfinite(self.snapshot_factor)):
             raise DiffvaeError(f"snapshot_factor must be a number > 1, got {self.snapshot_factor}")
         resolve_device(self.device)
+
+
+# the TrainConfig fields that are ``diffvae train`` flags (flag names: diffvae.ranges.train_flag)
+TRAIN_CLI_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("cli"))
 
 
 # ----------------------------------------------------------------------------- device & precision
@@ -279,7 +296,7 @@ class _LossModule(nn.Module):
         return self.model.training_loss(x)
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the engine's pieces
 
 def wall_clock() -> float:
     """The engine's time source in seconds (tests replace it with a fake clock)."""
@@ -294,6 +311,210 @@ class TrainResult:
     images_per_second: float
 
 
+class BatchSource:
+    """Global batch ``step`` of a fixed training set, this rank's slice of it: (inputs, labels or None).
+
+    The order is :func:`batch_indices` — a pure function of (seed, step) — so a resumed run sees the
+    same batches. ``inputs`` is any tensor with the examples along dim 0 (uint8 images, or the LDM's
+    posterior moments); ``labels`` (N,) travel with them (conditioning)."""
+
+    def __init__(self, inputs: torch.Tensor, batch_size: int, seed: int, labels: torch.Tensor | None = None,
+                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+        if inputs.shape[0] < 1:
+            raise DiffvaeError("the training set is empty")
+        if labels is not None and labels.shape[0] != inputs.shape[0]:
+            raise DiffvaeError(f"{labels.shape[0]} labels for {inputs.shape[0]} training examples")
+        self.device = torch.device(device)
+        self.inputs = inputs.to(self.device)
+        self.labels = labels.to(self.device) if labels is not None else None
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+        self.n = inputs.shape[0]
+        self.local_batch = min(batch_size, self.n) // world
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = batch_indices(step, self.n, self.batch_size, self.seed)[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+        idx = idx.to(self.device)
+        return self.inputs[idx], (self.labels[idx] if self.labels is not None else None)
+
+    def probe(self, n: int = 8) -> torch.Tensor:
+        """The first ``n`` inputs (to measure the cost of a step)."""
+        return self.inputs[:min(self.n, n)]
+
+
+class BudgetSchedule:
+    """How long a run is and its learning rate: ``steps``, or as many as fit ``budget_minutes`` —
+    the step rate is measured after a few steps and the schedule's length fixed from it; the budget
+    stays a hard limit even if the rate drifts. The LR is :func:`learning_rate` over that length."""
+
+    def __init__(self, config: TrainConfig, total_steps: int | None, step: int):
+        self.config = config
+        self.total_steps = total_steps
+        self.budget_s = config.budget_minutes * 60.0 if config.budget_minutes is not None else None
+        self.rate_from_step, self.rate_from_time = step + 3, 0.0  # the first steps are slow (allocation, kernel selection)
+        self.provisional_total = total_steps or 10**9
+
+    def finished(self, step: int, elapsed: float) -> bool:
+        """True when the run is over before ``step``; a spent budget fixes ``total_steps`` there."""
+        if self.total_steps is not None and step >= self.total_steps:
+            return True
+        if self.budget_s is not None and elapsed >= self.budget_s:
+            self.total_steps = step
+            return True
+        return False
+
+    def lr(self, step: int) -> float:
+        c = self.config
+        return learning_rate(step, self.total_steps or self.provisional_total, c.lr, c.warmup_steps, c.min_lr_ratio)
+
+    def after_step(self, step: int, now: float, elapsed: float) -> bool:
+        """Measure the step rate in budget mode; True when it just fixed ``total_steps``."""
+        if self.total_steps is not None:
+            return False
+        if step == self.rate_from_step:
+            self.rate_from_time = now
+        elif step > self.rate_from_step and (step - self.rate_from_step >= 50 or now - self.rate_from_time >= min(10.0, 0.05 * self.budget_s)):
+            rate = (step - self.rate_from_step) / max(now - self.rate_from_time, 1e-9)
+            self.total_steps = max(step + 1, step + int(rate * (self.budget_s - elapsed)))
+            return True
+        return False
+
+
+class MetricsAccumulator:
+    """Means of the step logs (loss, gradient norm, the family's logs) between two metrics rows, and
+    the images per second since the last row."""
+
+    def __init__(self, step: int, now: float):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.last_time, self.last_step = now, step
+
+    def add(self, values: dict[str, float]) -> None:
+        self.count += 1
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def row(self, step: int, lr: float, now: float, elapsed: float, batch_size: int) -> dict[str, float]:
+        """The metrics row for ``step``; starts the next interval."""
+        row = {k: v / self.count for k, v in self.sums.items()}
+        row.update(step=step, lr=lr, elapsed=round(elapsed, 3),
+                   images_per_s=(step - self.last_step) * batch_size / max(now - self.last_time, 1e-9))
+        self.sums, self.count = {}, 0
+        self.last_time, self.last_step = now, step
+        return row
+
+
+@dataclass
+class StepSettings:
+    """How one optimizer step runs: precision, clipping, EMA, and the world it runs in."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    grad_clip: float
+    ema_decay: float
+    world: int = 1
+
+
+@dataclass
+class TrainState:
+    """Everything a run carries from step to step: the model, its EMA, the optimizer, the step, the
+    schedule's length and the time trained before this process. :meth:`checkpoint` and
+    :meth:`restore` write and read it (with every rank's RNG state) for exact resumption."""
+
+    model: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    total_steps: int | None = None
+    elapsed_before: float = 0.0
+    loss: float = float("nan")
+
+    @classmethod
+    def new(cls, model: nn.Module, config: TrainConfig, device: torch.device) -> "TrainState":
+        model = model.to(device)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
+        return cls(model, ema, opt, total_steps=config.steps)
+
+    def restore(self, run: RunDir, config: TrainConfig, rank: int, device: torch.device) -> None:
+        """Continue from ``run``'s checkpoint: weights, optimizer, step, this rank's RNG state."""
+        tensors, meta = run.load_checkpoint()
+        _load_state(self.model, split_prefixed(tensors, "model"), run)
+        _load_state(self.ema, split_prefixed(tensors, "ema"), run)
+        load_optimizer_tensors(self.optimizer, split_prefixed(tensors, "optimizer"), meta["optimizer_param_groups"])
+        self.step = int(meta["step"])
+        if _rng_key("torch", rank) in tensors:
+            torch.set_rng_state(tensors[_rng_key("torch", rank)])
+        else:  # resumed with more processes than saved it: a fresh, still seeded, stream
+            torch.manual_seed(rank_seed(config.seed + self.step, rank))
+        if device.type == "cuda" and _rng_key("cuda", rank) in tensors:
+            torch.cuda.set_rng_state(tensors[_rng_key("cuda", rank)], device)
+        self.total_steps = meta.get("total_steps") or self.total_steps
+        self.elapsed_before = float(meta.get("elapsed", 0.0))
+        self.loss = float(meta.get("loss", float("nan")))
+
+    def checkpoint(self, run: RunDir | None, elapsed: float, rank: int, world: int, device: torch.device,
+                   extra_metadata: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint (rank 0; every rank takes part in gathering the RNG states)."""
+        if run is None:
+            return
+        rng_states = _gather_rng_states(device, world) if world > 1 else [{"torch": torch.get_rng_state()}]
+        if rank != 0:
+            return
+        if device.type == "cuda" and world == 1:
+            rng_states[0]["cuda"] = torch.cuda.get_rng_state(device)
+        opt_tensors, groups = optimizer_tensors(self.optimizer)
+        tensors = {**add_prefix(self.model.state_dict(), "model"), **add_prefix(self.ema.state_dict(), "ema"),
+                   **add_prefix(opt_tensors, "optimizer")}
+        for r, states in enumerate(rng_states):
+            tensors.update({_rng_key(name, r): value for name, value in states.items()})
+        meta = {"step": self.step, "total_steps": self.total_steps, "optimizer_param_groups": groups, "loss": self.loss,
+                "elapsed": elapsed, "world_size": world, **(extra_metadata or {})}
+        run.save_checkpoint(tensors, meta)
+
+
+def train_step(state: TrainState, x: torch.Tensor, settings: StepSettings, lr: float | None = None,
+               run: RunDir | None = None, loss_module: nn.Module | None = None) -> dict[str, float]:
+    """One optimizer step (improved-diffusion's run_step = forward_backward + optimize): the family's
+    ``set_step``, the loss under autocast, backward, gradient clipping, AdamW at ``lr`` (None: as
+    set), the EMA update. NaN/Inf stops the run with one line. Returns the step's logs (``loss``,
+    ``grad_norm`` and the family's). ``loss_module`` is the model's loss as a module (DDP wraps it;
+    default: ``state.model.training_loss``). The engine and benchmarks/bench_train.py both call it."""
+    model = state.model
+    loss_module = loss_module if loss_module is not None else _LossModule(model)
+    if lr is not None:
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+    if hasattr(model, "set_step"):
+        model.set_step(state.step)
+    loss, logs = forward_backward(state, loss_module, x, settings, run)
+    grad_norm = optimize(state, settings, run)
+    state.step += 1
+    state.loss = float(loss.detach())
+    return {"loss": state.loss, "grad_norm": float(grad_norm), **logs}
+
+
+def forward_backward(state: TrainState, loss_module: nn.Module, x: torch.Tensor, settings: StepSettings,
+                     run: RunDir | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    with autocast(settings.device, settings.autocast_dtype):
+        loss, logs = loss_module(x)
+    if not _finite_on_every_rank(loss, settings.world):  # checked together so that no rank waits for a dead one
+        _stop_non_finite(state.step, "loss", run)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss, logs
+
+
+def optimize(state: TrainState, settings: StepSettings, run: RunDir | None = None) -> torch.Tensor:
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
+    if not torch.isfinite(grad_norm):
+        _stop_non_finite(state.step, "gradient", run)
+    state.optimizer.step()
+    ema_update(state.ema, state.model, ema_decay_at(state.step, settings.ema_decay))
+    return grad_norm
+
+
+# ----------------------------------------------------------------------------- the loop
+
 def train(
     model: nn.Module,
     images: torch.Tensor,
@@ -305,8 +526,14 @@ def train(
     description: str = "train",
     extra_metadata: dict[str, Any] | None = None,
     compute_before: Compute | None = None,
+    labels: torch.Tensor | None = None,
+    source: BatchSource | None = None,
 ) -> tuple[nn.Module, TrainResult]:
-    """Train ``model`` (a family model with ``training_loss``) on uint8 ``images`` (N, C, H, W).
+    """Train ``model`` (a family model with ``training_loss``) on ``images`` (N, ...; uint8 images, or
+    any tensor its ``training_loss`` takes), with optional ``labels`` (N,) carried by the batch source.
+    ``source`` replaces the in-memory :class:`BatchSource` (e.g. one reading a packed split): any object
+    with ``n``, ``batch(step) -> (inputs, labels or None)`` (this rank's slice, in :func:`batch_indices`
+    order) and ``probe()``, built for this rank and world.
 
     Returns (ema_model, result). With ``run``, writes metrics and checkpoints there; with
     ``resume``, continues from the run's checkpoint exactly. With ``config.snapshot_first_minutes``,
@@ -314,161 +541,127 @@ def train(
     model's earlier stages, counted in their minutes and GFLOP.
     """
     config.validate()
+    rank, world, device = _placement(config)
+    if (source.n if source is not None else images.shape[0]) < 1:
+        raise DiffvaeError("the training set is empty")
+    if config.batch_size % world:
+        raise DiffvaeError(f"--batch {config.batch_size} must be divisible by the number of processes ({world})")
+    torch.set_flush_denormal(True)  # subnormal floats (tiny gradients, Adam moments) slow CPUs by 10-100×
+    torch.manual_seed(rank_seed(config.seed, rank))
+    state = TrainState.new(model, config, device)
+    if _start(state, run, config, rank, device, resume):
+        return state.ema.eval(), TrainResult(state.step, state.elapsed_before, state.loss, 0.0)
+    source = source or BatchSource(images, config.batch_size, config.seed, labels, rank, world, device)
+    settings = StepSettings(device, resolve_precision(config.precision, device), config.grad_clip, config.ema_decay, world)
+    loop = TrainLoop(state, source, config, settings, run, rank=rank, description=description, progress=progress,
+                     extra_metadata=extra_metadata, compute_before=compute_before, resume=resume)
+    return loop.run_loop()
+
+
+def _placement(config: TrainConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): under torchrun on CUDA each rank takes its LOCAL_RANK's GPU."""
     rank, world = distributed_context()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    autocast_dtype = resolve_precision(config.precision, device)
-    n = images.shape[0]
-    if n < 1:
-        raise DiffvaeError("the training set is empty")
-    if config.batch_size % world:
-        raise DiffvaeError(f"--batch {config.batch_size} must be divisible by the number of processes ({world})")
+    return rank, world, device
 
-    torch.set_flush_denormal(True)  # subnormal floats (tiny gradients, Adam moments) slow CPUs by 10-100×
-    torch.manual_seed(rank_seed(config.seed, rank))
-    model = model.to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
-    step = 0
-    total_steps = config.steps
-    elapsed_before = 0.0
+
+def _start(state: TrainState, run: RunDir | None, config: TrainConfig, rank: int, device: torch.device, resume: bool) -> bool:
+    """Restore ``state`` to resume (True: the run had already finished), or start the metrics afresh."""
     if resume:
         if run is None:
             raise DiffvaeError("resume needs a run directory")
-        tensors, meta = run.load_checkpoint()
-        _load_state(model, split_prefixed(tensors, "model"), run)
-        _load_state(ema, split_prefixed(tensors, "ema"), run)
-        load_optimizer_tensors(opt, split_prefixed(tensors, "optimizer"), meta["optimizer_param_groups"])
-        step = int(meta["step"])
-        if _rng_key("torch", rank) in tensors:
-            torch.set_rng_state(tensors[_rng_key("torch", rank)])
-        else:  # resumed with more processes than saved it: a fresh, still seeded, stream
-            torch.manual_seed(rank_seed(config.seed + step, rank))
-        if device.type == "cuda" and _rng_key("cuda", rank) in tensors:
-            torch.cuda.set_rng_state(tensors[_rng_key("cuda", rank)], device)
-        total_steps = meta.get("total_steps") or total_steps
-        elapsed_before = float(meta.get("elapsed", 0.0))
+        state.restore(run, config, rank, device)
         if rank == 0:
-            run.truncate_metrics(step)
-        if total_steps is not None and step >= total_steps:
-            return ema.eval(), TrainResult(step, elapsed_before, float(meta.get("loss", float("nan"))), 0.0)
+            run.truncate_metrics(state.step)
+        if state.total_steps is not None and state.step >= state.total_steps:
+            return True
+        state.loss = float("nan")  # the loss of this process's steps
     elif run is not None and rank == 0 and run.metrics_path.exists():
         run.truncate_metrics(0)  # a (stage) restarted from scratch after a crash logs from scratch too
+    return False
 
-    first_step = step
-    loss_module: nn.Module = _LossModule(model)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
-        loss_module = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
-    data = images.to(device)
-    local_batch = min(config.batch_size, n) // world
-    snapshots = None
-    if run is not None and rank == 0:
-        snapshots = SnapshotRecorder.open(run.path, config, step=step, resume=resume, batch=min(config.batch_size, n),
-                                          before=compute_before or Compute(), clock=wall_clock,
-                                          measure=lambda: training_gflop_per_image(model, data[:min(n, 8)]))
+class TrainLoop:
+    """run_loop → run_step → (train_step) → log → save, as improved-diffusion's TrainLoop."""
 
-    def save(loss_value: float, elapsed: float) -> None:
-        if run is None:
-            return
-        rng_states = _gather_rng_states(device, world) if world > 1 else [{"torch": torch.get_rng_state()}]
-        if rank != 0:
-            return
-        if device.type == "cuda" and world == 1:
-            rng_states[0]["cuda"] = torch.cuda.get_rng_state(device)
-        opt_tensors, groups = optimizer_tensors(opt)
-        tensors = {
-            **add_prefix(model.state_dict(), "model"),
-            **add_prefix(ema.state_dict(), "ema"),
-            **add_prefix(opt_tensors, "optimizer"),
-        }
-        for r, states in enumerate(rng_states):
-            tensors.update({_rng_key(name, r): value for name, value in states.items()})
-        meta = {"step": step, "total_steps": total_steps, "optimizer_param_groups": groups, "loss": loss_value,
-                "elapsed": elapsed, "world_size": world, **(extra_metadata or {})}
-        run.save_checkpoint(tensors, meta)
+    def __init__(self, state: TrainState, source: BatchSource, config: TrainConfig, settings: StepSettings,
+                 run: RunDir | None, *, rank: int, description: str, progress: bool, extra_metadata: dict[str, Any] | None,
+                 compute_before: Compute | None, resume: bool):
+        self.state, self.source, self.config, self.settings, self.run, self.rank = state, source, config, settings, run, rank
+        self.extra_metadata = extra_metadata
+        self.loss_module: nn.Module = _LossModule(state.model)
+        if settings.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-    budget_s = config.budget_minutes * 60.0 if config.budget_minutes is not None else None
-    rate_from_step, rate_from_time = step + 3, 0.0  # the first steps are slow (allocation, kernel selection)
-    provisional_total = total_steps or 10**9
-    bar = _progress_bar(total_steps, step, description, enabled=progress and rank == 0)
-    start = wall_clock() - elapsed_before
-    last_log_time, last_log_step = wall_clock(), step
-    log_sums: dict[str, float] = {}
-    log_count = 0
-    loss_value = float("nan")
-    try:  # an interrupt or a NaN closes the progress bar first, so the error line stands on its own
-        model.train()
-        while True:
-            if total_steps is not None and step >= total_steps:
-                break
-            if budget_s is not None and wall_clock() - start >= budget_s:
-                total_steps = step  # the budget is a hard limit even if the measured rate drifts
-                break
-            lr = learning_rate(step, total_steps or provisional_total, config.lr, config.warmup_steps, config.min_lr_ratio)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            if hasattr(model, "set_step"):
-                model.set_step(step)
-            idx = batch_indices(step, n, config.batch_size, config.seed)[rank * local_batch:(rank + 1) * local_batch]
-            with autocast(device, autocast_dtype):
-                loss, logs = loss_module(data[idx.to(device)])
-            if not _finite_on_every_rank(loss, world):  # checked together so that no rank waits for a dead one
-                _stop_non_finite(step, "loss", run)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            if not torch.isfinite(grad_norm):
-                _stop_non_finite(step, "gradient", run)
-            opt.step()
-            ema_update(ema, model, ema_decay_at(step, config.ema_decay))
-            step += 1
-            loss_value = float(loss.detach())
-            log_count += 1
-            for k, v in {"loss": loss_value, "grad_norm": float(grad_norm), **logs}.items():
-                log_sums[k] = log_sums.get(k, 0.0) + float(v)
+            device = settings.device
+            self.loss_module = DistributedDataParallel(self.loss_module, device_ids=[device.index] if device.type == "cuda" else None)
+        self.snapshots = None
+        if run is not None and rank == 0:
+            batch = min(config.batch_size, source.n)
+            self.snapshots = SnapshotRecorder.open(run.path, config, step=state.step, resume=resume, batch=batch,
+                                                   before=compute_before or Compute(), clock=wall_clock,
+                                                   measure=lambda: training_gflop_per_image(state.model, source.probe()))
+        self.schedule = BudgetSchedule(config, state.total_steps, state.step)
+        self.first_step = state.step
+        self.bar = _progress_bar(state.total_steps, state.step, description, enabled=progress and rank == 0)
 
-            if total_steps is None:  # budget mode: measure the step rate, then fix the schedule's length
-                now = wall_clock()
-                if step == rate_from_step:
-                    rate_from_time = now
-                elif step > rate_from_step and (step - rate_from_step >= 50 or now - rate_from_time >= min(10.0, 0.05 * budget_s)):
-                    rate = (step - rate_from_step) / max(now - rate_from_time, 1e-9)
-                    total_steps = max(step + 1, step + int(rate * (budget_s - (now - start))))
-                    if bar is not None:
-                        bar.total = total_steps
-                        bar.refresh()
-            if step % config.log_every == 0 or step == total_steps:
-                now = wall_clock()
-                row = {k: v / log_count for k, v in log_sums.items()}
-                row.update(step=step, lr=lr, elapsed=round(now - start, 3),
-                           images_per_s=(step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9))
-                if run is not None and rank == 0:
-                    run.append_metrics(row)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
-                log_sums, log_count = {}, 0
-                last_log_time, last_log_step = now, step
-            if bar is not None:
-                bar.update(1)
-            if snapshots is not None:
-                snapshots.after_step(step, wall_clock() - start, ema)
-            if step % config.checkpoint_every == 0 and step != total_steps:  # the last step is saved below
-                save(loss_value, wall_clock() - start)
-    except BaseException:
-        if bar is not None:
-            bar.close()
-        raise
-    elapsed = wall_clock() - start
-    if snapshots is not None:
-        snapshots.finish(step, elapsed, ema)  # before the checkpoint: a saved final step has its snapshot
-    save(loss_value, elapsed)
-    if bar is not None:
-        bar.close()
-    ema.eval()
-    return ema, TrainResult(step, elapsed, loss_value, (step - first_step) * config.batch_size / max(elapsed - elapsed_before, 1e-9))
+    def run_loop(self) -> tuple[nn.Module, TrainResult]:
+        state = self.state
+        self.start = wall_clock() - state.elapsed_before
+        self.metrics = MetricsAccumulator(state.step, wall_clock())
+        try:  # an interrupt or a NaN closes the progress bar first, so the error line stands on its own
+            state.model.train()
+            while not self.schedule.finished(state.step, wall_clock() - self.start if self.schedule.budget_s is not None else 0.0):
+                self.run_step()
+        except BaseException:
+            if self.bar is not None:
+                self.bar.close()
+            raise
+        state.total_steps = self.schedule.total_steps
+        elapsed = wall_clock() - self.start
+        if self.snapshots is not None:
+            self.snapshots.finish(state.step, elapsed, state.ema)  # before the checkpoint: a saved final step has its snapshot
+        self.save(elapsed)
+        if self.bar is not None:
+            self.bar.close()
+        state.ema.eval()
+        images_per_s = (state.step - self.first_step) * self.config.batch_size / max(elapsed - state.elapsed_before, 1e-9)
+        return state.ema, TrainResult(state.step, elapsed, state.loss, images_per_s)
+
+    def run_step(self) -> None:
+        state, schedule = self.state, self.schedule
+        lr = schedule.lr(state.step)
+        x, _ = self.source.batch(state.step)
+        logs = train_step(state, x, self.settings, lr, self.run, self.loss_module)
+        self.metrics.add(logs)
+        if schedule.total_steps is None:  # budget mode: measure the step rate, then fix the schedule's length
+            now = wall_clock()
+            if schedule.after_step(state.step, now, now - self.start) and self.bar is not None:
+                self.bar.total = schedule.total_steps
+                self.bar.refresh()
+        state.total_steps = schedule.total_steps
+        self.log_step(lr)
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.snapshots is not None:
+            self.snapshots.after_step(state.step, wall_clock() - self.start, state.ema)
+        if state.step % self.config.checkpoint_every == 0 and state.step != state.total_steps:  # the last step is saved below
+            self.save(wall_clock() - self.start)
+
+    def log_step(self, lr: float) -> None:
+        step = self.state.step
+        if step % self.config.log_every == 0 or step == self.state.total_steps:
+            now = wall_clock()
+            row = self.metrics.row(step, lr, now, now - self.start, self.config.batch_size)
+            if self.run is not None and self.rank == 0:
+                self.run.append_metrics(row)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
+
+    def save(self, elapsed: float) -> None:
+        self.state.checkpoint(self.run, elapsed, self.rank, self.settings.world, self.settings.device, self.extra_metadata)
 
 
 def _rng_key(name: str, rank: int) -> str:
@@ -508,6 +701,8 @@ def _progress_bar(total: int | None, initial: int, description: str, enabled: bo
 
 
 def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    known = {f for f in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**{k: v for k, v in d.items() if k in known})
+    """A TrainConfig from JSON values, refusing unknown keys (one error line)."""
+    from diffvae.families import config_from_dict
+
+    return config_from_dict(TrainConfig, d)
 

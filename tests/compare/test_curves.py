@@ -2,7 +2,6 @@
 ``curves`` stage's results schema on a real tiny run, the equal-time budget split and ``--split``."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +16,8 @@ from diffvae.compare.curves import (
     learning_curves,
     pick_snapshots,
 )
-from diffvae.compare.pipeline import COLLAPSE_SHARE, parse_split, plan
+from diffvae.compare.pipeline import parse_split, plan
+from diffvae.vae.family import COLLAPSE_SHARE
 from diffvae.errors import DiffvaeError
 from diffvae.metrics.distances import fid
 from diffvae.snapshots import read_index, snapshot_folder
@@ -115,14 +115,9 @@ def vae_run(tmp_path_factory):
     return out
 
 
-def _args(**kw):
-    return SimpleNamespace(**{"quiet": True, "device": "cpu", "budget": 2.0, "seed": 0, **kw})
-
-
 def test_the_curves_stage_writes_one_point_per_snapshot_with_the_schema(vae_run):
     dataset = DataConfig("digits").load()
-    results: dict = {}
-    learning_curves(["vae"], dataset, vae_run, 1e6, _args(), results, {"extractor": PixelFeatures()})
+    results = learning_curves(["vae"], dataset, vae_run, 1e6, PixelFeatures(), budget_minutes=2.0, seed=0, device="cpu")
     entries = read_index(vae_run / "runs" / "vae")["snapshots"]
     points = results["learning_curves"]["vae"]
     assert [p["step"] for p in points] == [e["step"] for e in entries]  # all fit in a practically unlimited time
@@ -153,8 +148,8 @@ def test_a_snapshot_point_is_the_metric_of_those_weights(vae_run):
 
 
 def test_the_curves_stage_starts_nothing_it_has_no_time_for(vae_run):
-    results: dict = {}
-    learning_curves(["vae"], DataConfig("digits").load(), vae_run, 0.0, _args(), results, {"extractor": PixelFeatures()})
+    results = learning_curves(["vae"], DataConfig("digits").load(), vae_run, 0.0, PixelFeatures(), budget_minutes=2.0, seed=0,
+                              device="cpu")
     entries = read_index(vae_run / "runs" / "vae")["snapshots"]
     assert results["learning_curves"] == {"vae": []}
     assert results["learning_curve_settings"]["skipped_steps"]["vae"] == [e["step"] for e in entries]

@@ -15,7 +15,8 @@ from diffvae.diffusion import likelihood, samplers
 from diffvae.diffusion.model import DiffusionConfig
 from diffvae.errors import DiffvaeError
 from diffvae.latent.autoencoder import AutoencoderKL, latent_scale_from
-from diffvae.latent.model import LatentDiffusion, LDMConfig, stage_train_configs
+from diffvae.latent.fit import stage_train_configs
+from diffvae.latent.model import LatentDiffusion, LDMConfig
 from diffvae.runs import RunDir, load_tensors, split_prefixed
 from diffvae.train import TrainConfig
 
@@ -50,6 +51,26 @@ def test_config_carries_every_diffusion_field_to_the_denoiser():
     assert model.denoiser.schedule.T == 77 and model.denoiser.config.prediction == "v"
     assert model.latent_shape == (2, 14, 14) and model.denoiser.shape == (2, 14, 14)
     assert LatentDiffusion(tiny_config(downsample=4), (1, 28, 28)).latent_shape == (2, 7, 7)
+
+
+OLD_LDM_KEYS = {"downsample", "latent_channels", "ae_width", "ae_res_blocks", "kl_weight", "perceptual_weight", "ae_steps_fraction",
+                "ae_steps", "ae_run", "latent_scale", "schedule", "timesteps", "prediction", "loss_weight", "min_snr_gamma",
+                "channels", "channel_mult", "num_res_blocks", "attention_levels", "dropout", "sampler", "sample_steps", "eta",
+                "invert_steps", "clip_x0"}
+
+
+def test_ldm_config_is_a_diffusion_config_with_the_same_flat_keys_and_defaults():
+    """LDMConfig reuses DiffusionConfig; config.json keeps its flat keys, so existing runs still load."""
+    from diffvae.families import config_from_dict
+
+    config = LDMConfig()
+    assert isinstance(config, DiffusionConfig)
+    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS
+    assert (config.channel_mult, config.clip_x0, config.channels, config.sampler, config.schedule) == ((1, 2), False, 64, "dpm++2m", "linear")
+    saved = json.loads(json.dumps(dataclasses.asdict(tiny_config(latent_scale=0.7))))
+    assert config_from_dict(LDMConfig, saved) == tiny_config(latent_scale=0.7)
+    with pytest.raises(DiffvaeError, match="unknown LDMConfig field"):
+        config_from_dict(LDMConfig, {**saved, "ae_widht": 8})
 
 
 @pytest.mark.parametrize("bad", [dict(downsample=3), dict(ae_steps_fraction=1.0), dict(ae_steps=-1), dict(latent_scale=0.0),

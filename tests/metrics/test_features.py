@@ -136,3 +136,13 @@ def test_recognisability_against_direct_formulas():
     assert collapsed["confident_fraction"] == 0.0 and collapsed["class_entropy_bits"] == 0.0
     with pytest.raises(DiffvaeError):
         recognisability(np.zeros((0, 3)))
+
+
+def test_features_do_not_depend_on_the_memory_layout_of_the_images(mnist, mnist_extractor):
+    """N×H×W×1 samples (as pythae/diffusers save them) permuted to N×1×H×W are a strided view; their features
+    must equal those of the same images laid out contiguously, bit for bit (score vs eval)."""
+    images = mnist.test[:64]
+    nhwc = images.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format)  # as read from an N×H×W×1 file
+    view = nhwc.permute(0, 3, 1, 2)
+    assert view.stride() != images.stride()
+    assert np.array_equal(mnist_extractor.features(view), mnist_extractor.features(images))

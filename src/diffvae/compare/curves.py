@@ -19,7 +19,6 @@ linear interpolation between measured points, only where both curves were measur
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,22 +57,20 @@ def curve_samples(budget_minutes: float) -> int:
 
 # ----------------------------------------------------------------------------- the stage
 
-def learning_curves(families: Sequence[str], dataset, out: Path, seconds: float, args, results: dict,
-                    extractor_box: dict) -> None:
-    """The ``curves`` stage: every family's curve within ``seconds``, into ``results``.
+def learning_curves(families: Sequence[str], dataset, out: Path, seconds: float, extractor, *, budget_minutes: float,
+                    seed: int = 0, device: str = "cpu", quiet: bool = True) -> dict[str, Any]:
+    """The ``curves`` stage: every family's curve within ``seconds``; returns
+    ``{"learning_curves": ..., "learning_curve_settings": ...}`` for results.json. ``extractor`` is
+    the feature network shared with the evaluation stages (its training is not the curves' time).
 
     The final weights of every family first (cheapest family first), then each family in turn gets an
     equal share of the time left, what one family does not use going to the next."""
-    from diffvae.metrics.features import get_feature_extractor
     from diffvae.train import resolve_device
 
-    if "extractor" not in extractor_box:  # shared with the evaluation stages; trained once per dataset, then cached
-        extractor_box["extractor"] = get_feature_extractor(dataset, progress=not args.quiet)
-    started = time.perf_counter()  # the stage's time is the curves' own: the shared feature network is not theirs
-    device = resolve_device(args.device).type
-    settings = CurveSettings(n_samples=curve_samples(args.budget), seed=args.seed,
-                             clock="CPU-minutes" if device == "cpu" else "GPU-minutes")
-    measure = SnapshotMeasure(extractor_box["extractor"], dataset, settings)
+    started = time.perf_counter()
+    settings = CurveSettings(n_samples=curve_samples(budget_minutes), seed=seed,
+                             clock="CPU-minutes" if resolve_device(device).type == "cpu" else "GPU-minutes")
+    measure = SnapshotMeasure(extractor, dataset, settings)
     curves = {f: FamilyCurve(out / "runs" / f, measure) for f in families if read_index(out / "runs" / f) is not None}
 
     def left() -> float:
@@ -83,8 +80,8 @@ def learning_curves(families: Sequence[str], dataset, out: Path, seconds: float,
         curve.extend(deadline=time.perf_counter() + left(), most=1)
     for i, curve in enumerate(curves.values()):
         curve.extend(deadline=time.perf_counter() + left() / (len(curves) - i))
-    results["learning_curves"] = {f: c.points_in_order() for f, c in curves.items()}
-    results["learning_curve_settings"] = {**asdict(settings), "skipped_steps": {f: c.skipped() for f, c in curves.items()}}
+    return {"learning_curves": {f: c.points_in_order() for f, c in curves.items()},
+            "learning_curve_settings": {**asdict(settings), "skipped_steps": {f: c.skipped() for f, c in curves.items()}}}
 
 
 class SnapshotMeasure:
@@ -195,12 +192,11 @@ def _bound_bpd(model, held_out: torch.Tensor, fit_images: torch.Tensor, settings
     """``bpd``: the mean bits/dim of the family's bound on ``held_out`` with the cheap options its
     ``bound`` accepts (a K-draw estimate; reverse variances fitted on ``fit_images``), and the
     ``bpd_variance`` it chose where it names one."""
-    options = {"timesteps": settings.bound_timesteps, "generator": torch.Generator().manual_seed(settings.seed),
-               "fit_data": fit_images}
-    params = inspect.signature(model.bound).parameters
-    options = {k: v for k, v in options.items() if k in params}  # the keywords each family's bound names
+    from diffvae.contract import BoundOptions, spec_of
+
+    options = spec_of(model).bound_kwargs(BoundOptions(timesteps=settings.bound_timesteps, fit_data=fit_images))
     with torch.no_grad():
-        bound = model.bound(held_out, **options)
+        bound = model.bound(held_out, generator=torch.Generator().manual_seed(settings.seed), **options)
     value = float(bound["bpd"].double().mean())
     out: dict[str, Any] = {"bpd": value if math.isfinite(value) else None}
     if isinstance(bound.get("variance"), str):
@@ -277,11 +273,12 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float:
 
 def crossover_sentences(results: dict[str, Any]) -> list[str]:
     """The measured crossovers of every pair of learning curves, FID then bits/dim, as sentences."""
-    from diffvae.compare.report import FAMILY_TITLES, fmt
+    from diffvae.compare.report import fmt
+    from diffvae.compare.report import title as family_title
 
     curves = results.get("learning_curves") or {}
     unit = (results.get("learning_curve_settings") or {}).get("clock", "CPU-minutes")
-    title = {f: FAMILY_TITLES.get(f, f) for f in curves}
+    title = {f: family_title(f) for f in curves}
     lines = []
     for key, label in METRICS:
         for a, b in combinations(curves, 2):
@@ -321,7 +318,7 @@ def bpd_vs_compute(results: dict[str, Any], path: Path) -> bool:
 
 def _curve_figure(results: dict[str, Any], path: Path, key: str, ylabel: str, title: str) -> bool:
     """``key`` against minutes (left) and GFLOP (right), every family, log x, shared y."""
-    from diffvae.compare.figures import COLORS, _pyplot, _save
+    from diffvae.compare.figures import _pyplot, _save, color
 
     curves = {f: [p for p in pts if p.get(key) is not None] for f, pts in (results.get("learning_curves") or {}).items()}
     curves = {f: pts for f, pts in curves.items() if pts}
@@ -333,11 +330,11 @@ def _curve_figure(results: dict[str, Any], path: Path, key: str, ylabel: str, ti
     for ax, axis, xlabel in ((axes[0], "minutes", f"training {unit}"), (axes[1], "gflop", "training GFLOP")):
         for fam, pts in curves.items():
             xs, ys = [p[axis] for p in pts], [p[key] for p in pts]
-            ax.plot(xs, ys, marker="o", color=COLORS.get(fam), label=fam)
+            ax.plot(xs, ys, marker="o", color=color(fam), label=fam)
             # the interval as a low–high segment: a bias-corrected FID interval can lie wholly below the point
             for x, p in zip(xs, pts):
                 if p.get(f"{key}_ci95"):
-                    ax.vlines(x, *p[f"{key}_ci95"], color=COLORS.get(fam), alpha=0.5)
+                    ax.vlines(x, *p[f"{key}_ci95"], color=color(fam), alpha=0.5)
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")

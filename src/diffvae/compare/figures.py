@@ -9,17 +9,29 @@ from typing import Any
 
 from diffvae.runs import atomic_write_bytes
 
-COLORS = {"vae": "#1f77b4", "ddpm": "#d62728", "ldm": "#2ca02c"}
-# (key, label, sign): bpd = Σ sign · part. The LDM's entropy_bpd is +H[q(z|x)], which the bound
-# subtracts (bpd = reconstruction − entropy + latent prior + Jacobian, diffvae.latent.bound); the VAE's
-# iwae_gap_bpd (IWAE − ELBO) is ≤ 0 and enters with +.
-BPD_PARTS = {
-    "vae": [("recon_bpd", "reconstruction", 1), ("kl_bpd", "KL", 1), ("iwae_gap_bpd", "IWAE gain over the ELBO", 1)],
-    "ddpm": [("decoder_bpd", "L0 decoder", 1), ("diffusion_bpd", "Σ KL (t ≥ 2)", 1), ("prior_bpd", "L_T prior", 1)],
-    "ldm": [("reconstruction_bpd", "reconstruction", 1), ("entropy_bpd", "−entropy H[q(z|x)]", -1),
-            ("latent_prior_bpd", "latent diffusion bound", 1), ("jacobian_bpd", "scale Jacobian", 1)],
-}
 PARTS_TOLERANCE = 1e-6  # relative: parts that miss their total by more get an explicit remainder
+
+
+def spec_or_none(fam: str):
+    """The family's spec, or None for a name no longer registered (a report redrawn from old results)."""
+    from diffvae.errors import DiffvaeError
+    from diffvae.families import get_family
+
+    try:
+        return get_family(fam).spec()
+    except DiffvaeError:
+        return None
+
+
+def color(fam: str) -> str | None:
+    spec = spec_or_none(fam)
+    return spec.color if spec is not None else None
+
+
+def _bound_parts(fam: str) -> tuple[tuple[str, str, int], ...]:
+    """(key, label, sign) of the family's bound: bpd = Σ sign · part (its ``spec.bound_parts``)."""
+    spec = spec_or_none(fam)
+    return spec.bound_parts if spec is not None else ()
 
 
 @dataclass
@@ -33,7 +45,7 @@ class BpdStack:
 
 
 def bpd_stack(results: dict[str, Any], fam: str) -> BpdStack | None:
-    """The signed parts of a family's bound (``BPD_PARTS``), over the same images as their total.
+    """The signed parts of a family's bound (its ``spec.bound_parts``), over the same images as their total.
 
     If the evaluation gave the parts on a subset only (``bound_parts_n`` of ``bpd_n`` images, with
     their own total ``bpd_full_subset``), the total is that subset's and ``note`` says so. Parts
@@ -47,7 +59,7 @@ def bpd_stack(results: dict[str, Any], fam: str) -> BpdStack | None:
     if k is not None and k != n and r.get("bpd_full_subset") is not None:
         total, images = float(r["bpd_full_subset"]), k
         note = f"parts from {k} of the {n if n is not None else '?'} images (their bound {total:.4g})"
-    parts = [(label, sign * float(r[key])) for key, label, sign in BPD_PARTS.get(fam, []) if r.get(key) is not None]
+    parts = [(label, sign * float(r[key])) for key, label, sign in _bound_parts(fam) if r.get(key) is not None]
     remainder = total - sum(v for _, v in parts)
     if parts and abs(remainder) > PARTS_TOLERANCE * max(1.0, abs(total)):
         parts.append(("remainder (not itemised)", remainder))
@@ -61,6 +73,16 @@ def _save(fig, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as a PNG, atomically, and close it."""
+    _save(fig, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend."""
+    return _pyplot()
 
 
 def _pyplot():
@@ -78,32 +100,56 @@ def draw_all(out: Path, results: dict[str, Any]) -> dict[str, str]:
 
     drawn = {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    for name, fn in (("quality_vs_nfe", quality_vs_nfe), ("bpd_bars", bpd_bars), ("training_curves", training_curves),
-                     ("kl_per_dim", kl_per_dim), ("collapse", collapse), ("fid_vs_compute", fid_vs_compute),
-                     ("bpd_vs_compute", bpd_vs_compute)):
+    plots = [("quality_vs_nfe", quality_vs_nfe), ("bpd_bars", bpd_bars), ("training_curves", training_curves)]
+    plots += [(extra.name, lambda r, path, extra=extra, fam=fam: extra.draw(r, fam, path)) for fam, extra in _extra_figures(results)]
+    plots += [("fid_vs_compute", fid_vs_compute), ("bpd_vs_compute", bpd_vs_compute)]
+    for name, fn in plots:
         rel = f"figures/{name}.png"
         if fn(results, out / rel):
             drawn[name] = rel
     return drawn
 
 
+def _extra_figures(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(family, ExtraFigure) of every registered family in the results, in their order."""
+    names = list(dict.fromkeys([*(results.get("families_requested") or []), *results.get("families", {})]))
+    specs = [(fam, spec_or_none(fam)) for fam in names]
+    return [(fam, extra) for fam, spec in specs if spec is not None for extra in spec.extra_figures]
+
+
+def captions(results: dict[str, Any]) -> dict[str, str]:
+    """Figure name -> caption for the report."""
+    base = {"quality_vs_nfe": "Quality against NFE", "bpd_bars": "Bits/dim and the bound's parts",
+            "training_curves": "Training curves", "fid_vs_compute": "Learning curves: FID against training compute",
+            "bpd_vs_compute": "Learning curves: bits/dim against training compute"}
+    return {**base, **{extra.name: extra.caption for _, extra in _extra_figures(results)}}
+
+
 def quality_vs_nfe(results: dict[str, Any], path: Path) -> bool:
+    """FID against NFE: each sampler of every swept family as a curve (stochastic samplers dotted),
+    and each family sampled in one pass as a star."""
     fams = results.get("families", {})
     curves = {f: r.get("sweep") for f, r in fams.items() if r.get("sweep")}
-    if not curves and "vae" not in fams:
+    one_pass = {f: r for f, r in fams.items() if spec_or_none(f) is not None and not spec_or_none(f).iterative}
+    if not curves and not one_pass:
         return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    markers = {"ddpm": "o", "ddim": "s", "dpm++2m": "^"}
     for fam, rows in curves.items():
+        spec = spec_or_none(fam)
+        samplers = spec.samplers if spec is not None else ()
+        stochastic = spec.stochastic_samplers if spec is not None else ()
         for sampler in sorted({r["sampler"] for r in rows}):
             pts = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler and r.get("fid") is not None)
             if pts:
-                ax.plot(*zip(*pts), marker=markers.get(sampler, "o"), color=COLORS.get(fam), label=f"{fam} {sampler}",
-                        linestyle="-" if sampler != "ddpm" else ":")
-    vae = fams.get("vae", {})
-    if vae.get("fid") is not None:
-        ax.scatter([1], [vae["fid"]], color=COLORS["vae"], marker="*", s=150, label="vae (1 decode)", zorder=5)
+                marker = MARKERS[samplers.index(sampler) % len(MARKERS)] if sampler in samplers else "o"
+                ax.plot(*zip(*pts), marker=marker, color=color(fam), label=f"{fam} {sampler}",
+                        linestyle=":" if sampler in stochastic else "-")
+    for fam, r in one_pass.items():
+        if r.get("fid") is not None:
+            nfe = r.get("nfe") or 1
+            ax.scatter([nfe], [r["fid"]], color=color(fam), marker="*", s=150,
+                       label=f"{fam} (1 decode)" if nfe == 1 else f"{fam} ({nfe} NFE)", zorder=5)
     ax.set_xscale("log")
     ax.set_xlabel("network evaluations per sample (NFE)")
     ax.set_ylabel(f"FID ({results.get('feature_space', 'diffvae features')})")
@@ -112,6 +158,9 @@ def quality_vs_nfe(results: dict[str, Any], path: Path) -> bool:
     ax.grid(alpha=0.3)
     _save(fig, path)
     return True
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P")  # by the sampler's place in the family's spec.samplers
 
 
 def bpd_bars(results: dict[str, Any], path: Path) -> bool:
@@ -159,43 +208,10 @@ def training_curves(results: dict[str, Any], path: Path) -> bool:
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
     for ax, (fam, curve) in zip(axes[0], curves.items()):
         steps, losses = zip(*curve)
-        ax.plot(steps, losses, color=COLORS.get(fam))
+        ax.plot(steps, losses, color=color(fam))
         ax.set_title(f"{fam}: {results['training'][fam].get('objective', '')}", fontsize=8)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
-    _save(fig, path)
-    return True
-
-
-def kl_per_dim(results: dict[str, Any], path: Path) -> bool:
-    vae = results.get("families", {}).get("vae", {})
-    kl = vae.get("kl_per_dim")
-    if not kl:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    order = sorted(range(len(kl)), key=lambda i: -kl[i])
-    ax.bar(range(len(kl)), [kl[i] for i in order], color=COLORS["vae"])
-    ax.set_xlabel("latent dimension (sorted)")
-    ax.set_ylabel("KL, nats")
-    ax.set_title(f"VAE: KL per latent dimension — {vae.get('active_units')} active of {len(kl)}")
-    _save(fig, path)
-    return True
-
-
-def collapse(results: dict[str, Any], path: Path) -> bool:
-    study = results.get("collapse")
-    if not study or "without_free_bits" not in study or "with_free_bits" not in study:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for label, key, offset in (("no free bits", "without_free_bits", -0.2), (f"free bits {study['free_bits']}", "with_free_bits", 0.2)):
-        kl = sorted(study[key].get("kl_per_dim") or [], reverse=True)
-        ax.bar([i + offset for i in range(len(kl))], kl, width=0.4, label=f"{label}: {study[key].get('active_units')} active")
-    ax.set_xlabel("latent dimension (sorted)")
-    ax.set_ylabel("KL, nats")
-    ax.set_title("Posterior collapse with a PixelCNN decoder, and its cure")
-    ax.legend(fontsize=8)
     _save(fig, path)
     return True

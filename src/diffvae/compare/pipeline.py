@@ -1,9 +1,12 @@
 """``diffvae compare``: train every family under one wall-clock budget, evaluate them with the one
 evaluation, and write the report.
 
-The budget covers everything (training, the posterior-collapse study, evaluation, the learning
-curves of :mod:`diffvae.compare.curves`, figures). Every family gets the same training time unless
-``--split`` sets relative times. The budget is split up front — the split is printed and stored in
+The budget covers everything (training, the families' own stages such as the VAE's posterior-collapse
+study, evaluation, the learning curves of :mod:`diffvae.compare.curves`, figures). Every family gets
+its spec's training share (equal by default) unless ``--split`` sets relative times. The families are
+every registered one (:mod:`diffvae.families`) unless ``--families`` picks some; what differs between
+them comes from their spec (:class:`diffvae.contract.FamilySpec`). Each stage returns its result and
+the pipeline stores it in ``results.json``. The budget is split up front — the split is printed and stored in
 ``results.json`` — and each stage gets its share of what is *left* when it starts, so an early
 overrun is absorbed by the later stages and the whole run stays within about ±10% of the budget.
 
@@ -24,20 +27,67 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-
+from diffvae.contract import CompareContext
 from diffvae.errors import DiffvaeError
 from diffvae.runs import LOCK, WriterLock, atomic_write_text, read_json, write_json
 
-FAMILY_ORDER = ("vae", "ddpm", "ldm")
 SETTINGS = "compare.json"  # data spec + content hash, families, budget, split, seed: what --resume must match
 DEFAULT_BUDGET_MINUTES = 15.0
 
-# Shares of the budget. Training is split among the families run (equally unless --split says
-# otherwise), evaluation too; the learning curves evaluate every family's snapshots.
+# Shares of the budget. Training is split among the families run (by their spec's train_share unless
+# --split says otherwise), evaluation equally; the learning curves evaluate every family's snapshots;
+# a family's own stages (spec.extra_stages, e.g. the VAE's posterior-collapse study) bring their share.
 TRAIN_SHARE = 0.54
-COLLAPSE_SHARE = 0.08  # two VAEs with a PixelCNN decoder: without and with free bits
 EVAL_SHARE = 0.26  # evaluation, sampler sweep, figures and report
 CURVES_SHARE = 0.12  # the learning curves (diffvae.compare.curves)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Everything ``diffvae compare`` is asked: the data, the budget, the families and their split, the
+    seed and device, and how to treat an existing ``out``. None = the stored value with ``resume``,
+    else the default (:meth:`resolved`)."""
+
+    data: str
+    out: str
+    budget_minutes: float | None = None
+    families: tuple[str, ...] | str | None = None  # a tuple, or the text of --families
+    split: dict[str, float] | str | None = None  # relative training times, or the text of --split
+    seed: int | None = None
+    device: str = "auto"
+    size: int | None = None
+    key: str | None = None
+    binarize: bool = False
+    limit: int | None = None
+    resume: bool = False
+    force: bool = False
+    quiet: bool = False
+
+    def data_config(self):
+        from diffvae.api import DataConfig
+
+        return DataConfig(spec=self.data, size=self.size, key=self.key, binarize=self.binarize, limit=self.limit)
+
+    def resolved(self, stored: dict[str, Any] | None) -> "CompareConfig":
+        """Families, split, budget and seed: each given, else stored (``resume``), else the default."""
+        if self.families is not None:
+            families = parse_families(self.families) if isinstance(self.families, str) else parse_families(",".join(self.families))
+        else:
+            families = tuple(stored["families"]) if stored else family_order()
+        if self.split is not None:
+            split = parse_split(self.split, families) if isinstance(self.split, str) else dict(self.split)
+        else:
+            split = stored["split"] if stored else None
+        budget = self.budget_minutes if self.budget_minutes is not None else stored["budget_minutes"] if stored else DEFAULT_BUDGET_MINUTES
+        seed = self.seed if self.seed is not None else stored["seed"] if stored else 0
+        return dataclasses.replace(self, families=families, split=split, budget_minutes=budget, seed=seed)
+
+
+def family_order() -> tuple[str, ...]:
+    """Every registered family, in registry order: compare's default and its column order."""
+    from diffvae.families import FAMILIES
+
+    return tuple(FAMILIES)
 
 
 @dataclass
@@ -54,13 +104,17 @@ class ComparePlan:
 
 def plan(data: str, budget_minutes: float, families: tuple[str, ...], split: dict[str, float] | None = None) -> ComparePlan:
     """Split the budget among the stages in proportion to their shares; the training share among the
-    families in proportion to ``split`` (relative weights; equal training time when None)."""
-    weights = split or {fam: 1.0 for fam in families}
+    families in proportion to ``split`` (relative weights; each family's ``spec.train_share`` when None)."""
+    from diffvae.families import get_family
+
+    specs = {fam: get_family(fam).spec() for fam in families}
+    weights = split or {fam: specs[fam].train_share for fam in families}
     shares: dict[str, float] = {}
     for fam in families:
         shares[f"train:{fam}"] = TRAIN_SHARE * weights[fam] / sum(weights[f] for f in families)
-    if "vae" in families:
-        shares["collapse"] = COLLAPSE_SHARE
+    for fam in families:
+        for stage in specs[fam].extra_stages:
+            shares[stage.name] = stage.share
     shares["curves"] = CURVES_SHARE
     for fam in families:
         shares[f"eval:{fam}"] = EVAL_SHARE / len(families)
@@ -111,58 +165,39 @@ class Stages:
         write_json(self.path, self.status)
 
 
-def run_compare(args) -> dict[str, Any]:
-    """The CLI entry point (see the module docstring). Every input is checked first (with ``--resume``,
+def run_compare(config: CompareConfig) -> dict[str, Any]:
+    """The CLI entry point (see the module docstring). Every input is checked first (with ``resume``,
     against the settings stored in ``compare.json``), then the folder is created or reopened under its
     writer lock, then the stages run."""
-    from diffvae.api import DataConfig
-
-    if args.resume and args.force:
+    if config.resume and config.force:
         raise DiffvaeError("--resume reuses the finished stages and --force replaces the folder: pass one of them")
-    out = Path(args.out)
-    _check_out(out, resume=args.resume, force=args.force)
-    stored = read_settings(out) if args.resume else None
-    families, split = _resolve_settings(args, stored)
-    data_config = DataConfig(spec=args.data, size=args.size, key=args.key, binarize=args.binarize, limit=args.limit)
+    out = Path(config.out)
+    _check_out(out, resume=config.resume, force=config.force)
+    stored = read_settings(out) if config.resume else None
+    config = config.resolved(stored)
+    data_config = config.data_config()
     dataset = data_config.load()  # fails early, before anything is written, on bad data
     settings = {"data": dataclasses.asdict(data_config), "content_hash": dataset.content_hash(),
-                "families": list(families), "budget_minutes": args.budget, "split": split, "seed": args.seed}
+                "families": list(config.families), "budget_minutes": config.budget_minutes, "split": config.split,
+                "seed": config.seed}
     if stored is not None:
         _check_same_settings(stored, settings, out)
-    with _open_out(out, resume=args.resume, force=args.force):
+    with _open_out(out, resume=config.resume, force=config.force):
         if stored is None:
             write_json(out / SETTINGS, settings)
-        return _run_stages(args, out, data_config, dataset, families, split)
-
-
-def _resolve_settings(args, stored: dict[str, Any] | None) -> tuple[tuple[str, ...], dict[str, float] | None]:
-    """(families, split), each given, else stored (``--resume``), else the default; ``args.budget``,
-    ``args.seed`` and ``args.families`` are set to the values used."""
-    if args.families is not None:
-        families = parse_families(args.families)
-    else:
-        families = tuple(stored["families"]) if stored else FAMILY_ORDER
-    if args.split is not None:
-        split = parse_split(args.split, families)
-    else:
-        split = stored["split"] if stored else None
-    if args.budget is None:
-        args.budget = stored["budget_minutes"] if stored else DEFAULT_BUDGET_MINUTES
-    if args.seed is None:
-        args.seed = stored["seed"] if stored else 0
-    args.families = ",".join(families)
-    return families, split
+        return _run_stages(StageContext(config, data_config, dataset, out))
 
 
 def parse_families(text: str) -> tuple[str, ...]:
-    """``--families ldm,vae`` → ('vae', 'ldm'): a subset of FAMILY_ORDER, in that order."""
+    """``--families ldm,vae`` → ('vae', 'ldm'): registered families, in registry order."""
+    order = family_order()
     families = tuple(f.strip() for f in text.split(",") if f.strip())
-    unknown = [f for f in families if f not in FAMILY_ORDER]
+    unknown = [f for f in families if f not in order]
     if not families or unknown:
-        raise DiffvaeError(f"--families takes a comma-separated subset of {','.join(FAMILY_ORDER)}, got {text!r}")
+        raise DiffvaeError(f"--families takes a comma-separated subset of {','.join(order)}, got {text!r}")
     if len(set(families)) != len(families):
         raise DiffvaeError(f"--families lists a family twice: {text!r}")
-    return tuple(f for f in FAMILY_ORDER if f in families)
+    return tuple(f for f in order if f in families)
 
 
 def read_settings(out: Path) -> dict[str, Any]:
@@ -174,7 +209,7 @@ def read_settings(out: Path) -> dict[str, Any]:
         raise DiffvaeError(f"--resume: {out} has no {SETTINGS} (an interrupted start, or an older diffvae); "
                            "start again with --force")
     settings = read_json(path)
-    check_compare_settings(settings, path, FAMILY_ORDER)
+    check_compare_settings(settings, path, family_order())
     if (out / "stages.json").exists():
         check_stages(read_json(out / "stages.json"), out / "stages.json")
     if (out / "results.json").exists() and not isinstance(read_json(out / "results.json"), dict):
@@ -196,38 +231,44 @@ def _check_same_settings(stored: dict[str, Any], settings: dict[str, Any], out: 
                            "pass the original ones or start again with --force")
 
 
-def _run_stages(args, out: Path, data_config, dataset, families: tuple[str, ...], split) -> dict[str, Any]:
-    """Plan the budget and run every stage not done yet; write the report."""
-    the_plan = plan(args.data, args.budget, families, split)
-    log = _log
-    log(f"diffvae compare: {the_plan.describe()}")
-    stages = Stages(out, args.resume)
-    start = time.perf_counter()
-    budget_s = args.budget * 60.0
-    results: dict[str, Any] = _previous_results(out) if args.resume else {}
-    results.update({
-        "data": dataset.name, "image_shape": list(dataset.image_shape), "train_size": int(dataset.train.shape[0]),
-        "test_size": int(dataset.test.shape[0]), "budget_minutes": args.budget, "seed": args.seed,
-        "plan_seconds": the_plan.seconds, "families_requested": list(families),
-        "train_split": {f: the_plan.seconds[f"train:{f}"] / 60.0 for f in families},  # planned training minutes
-    })
-    results.setdefault("families", {})
-    results.setdefault("training", {})
+@dataclass
+class StageContext(CompareContext):
+    """The stages' shared inputs, and the feature network, trained once and shared by every stage."""
 
-    def allot(stage: str) -> float:
+    _extractor: Any = None
+
+    def extractor(self):
+        from diffvae.metrics.features import get_feature_extractor
+
+        if self._extractor is None:
+            self._extractor = get_feature_extractor(self.dataset, progress=not self.config.quiet)
+        return self._extractor
+
+
+class StageRunner:
+    """Runs one stage within its share of what is left of the budget; records it in stages.json. A
+    failed stage is recorded and reported, and the others go on."""
+
+    def __init__(self, the_plan: ComparePlan, stages: Stages, out: Path, budget_minutes: float):
+        self.plan, self.stages, self.out, self.budget_minutes = the_plan, stages, out, budget_minutes
+        self.start = time.perf_counter()
+
+    def allot(self, stage: str) -> float:
         """This stage's share of what is left of the budget."""
-        remaining_stages = [s for s in the_plan.seconds if not stages.done(s)]
-        left = budget_s - (time.perf_counter() - start) - _reserve(budget_s)
-        share = the_plan.seconds[stage] / max(1e-9, sum(the_plan.seconds[s] for s in remaining_stages))
+        budget_s = self.budget_minutes * 60.0
+        remaining_stages = [s for s in self.plan.seconds if not self.stages.done(s)]
+        left = budget_s - (time.perf_counter() - self.start) - _reserve(budget_s)
+        share = self.plan.seconds[stage] / max(1e-9, sum(self.plan.seconds[s] for s in remaining_stages))
         return max(5.0, left * share)
 
-    def run_stage(stage: str, fn: Callable[[float], Any]) -> Any:
-        if stages.done(stage):
-            log(f"[{stage}] done earlier, reused")
+    def __call__(self, stage: str, fn: Callable[[float], Any]) -> Any:
+        """``fn(seconds)``'s result, or None if the stage was done earlier or failed."""
+        if self.stages.done(stage):
+            _log(f"[{stage}] done earlier, reused")
             return None
-        seconds = allot(stage)
+        seconds = self.allot(stage)
         eta = time.strftime("%H:%M:%S", time.localtime(time.time() + seconds))
-        log(f"[{stage}] {seconds / 60:.1f} min (until about {eta}) — {_elapsed(start)} of {args.budget:g} min used")
+        _log(f"[{stage}] {seconds / 60:.1f} min (until about {eta}) — {_elapsed(self.start)} of {self.budget_minutes:g} min used")
         t0 = time.perf_counter()
         try:
             value = fn(seconds)
@@ -237,34 +278,71 @@ def _run_stages(args, out: Path, data_config, dataset, families: tuple[str, ...]
             message = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             if not isinstance(e, DiffvaeError):
                 message = f"{type(e).__name__}: {message}"
-                (out / "errors.log").open("a").write(f"[{stage}]\n{traceback.format_exc()}\n")
-            stages.record(stage, "failed", time.perf_counter() - t0, error=message)
-            log(f"[{stage}] FAILED: {message}")
+                with (self.out / "errors.log").open("a") as log:
+                    log.write(f"[{stage}]\n{traceback.format_exc()}\n")
+            self.stages.record(stage, "failed", time.perf_counter() - t0, error=message)
+            _log(f"[{stage}] FAILED: {message}")
             return None
-        stages.record(stage, "done", time.perf_counter() - t0)
+        self.stages.record(stage, "done", time.perf_counter() - t0)
         return value
 
+
+def _run_stages(ctx: StageContext) -> dict[str, Any]:
+    """Plan the budget and run every stage not done yet; write the report."""
     from diffvae.compare import stages as st
     from diffvae.compare.curves import learning_curves
+    from diffvae.families import get_family
 
+    config, out, dataset, families = ctx.config, ctx.out, ctx.dataset, ctx.config.families
+    the_plan = plan(config.data, config.budget_minutes, families, config.split)
+    _log(f"diffvae compare: {the_plan.describe()}")
+    run = StageRunner(the_plan, Stages(out, config.resume), out, config.budget_minutes)
+    results = _initial_results(ctx, the_plan)
     for fam in families:
-        run_stage(f"train:{fam}", lambda s, fam=fam: st.train_family(fam, data_config, dataset, out, s, args, results))
-    if "vae" in families:
-        run_stage("collapse", lambda s: st.collapse_study(data_config, dataset, out, s, args, results))
-    extractor_box: dict[str, Any] = {}
-    run_stage("curves", lambda s: learning_curves(families, dataset, out, s, args, results, extractor_box))
+        _store(results, ("training", fam), run(f"train:{fam}", lambda s, fam=fam: st.train_family(fam, ctx, s)))
     for fam in families:
-        run_stage(f"eval:{fam}", lambda s, fam=fam: st.evaluate_family(fam, dataset, out, s, args, results, extractor_box))
+        for stage in get_family(fam).spec().extra_stages:
+            _store(results, (stage.name,), run(stage.name, lambda s, stage=stage: stage.run(ctx, s)))
+    curves = run("curves", lambda s: learning_curves(families, dataset, out, s, ctx.extractor(), budget_minutes=config.budget_minutes,
+                                                     seed=config.seed, device=config.device, quiet=config.quiet))
+    results.update(curves or {})
+    for fam in families:
+        _store(results, ("families", fam), run(f"eval:{fam}", lambda s, fam=fam: st.evaluate_family(fam, ctx, s)))
         _write_results(out, results)  # partial results survive an interruption
-    results["stages"] = stages.status
-    results["elapsed_minutes"] = (time.perf_counter() - start) / 60.0  # the report itself takes seconds
+    results["stages"] = run.stages.status
+    results["elapsed_minutes"] = (time.perf_counter() - run.start) / 60.0  # the report itself takes seconds
     from diffvae.compare.report import write_report
 
     write_report(out, results)
     _write_results(out, results)
-    log(f"diffvae compare: wrote {out / 'report.html'}, {out / 'report.md'}, {out / 'results.json'} "
-        f"in {results['elapsed_minutes']:.1f} min")
+    _log(f"diffvae compare: wrote {out / 'report.html'}, {out / 'report.md'}, {out / 'results.json'} "
+         f"in {results['elapsed_minutes']:.1f} min")
     return results
+
+
+def _initial_results(ctx: StageContext, the_plan: ComparePlan) -> dict[str, Any]:
+    """The settings part of results.json, over the results of an earlier run when resuming."""
+    config, dataset, families = ctx.config, ctx.dataset, ctx.config.families
+    results: dict[str, Any] = _previous_results(ctx.out) if config.resume else {}
+    results.update({
+        "data": dataset.name, "image_shape": list(dataset.image_shape), "train_size": int(dataset.train.shape[0]),
+        "test_size": int(dataset.test.shape[0]), "budget_minutes": config.budget_minutes, "seed": config.seed,
+        "plan_seconds": the_plan.seconds, "families_requested": list(families),
+        "train_split": {f: the_plan.seconds[f"train:{f}"] / 60.0 for f in families},  # planned training minutes
+    })
+    results.setdefault("families", {})
+    results.setdefault("training", {})
+    return results
+
+
+def _store(results: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """results[path...] = value, unless the stage produced nothing (done earlier, or failed)."""
+    if value is None:
+        return
+    node = results
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
 
 
 def _reserve(budget_s: float) -> float:

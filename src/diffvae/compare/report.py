@@ -21,7 +21,6 @@ from typing import Any
 
 from diffvae.runs import atomic_write_text
 
-FAMILY_TITLES = {"vae": "VAE", "ddpm": "Pixel diffusion (DDPM)", "ldm": "Latent diffusion"}
 
 # A cell is a list of parts: plain text, (prefix, path) for a number, or (prefix, path, kind) for a
 # rule of its own (:func:`_special`): "ci" = " [low, high]", the 95% interval of the figure at path;
@@ -151,44 +150,51 @@ def mi_ceiling_note(mutual_info: Any, ceiling: Any) -> str:
     return f" (at the log N = {ceiling:.2f} ceiling of the estimator: a lower bound)"
 
 
+def title(fam: str) -> str:
+    """The family's column title (its ``spec.title``; the name itself if it is not registered)."""
+    from diffvae.compare.figures import spec_or_none
+
+    spec = spec_or_none(fam)
+    return spec.title if spec is not None else fam
+
+
+def short(fam: str) -> str:
+    """The family's name in sentences (``spec.short``)."""
+    from diffvae.compare.figures import spec_or_none
+
+    spec = spec_or_none(fam)
+    return spec.short if spec is not None else fam
+
+
 def _cells(fam: str) -> dict[str, list[Part]]:
+    """The parts of each table cell of ``fam``: common rows, then the family's spec (its latent,
+    interpolation, bound label and extras, and rows it fills itself: ``spec.report_cells``)."""
+    from diffvae.compare.figures import spec_or_none
+    from diffvae.contract import FamilySpec
+
+    spec = spec_or_none(fam) or FamilySpec(title=fam, short=fam, objective="", latent_space="", interpolation="")
     F = f"families.{fam}."
     T = f"training.{fam}."
 
     def ci(key: str) -> Part:
         return ("", F + key, "ci")
 
-    interp = {"vae": "direct in latent", "ddpm": "DDIM inversion + slerp", "ldm": "latent DDIM inversion + slerp"}[fam]
-    space = {"vae": "learned encoder, N(0, I) prior", "ddpm": "fixed Gaussian forward process (no encoder)",
-             "ldm": "learned encoder + fixed forward process on its latent"}[fam]
     held_out = [(" over ", F + "bpd_n", "images"), ("", F, "parts")]
-    bound = {"vae": [("bound ", F + "bpd"), ci("bpd"), *held_out, (", ELBO ", F + "elbo_bpd"), (", IWAE ", F + "iwae_bpd")],
-             "ddpm": [("L0+ΣKL+L_T ", F + "bpd"), ci("bpd"), *held_out, (", reverse variance ", F + "variance"),
-                      ("; fixed-small ", F + "bpd_small"), (", fixed-large ", F + "bpd_large")],
-             "ldm": [("LSGM bound ", F + "bpd"), ci("bpd"), *held_out, (", latent prior's reverse variance ", F + "variance"),
-                     ("; fixed-small ", F + "bpd_small"), (", fixed-large ", F + "bpd_large")]}[fam]
-    collapse: list[Part]
-    if fam == "vae":
-        collapse = [("active units ", F + "active_units"), ("/", F + "latent_dims"), (", KL ", F + "kl_nats"), " nats",
-                    (", MI ", F + "mutual_info", "mi"), "; PixelCNN decoder: ", ("", "collapse.without_free_bits.active_units"),
-                    " active without free bits → ", ("", "collapse.with_free_bits.active_units"), " with"]
-    else:
-        collapse = ["not applicable: the forward process is a fixed encoder" if fam == "ddpm"
-                    else "not applicable to the diffusion stage; autoencoder round trip PSNR ", *(
-                        [("", F + "ae_psnr_db"), " dB"] if fam == "ldm" else [])]
     return {
-        "Latent space": [space, ("; latent std ", F + "latent_std")],
+        "Latent space": [spec.latent_space, ("; latent std ", F + "latent_std")],
         "Latent dimension": [("", F + "latent_dims"), (" for ", F + "data_dims"), (" pixel values (ratio ", F + "latent_ratio"), ")"],
         "Generation": [("", F + "nfe"), " network evaluations, ", ("", F + "ms_per_sample"), ci("ms_per_sample"), " ms/sample"],
         "Sample quality": [("FID ", F + "fid"), ci("fid"), (", KID ", F + "kid"), ci("kid"), (", precision ", F + "precision"),
                            ci("precision"), (", recall ", F + "recall"), ci("recall"),
                            (", sharpness ×", F + "sharpness_ratio"), ci("sharpness_ratio"), (", recognisable ", F + "confident_fraction")],
         "Training": [("", T + "objective"), (": ", T + "minutes"), (" min, ", T + "steps"), (" steps, final loss ", T + "final_loss")],
-        "Interpolation": [interp, ("; round trip PSNR ", F + "roundtrip_psnr_db"), (" dB, smoothness ", F + "path_smoothness"),
+        "Interpolation": [spec.interpolation, ("; round trip PSNR ", F + "roundtrip_psnr_db"), (" dB, smoothness ", F + "path_smoothness"),
                           (", midpoint FID ", F + "midpoint_fid"), ci("midpoint_fid")],
-        "Posterior collapse": collapse,
-        "Bits/dim (ELBO view)": bound,
+        "Posterior collapse": [spec.collapse_text],
+        "Bits/dim (ELBO view)": [(spec.bound_label, F + "bpd"), ci("bpd"), *held_out,
+                                 *[(prefix, F + key) for prefix, key in spec.bound_extras]],
         "Representation (linear probe)": [("accuracy ", F + "probe_accuracy"), ci("probe_accuracy"), (" (chance ", F + "probe_chance"), ")"],
+        **spec.report_cells(F),
     }
 
 
@@ -268,7 +274,7 @@ def _family_status(results: dict[str, Any], fam: str) -> str | None:
 
 def table(results: dict[str, Any], as_html: bool) -> tuple[list[str], list[list[str]]]:
     fams = results.get("families_requested") or list(results.get("families", {}))
-    header = ["Aspect"] + [FAMILY_TITLES.get(f, f) for f in fams]
+    header = ["Aspect"] + [title(f) for f in fams]
     rows = []
     for row in ROWS:
         cells = [row]
@@ -293,9 +299,6 @@ SAMPLE_SIZES = {
     "ms_per_sample": ("ms_per_sample_repeats", "timed sampling batches per family"),
     "probe_accuracy": ("probe_n", "probe test images per family"),
 }
-FAMILIES = ("vae", "ddpm", "ldm")
-
-
 def _get(results, fam, key):
     return lookup(results, f"families.{fam}.{key}")
 
@@ -363,97 +366,138 @@ def _listing(figs: dict[str, Figure], names: dict[str, str] | None = None) -> st
     return ", ".join(f"{(names or {}).get(f, f)} {figure_text(v)}" for f, v in figs.items())
 
 
+@dataclass(frozen=True)
+class Roles:
+    """The families the classic claims speak of, picked by their spec's traits: the VAE (one pass, a
+    learned encoder; the first such family), pixel diffusion (iterative, no encoder) and latent
+    diffusion (iterative, an encoder)."""
+
+    autoencoder: str | None
+    pixel: tuple[str, ...]
+    latent: tuple[str, ...]
+
+    @property
+    def iterative(self) -> tuple[str, ...]:
+        return self.pixel + self.latent
+
+
+def _family_names(results: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys([*(results.get("families_requested") or []), *results.get("families", {})]))
+
+
+def roles(results: dict[str, Any]) -> Roles:
+    from diffvae.compare.figures import spec_or_none
+
+    specs = {f: spec_or_none(f) for f in _family_names(results)}
+    specs = {f: s for f, s in specs.items() if s is not None}
+    one_pass = [f for f, s in specs.items() if not s.iterative and s.has_encoder]
+    return Roles(one_pass[0] if one_pass else None,
+                 tuple(f for f, s in specs.items() if s.iterative and not s.has_encoder),
+                 tuple(f for f, s in specs.items() if s.iterative and s.has_encoder))
+
+
 def claims(results: dict[str, Any]) -> list[dict[str, str]]:
     """Each classic claim with a verdict (held / did not hold / not decided at this budget / not
-    measured) and the evidence: held or did not hold only when the intervals separate."""
-    out = []
+    measured) and the evidence: held or did not hold only when the intervals separate. The families
+    are picked by their traits (:func:`roles`); a family's own claims come from its spec."""
+    from diffvae.compare.figures import spec_or_none
+
+    r = roles(results)
+    out: list[dict[str, str]] = []
 
     def claim(text: str, verdict: str | None, evidence: str) -> None:
         out.append({"claim": text, "verdict": verdict or "not measured", "evidence": evidence})
 
-    fid_vae = figure(results, "vae", "fid")
-    diffusion = {f: figure(results, f, "fid") for f in ("ddpm", "ldm")}
+    _claim_sample_quality(results, r, claim)
+    if r.autoencoder is not None:
+        _claim_blur_speed_dimension(results, r, claim)
+        _claim_interpolation(results, r, claim)
+    for fam in _family_names(results):
+        spec = spec_or_none(fam)
+        out.extend(spec.claims(results, fam) if spec is not None else [])
+    if r.autoencoder is not None:
+        _claim_representation(results, r, claim)
+        _claim_latent_diffusion(results, r, claim)
+    return out
+
+
+def _claim_sample_quality(results, r: Roles, claim) -> None:
+    fid_vae = figure(results, r.autoencoder, "fid") if r.autoencoder else None
+    diffusion = {f: figure(results, f, "fid") for f in r.iterative}
     diffusion = {f: v for f, v in diffusion.items() if v is not None}
     if fid_vae is not None and diffusion:
         pairs = [(decide(v, fid_vae, True), v, fid_vae) for v in diffusion.values()]
         outcomes = [p[0] for p in pairs]
         verdict = "held" if "a" in outcomes else "did not hold" if all(o == "b" for o in outcomes) else UNDECIDED
         claim("Sample quality: diffusion is state of the art, VAEs lag", verdict,
-              f"FID {_listing(diffusion)} vs VAE {figure_text(fid_vae)}" + (_need(pairs, "fid") if verdict == UNDECIDED else ""))
+              f"FID {_listing(diffusion)} vs {short(r.autoencoder)} {figure_text(fid_vae)}" + (_need(pairs, "fid") if verdict == UNDECIDED else ""))
     else:
         claim("Sample quality: diffusion is state of the art, VAEs lag", None, "needs the VAE and a diffusion family")
-    outcomes, need, sharp_vae, others = _compared(results, "sharpness_ratio", "vae", ("ddpm", "ldm"), True)
+
+
+def _claim_blur_speed_dimension(results, r: Roles, claim) -> None:
+    vae = r.autoencoder
+    outcomes, need, sharp_vae, others = _compared(results, "sharpness_ratio", vae, r.iterative, True)
     if sharp_vae is not None:
         threshold = decide(sharp_vae, Figure(0.8), True)
         verdict = _outcome([threshold, *outcomes])
         claim("VAE samples are often blurry", verdict, f"sharpness vs real data (blurry: below ×0.8 and below the others): "
-              f"VAE ×{figure_text(sharp_vae)}" + "".join(f", {f} ×{figure_text(v)}" for f, v in others.items())
+              f"{short(vae)} ×{figure_text(sharp_vae)}" + "".join(f", {f} ×{figure_text(v)}" for f, v in others.items())
               + (need if verdict == UNDECIDED else ""))
-    outcomes, need, ms_vae, ms = _compared(results, "ms_per_sample", "vae", ("ddpm",), True)
-    nfe = {f: _get(results, f, "nfe") for f in FAMILIES}
-    if ms_vae is not None and "ddpm" in ms:
+    outcomes, need, ms_vae, ms = _compared(results, "ms_per_sample", vae, r.pixel, True)
+    nfe = {f: _get(results, f, "nfe") for f in (vae, *r.iterative)}
+    if ms_vae is not None and ms:
         verdict = _outcome(outcomes)
         claim("Generation: a VAE decodes once, diffusion denoises iteratively (slower)", verdict,
-              f"VAE {figure_text(ms_vae)} ms/sample ({nfe['vae']} NFE) vs DDPM {figure_text(ms['ddpm'])} ms/sample ({nfe['ddpm']} NFE): "
-              f"{fmt(ms['ddpm'].value / max(ms_vae.value, 1e-9))}×" + (need if verdict == UNDECIDED else ""))
-    lat = {f: _get(results, f, "latent_ratio") for f in FAMILIES}
-    if lat["vae"] is not None and lat["ddpm"] is not None:  # exact figures: no interval
+              f"{short(vae)} {figure_text(ms_vae)} ms/sample ({nfe[vae]} NFE) vs " + "; ".join(
+                  f"{short(f)} {figure_text(v)} ms/sample ({nfe[f]} NFE): {fmt(v.value / max(ms_vae.value, 1e-9))}×"
+                  for f, v in ms.items()) + (need if verdict == UNDECIDED else ""))
+    lat = {f: _get(results, f, "latent_ratio") for f in (vae, *r.iterative)}
+    pixel = [f for f in r.pixel if lat[f] is not None]
+    if lat[vae] is not None and pixel:  # exact figures: no interval
         claim("Latent dimension: VAE compressed, diffusion the same as the data",
-              "held" if lat["vae"] < 1 and lat["ddpm"] == 1 else "did not hold",
-              f"latent/data dimension: VAE {fmt(lat['vae'])}, DDPM {fmt(lat['ddpm'])}" + (f", LDM {fmt(lat['ldm'])}" if lat["ldm"] else ""))
-    rt = {f: _get(results, f, "roundtrip_psnr_db") for f in FAMILIES}
-    outcomes, need, mid_vae, mid = _compared(results, "midpoint_fid", "vae", ("ddpm", "ldm"), True)
+              "held" if lat[vae] < 1 and all(lat[f] == 1 for f in pixel) else "did not hold",
+              f"latent/data dimension: {short(vae)} {fmt(lat[vae])}" + "".join(f", {short(f)} {fmt(lat[f])}" for f in pixel)
+              + "".join(f", {short(f)} {fmt(lat[f])}" for f in r.latent if lat[f]))
+
+
+def _claim_interpolation(results, r: Roles, claim) -> None:
+    vae = r.autoencoder
+    rt = {f: _get(results, f, "roundtrip_psnr_db") for f in (vae, *r.iterative)}
+    outcomes, need, mid_vae, mid = _compared(results, "midpoint_fid", vae, r.iterative, True)
     if mid_vae is not None and mid:
         verdict = _outcome(outcomes)
         claim("Interpolation: direct in a VAE's latent (better for latent manipulation) vs via DDIM inversion", verdict,
-              "midpoint FID (lower = more realistic midpoints): VAE " + figure_text(mid_vae) +
-              "".join(f", {f} {figure_text(v)}" for f, v in mid.items()) + "; round trip PSNR: VAE " + fmt(rt["vae"]) + " dB (encode→decode)" +
-              "".join(f", {f} {fmt(rt[f])} dB (invert→regenerate)" for f in mid if rt[f] is not None) + (need if verdict == UNDECIDED else ""))
-    study = results.get("collapse") or {}
-    if "without_free_bits" in study and "with_free_bits" in study:
-        claim("Posterior collapse is a common issue with powerful decoders (VAE only)", *_collapse_verdict(study))
-    outcomes, need, probe_vae, probe = _compared(results, "probe_accuracy", "vae", ("ddpm",), False)
-    if probe_vae is not None and "ddpm" in probe:
+              f"midpoint FID (lower = more realistic midpoints): {short(vae)} " + figure_text(mid_vae) +
+              "".join(f", {f} {figure_text(v)}" for f, v in mid.items()) + f"; round trip PSNR: {short(vae)} " + fmt(rt[vae]) +
+              " dB (encode→decode)" + "".join(f", {f} {fmt(rt[f])} dB (invert→regenerate)" for f in mid if rt[f] is not None)
+              + (need if verdict == UNDECIDED else ""))
+
+
+def _claim_representation(results, r: Roles, claim) -> None:
+    vae = r.autoencoder
+    outcomes, need, probe_vae, probe = _compared(results, "probe_accuracy", vae, r.pixel, False)
+    if probe_vae is not None and probe:
         verdict = _outcome(outcomes)
-        ldm_probe = figure(results, "ldm", "probe_accuracy")
+        latent_probes = {f: figure(results, f, "probe_accuracy") for f in r.latent}
         claim("VAEs learn representations (diffusion's latent is just noise)", verdict,
-              f"linear probe: VAE {figure_text(probe_vae)}, DDPM inverted noise {figure_text(probe['ddpm'])}" +
-              (f", LDM {figure_text(ldm_probe)}" if ldm_probe is not None else "") + (need if verdict == UNDECIDED else ""))
-    fid_out, fid_need, fid_ldm, fid_vs = _compared(results, "fid", "ldm", ("vae",), True)
-    ms_out, ms_need, ms_ldm, ms_vs = _compared(results, "ms_per_sample", "ldm", ("ddpm",), True)
-    if fid_ldm is not None and "vae" in fid_vs and ms_ldm is not None and "ddpm" in ms_vs:
-        verdict = _outcome(fid_out + ms_out)
-        claim("Latent diffusion combines the strengths of both", verdict,
-              f"LDM FID {figure_text(fid_ldm)} vs VAE {figure_text(fid_vs['vae'])}{fid_need}; "
-              f"LDM {figure_text(ms_ldm)} ms/sample vs DDPM {figure_text(ms_vs['ddpm'])}{ms_need}")
-    return out
+              f"linear probe: {short(vae)} {figure_text(probe_vae)}" + "".join(
+                  f", {short(f)} inverted noise {figure_text(v)}" for f, v in probe.items()) +
+              "".join(f", {short(f)} {figure_text(v)}" for f, v in latent_probes.items() if v is not None)
+              + (need if verdict == UNDECIDED else ""))
 
 
-def _collapse_verdict(study: dict[str, Any]) -> tuple[str, str]:
-    """Collapse held if the run without free bits has fewer active units, or a KL below half the cured
-    run's (decided on their intervals when the study stored ``kl_nats_ci95``). Not decided when the
-    cured run's KL is still far below its free-bits floor λ·L: free bits make KL below λ per
-    dimension free, so a run that trained enough to use its latent sits at or above the floor —
-    one far below it trained too little to show the cure (or the collapse)."""
-    a, b = study["without_free_bits"], study["with_free_bits"]
-    kl_a = Figure(a.get("kl_nats", 0.0), interval_of(a, "kl_nats"), a.get("kl_n"))
-    ci_b = interval_of(b, "kl_nats")
-    half_b = Figure(0.5 * b.get("kl_nats", 0.0), (0.5 * ci_b[0], 0.5 * ci_b[1]) if ci_b else None, b.get("kl_n"))
-    kl_outcome = decide(kl_a, half_b, True)
-    fewer_units = a.get("active_units", 0) < b.get("active_units", 0)
-    verdict = "held" if fewer_units or kl_outcome == "a" else "did not hold" if kl_outcome == "b" else UNDECIDED
-    floor = float(study.get("free_bits") or 0.0) * len(b.get("kl_per_dim") or [])
-    too_little = floor > 0 and b.get("kl_nats", 0.0) < 0.5 * floor
-    if too_little:
-        verdict = UNDECIDED
-    mi = lambda arm: fmt(arm.get("mutual_info")) + mi_ceiling_note(arm.get("mutual_info"), arm.get("mutual_info_max"))
-    evidence = (f"PixelCNN decoder: {a.get('active_units')} active units, KL {figure_text(kl_a)} nats, MI {mi(a)} nats "
-                f"without free bits; {b.get('active_units')} active, KL {figure_text(Figure(b.get('kl_nats', 0.0), ci_b))} nats, "
-                f"MI {mi(b)} nats with free bits λ = {study.get('free_bits')} nats per latent dimension")
-    if too_little:
-        evidence += (f"; the free-bits run's KL is far below its floor λ·L = {fmt(floor)} nats: the study trained too little "
-                     "to show the collapse or its cure")
-    return verdict, evidence
+def _claim_latent_diffusion(results, r: Roles, claim) -> None:
+    vae = r.autoencoder
+    for ldm in r.latent[:1]:
+        fid_out, fid_need, fid_ldm, fid_vs = _compared(results, "fid", ldm, (vae,), True)
+        ms_out, ms_need, ms_ldm, ms_vs = _compared(results, "ms_per_sample", ldm, r.pixel, True)
+        if fid_ldm is not None and vae in fid_vs and ms_ldm is not None and ms_vs:
+            verdict = _outcome(fid_out + ms_out)
+            claim("Latent diffusion combines the strengths of both", verdict,
+                  f"{short(ldm)} FID {figure_text(fid_ldm)} vs {short(vae)} {figure_text(fid_vs[vae])}{fid_need}; "
+                  f"{short(ldm)} {figure_text(ms_ldm)} ms/sample vs "
+                  + ", ".join(f"{short(f)} {figure_text(v)}" for f, v in ms_vs.items()) + ms_need)
 
 
 CRITERIA = [
@@ -477,7 +521,6 @@ def when_to_use(results: dict[str, Any]) -> list[str]:
             continue
         (best, a), (second, b) = ranked[0], ranked[1]
         outcome = decide(a, b, lower)
-        title = lambda f: FAMILY_TITLES.get(f, f)
         if outcome == "undecided":
             unit = SAMPLE_SIZES.get(key, ("", "samples per family"))[1]
             lines.append(f"Best {name}: {undecided_text(label, (title(best), title(second)), a, b, unit)}.")
@@ -497,13 +540,12 @@ def _images(results: dict[str, Any], figures: dict[str, str]) -> list[tuple[str,
     items = []
     for fam, r in results.get("families", {}).items():
         for kind, rel in (r.get("figures") or {}).items():
-            items.append((f"{FAMILY_TITLES.get(fam, fam)}: {kind}", rel))
+            items.append((f"{title(fam)}: {kind}", rel))
         for row in r.get("sweep") or []:
-            items.append((f"{FAMILY_TITLES.get(fam, fam)}: {row['sampler']}, {row['steps']} steps (FID {fmt(row['fid'])})", row["figure"]))
-    captions = {"quality_vs_nfe": "Quality against NFE", "bpd_bars": "Bits/dim and the bound's parts",
-                "training_curves": "Training curves", "kl_per_dim": "VAE KL per latent dimension",
-                "collapse": "Posterior-collapse study", "fid_vs_compute": "Learning curves: FID against training compute",
-                "bpd_vs_compute": "Learning curves: bits/dim against training compute"}
+            items.append((f"{title(fam)}: {row['sampler']}, {row['steps']} steps (FID {fmt(row['fid'])})", row["figure"]))
+    from diffvae.compare.figures import captions as figure_captions
+
+    captions = figure_captions(results)
     for name, rel in figures.items():
         items.append((captions.get(name, name), rel))
     return items

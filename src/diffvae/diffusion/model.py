@@ -49,6 +49,11 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_levels = tuple(int(i) for i in self.attention_levels)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise DiffvaeError on a setting that cannot work (every check of this config is here).
+        Step counts above T are capped at T, so a short forward process keeps working defaults."""
         if self.timesteps < 2:
             raise DiffvaeError(f"--timesteps must be at least 2, got {self.timesteps}")
         if self.prediction not in ("eps", "x0", "v"):
@@ -57,7 +62,6 @@ class DiffusionConfig:
             raise DiffvaeError(f"--loss-weight must be uniform or min_snr, got {self.loss_weight!r}")
         if not (self.min_snr_gamma > 0 and math.isfinite(self.min_snr_gamma)):
             raise DiffvaeError(f"--min-snr-gamma must be a finite number > 0, got {self.min_snr_gamma}")
-        # step counts are capped at T, so a short forward process keeps working defaults
         self.sample_steps = min(self.sample_steps, self.timesteps)
         self.invert_steps = min(self.invert_steps, self.timesteps)
         check_sampling(self.sampler, self.sample_steps, self.timesteps, self.eta)

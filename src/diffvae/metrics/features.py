@@ -169,7 +169,9 @@ def _as_uint8_images(images: np.ndarray | torch.Tensor, image_shape: tuple[int, 
             f"the feature network was trained on {tuple(image_shape)} images, got {tuple(images.shape[1:])}; "
             "evaluate at the dataset's own resolution"
         )
-    return images.detach().cpu()
+    # one memory layout: (N, H, W, 1) permuted to (N, 1, H, W) counts as contiguous but keeps odd strides, which
+    # change the convolution kernels' summation order (features ~1e-6 apart)
+    return images.detach().cpu().clone(memory_format=torch.contiguous_format)
 
 
 def train_feature_net(

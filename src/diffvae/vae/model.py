@@ -284,8 +284,8 @@ class VAE(nn.Module):
         return to_uint8(signed)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n uint8 images (n, C, H, W): z ~ N(0, I), then :meth:`decode`."""
+    def sample(self, n: int, generator: torch.Generator | None = None, **_) -> torch.Tensor:
+        """n uint8 images (n, C, H, W): z ~ N(0, I), then :meth:`decode` (sampling options do not apply)."""
         if n < 0:
             raise DiffvaeError(f"number of samples must be >= 0, got {n}")
         z = self._gaussian_noise((n, self.config.latent_dim), generator)

@@ -1,0 +1,201 @@
+"""Time to quality: CPU-minutes each family needs to reach fixed FIDs on mnist, beside the peers (issue 13).
+
+Contenders, each trained once for ``--minutes`` of this process's CPU time on one thread, with its EMA (or,
+for pythae, plain) weights kept when the training time first reaches 0.5, 1, 2, 4, ... minutes:
+
+* **diffvae vae / ddpm / ldm** — ``train_run`` with the family's defaults and the compute-aware recipe that
+  ``diffvae train --budget MINUTES`` picks (:mod:`diffvae.recipes`); snapshots from the engine
+  (:mod:`diffvae.snapshots`; the latent model's minutes include its autoencoder stage).
+* **diffusers recipe** — ``UNet2DModel`` + ``DDPMScheduler`` with the defaults of diffusers'
+  ``train_unconditional.py`` example (``bench_recipe.train_diffusers``), sampled by ``DDPMPipeline`` on
+  100 steps (the same ancestral sampler and step count as diffvae's DDPM default).
+* **pythae VAE** — ``pythae.models.VAE`` with pythae's MNIST ResNet encoder/decoder
+  (``pythae.models.nn.benchmarks.mnist``), latent 16, its trainer's defaults (Adam, lr 1e-4, batch 64),
+  trained by a plain loop on its own loss (pythae's trainer is epoch-based and pickles its checkpoints);
+  sampled from its N(0, I) prior. Skipped with a note if pythae is not installed (``pip install pythae``).
+
+Every snapshot draws ``--samples`` images (seed 0) scored by the same code: FID in diffvae's mnist feature
+space against the held-out split. The time to reach an FID is the first snapshot at or below it.
+
+    python benchmarks/bench_time_to_quality.py --minutes 8
+    python benchmarks/bench_time_to_quality.py --quick          # smoke setting (digits, seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_recipe import sample_diffusers, train_diffusers  # noqa: E402
+from common import RESULTS_DIR, machine_info, machine_line, results_path, setup_threads, write_json  # noqa: E402
+
+import diffvae.train  # noqa: E402
+from diffvae.api import DataConfig, load, train_run  # noqa: E402
+from diffvae.families import get_family  # noqa: E402
+from diffvae.metrics.distances import fid  # noqa: E402
+from diffvae.metrics.features import get_feature_extractor  # noqa: E402
+from diffvae.recipes import apply, for_budget  # noqa: E402
+from diffvae.runs import load_tensors, read_json, split_prefixed  # noqa: E402
+from diffvae.train import TrainConfig  # noqa: E402
+
+THRESHOLDS = (400.0, 300.0, 200.0, 150.0, 100.0)
+FIRST_SNAPSHOT_MINUTES = 0.5
+SAMPLE_BATCH = 100
+
+
+def marks(minutes: float) -> list[float]:
+    """0.5, 1, 2, ... up to ``minutes`` (the last one always included)."""
+    out, m = [], FIRST_SNAPSHOT_MINUTES
+    while m < minutes:
+        out.append(m)
+        m *= 2
+    return out + [minutes]
+
+
+def score(images: torch.Tensor, extractor, real) -> float:
+    return fid(real, extractor.features(images))
+
+
+def in_batches(draw, n: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([draw(min(SAMPLE_BATCH, n - i)) for i in range(0, n, SAMPLE_BATCH)])
+
+
+def diffvae_curve(family: str, data: str, minutes: float, out: Path, extractor, real, n: int) -> dict:
+    """Train ``family`` with snapshots; FID of every snapshot's EMA weights (default sampler, seed 0)."""
+    config_class, _ = get_family(family).load()
+    recipe, info = for_budget(get_family(family).recipes, minutes)
+    model_values, train_values = apply(recipe, {}, dict(get_family(family).train_defaults), set())
+    train_config = TrainConfig(**train_values, budget_minutes=minutes, snapshot_first_minutes=FIRST_SNAPSHOT_MINUTES)
+    run = out / family
+    train_run(family, DataConfig(data), config_class(**model_values), train_config, out=run, force=True, progress=False)
+    model = load(run)
+    points = []
+    for entry in read_json(run / "snapshots" / "index.json")["snapshots"]:
+        tensors, _ = load_tensors(run / "snapshots" / entry["file"])
+        try:
+            model.load_state_dict(split_prefixed(tensors, "ema"), strict=True)
+        except RuntimeError:  # a first-stage snapshot (the latent model's autoencoder alone) cannot sample
+            continue
+        model.eval()
+        g = torch.Generator().manual_seed(0)
+        points.append({"minutes": entry["minutes"], "step": entry["step"],
+                       "fid": score(in_batches(lambda k: model.sample(k, generator=g), n), extractor, real)})
+        print(family, points[-1], flush=True)
+    return {"points": points, "recipe": None if recipe is None else recipe.name}
+
+
+def diffusers_curve(dataset, minutes: float, extractor, real, n: int, quick: bool) -> dict:
+    trained = train_diffusers(dataset.train, minutes, quick, clock=time.process_time, snapshot_minutes=marks(minutes)[:-1])
+    snapshots = trained["snapshots"] + [(trained["cpu_seconds"] / 60.0, trained["unet"])]
+    points = []
+    for at, unet in snapshots:
+        images, _ = sample_diffusers(unet, trained["scheduler"], n, SAMPLE_BATCH, 0, "ddpm", 100)
+        points.append({"minutes": at, "fid": score(images, extractor, real)})
+        print("diffusers", points[-1], flush=True)
+    return {"points": points, "recipe": f"batch {trained['batch']}, {trained['steps']} steps"}
+
+
+def pythae_curve(dataset, minutes: float, extractor, real, n: int) -> dict:
+    try:
+        from pythae.models import VAE, VAEConfig
+        from pythae.models.nn.benchmarks.mnist import Decoder_ResNet_AE_MNIST, Encoder_ResNet_VAE_MNIST
+        from pythae.trainers import BaseTrainerConfig
+    except ImportError:
+        return {"points": [], "recipe": "not installed (pip install pythae)"}
+    defaults = BaseTrainerConfig()
+    torch.manual_seed(0)
+    config = VAEConfig(input_dim=tuple(dataset.image_shape), latent_dim=16)
+    model = VAE(config, encoder=Encoder_ResNet_VAE_MNIST(config), decoder=Decoder_ResNet_AE_MNIST(config))
+    optimizer = torch.optim.Adam(model.parameters(), lr=defaults.learning_rate)
+    data, batch = dataset.train.float() / 255.0, defaults.per_device_train_batch_size
+    todo, snapshots, start, step = marks(minutes), [], time.process_time(), 0
+    order = torch.Generator().manual_seed(0)
+    while todo:
+        for index in torch.randperm(data.shape[0], generator=order).split(batch):
+            loss = model({"data": data[index]}).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if todo and time.process_time() - start >= 60.0 * todo[0]:
+                snapshots.append((todo.pop(0), step, copy.deepcopy(model).eval()))
+            if not todo:
+                break
+    points = []
+    for at, at_step, snapshot in snapshots:
+        g = torch.Generator().manual_seed(0)
+        draw = lambda k: (snapshot.decoder(torch.randn(k, 16, generator=g))["reconstruction"].clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
+        points.append({"minutes": at, "step": at_step, "fid": score(in_batches(draw, n), extractor, real)})
+        print("pythae", points[-1], flush=True)
+    return {"points": points, "recipe": f"lr {defaults.learning_rate:g}, batch {batch}, ResNet MNIST nets, latent 16"}
+
+
+def time_to(points: list[dict], threshold: float) -> float | None:
+    reached = [p["minutes"] for p in points if p["fid"] <= threshold]
+    return min(reached) if reached else None
+
+
+def tq_markdown(result: dict) -> str:
+    at = marks(result["minutes"])
+    lines = [f"**Time to quality** — mnist, each contender trained once for {result['minutes']:g} CPU-minutes on one thread; "
+             f"FID of its weights when training first reached each time ({result['samples']} samples, seed 0, diffvae's "
+             f"feature space, held-out split). {machine_line(result['machine'])}", "",
+             "| contender | setting | " + " | ".join(f"FID @ {m:g} min" for m in at) + " |",
+             "|---|---|" + "---:|" * len(at)]
+    for name, curve in result["curves"].items():
+        cells = []
+        for m in at:
+            near = [p for p in curve["points"] if abs(p["minutes"] - m) <= 0.25 * m]
+            cells.append(f"{near[0]['fid']:.0f}" if near else "–")
+        lines.append(f"| {name} | {curve['recipe'] or 'defaults'} | " + " | ".join(cells) + " |")
+    lines += ["", "| contender | " + " | ".join(f"minutes to FID ≤ {t:g}" for t in THRESHOLDS) + " |",
+              "|---|" + "---:|" * len(THRESHOLDS)]
+    for name, curve in result["curves"].items():
+        cells = [time_to(curve["points"], t) for t in THRESHOLDS]
+        lines.append(f"| {name} | " + " | ".join("–" if not curve["points"] else f"> {result['minutes']:g}" if c is None
+                                                else f"{c:.1f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--contenders", default="vae,ddpm,ldm,diffusers,pythae")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    setup_threads(1)
+    diffvae.train.wall_clock = time.process_time  # budgets and snapshot times in CPU-minutes
+    from diffvae.data import load_data
+
+    data, minutes, n = ("digits", 1.0, 50) if args.quick else ("mnist", args.minutes, args.samples)
+    dataset = load_data(data)
+    extractor = get_feature_extractor(dataset)
+    real = extractor.features(dataset.test)
+    out = Path(RESULTS_DIR) / ("time_to_quality_quick" if args.quick else "time_to_quality")
+    curves = {}
+    for name in args.contenders.split(","):
+        if name == "diffusers":
+            curves["diffusers recipe"] = diffusers_curve(dataset, minutes, extractor, real, n, args.quick)
+        elif name == "pythae":
+            curves["pythae VAE"] = pythae_curve(dataset, minutes, extractor, real, n)
+        else:
+            curves[f"diffvae {name}"] = diffvae_curve(name, data, minutes, out, extractor, real, n)
+    result = {"machine": machine_info(), "minutes": minutes, "samples": n, "curves": curves}
+    result["markdown"] = tq_markdown(result)
+    print(result["markdown"])
+    write_json(args.out or results_path("bench_time_to_quality", args.quick), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Training batches for data bigger than memory: the engine's batch order through a torch DataLoader.
+
+:func:`training_batches` yields, for steps ``start_step, start_step + 1, ...``, exactly the images the
+engine indexes today — ``images[batch_indices(step, n, batch_size, seed)]`` (:func:`diffvae.train.batch_indices`)
+— and under torchrun only this rank's slice of each global batch:
+
+    local = min(batch_size, n) // world
+    rank_batch = batch_indices(step, n, batch_size, seed)[rank·local : (rank + 1)·local]
+
+so the ranks of one step read disjoint images that together make the global batch (the engine's
+sharding, unchanged). The images may be an ordinary tensor or a memory-mapped packed split
+(:mod:`diffvae.pack`): each batch is gathered from it by ``workers`` processes (forked, so a mapped
+split is shared, never pickled or copied), each touching only its batch's pages, and pinned for a fast
+copy to the GPU when ``device`` is CUDA. The resident memory of the trainer is then bounded by the
+batches in flight (``workers · prefetch + 1``), not by the data set's size.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from diffvae.errors import DiffvaeError
+
+
+def rank_batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The indices ``rank`` of ``world`` trains on at ``step``: its contiguous slice of the global batch."""
+    from diffvae.train import batch_indices
+
+    local = min(batch_size, n) // world
+    return batch_indices(step, n, batch_size, seed)[rank * local:(rank + 1) * local]
+
+
+class _StepBatches(Dataset):
+    """A map-style dataset whose item ``step`` is the whole (rank-local) batch of that step."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, rank: int, world: int):
+        from diffvae.pack import shard_of
+
+        self.images, self.n, self.shard = images, images.shape[0], shard_of(images)
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        idx = rank_batch_indices(step, self.n, self.batch_size, self.seed, self.rank, self.world)
+        if self.shard is not None:  # a packed split: read the batch's bytes, do not fault in its pages
+            return self.shard.gather(idx)
+        return self.images[idx]
+
+    def __getstate__(self) -> dict:
+        """Pickled (spawned workers) without a packed split's tensor: the shard file is enough."""
+        return {**self.__dict__, "images": None if self.shard is not None else self.images}
+
+
+class _Steps(Sampler):
+    """Steps ``start, start + 1, ...`` up to ``stop`` (exclusive), or without end when ``stop`` is None."""
+
+    def __init__(self, start: int, stop: int | None):
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start
+        while self.stop is None or step < self.stop:
+            yield step
+            step += 1
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("an open-ended run of steps has no length")
+        return max(0, self.stop - self.start)
+
+
+def training_batches(images: torch.Tensor, *, batch_size: int, seed: int, start_step: int = 0,
+                     stop_step: int | None = None, rank: int = 0, world: int = 1, workers: int | None = None,
+                     device: torch.device | str | None = None, prefetch: int = 2) -> DataLoader:
+    """A DataLoader whose k-th batch is the (rank-local) batch of step ``start_step + k``.
+
+    ``images`` is uint8 (N, C, H, W) in memory or memory-mapped (a packed split), or any tensor with one
+    row per example (latent diffusion's stage 2 trains on float posterior moments). ``stop_step`` None
+    runs without end (a ``--budget`` run stops when it likes; dropping the iterator stops the workers).
+    ``workers``: processes gathering batches; None = 2 for a packed split (file reads overlap the step),
+    0 (this process, no copy between processes) for a tensor in memory. Batches come pinned when
+    ``device`` is CUDA; move them with ``batch.to(device, non_blocking=True)``. Equal for any
+    ``workers``: the batches are a pure function of (seed, step, rank, world), :func:`rank_batch_indices`.
+    """
+    from diffvae.pack import shard_of
+
+    if workers is None:
+        workers = 2 if isinstance(images, torch.Tensor) and shard_of(images) is not None else 0
+    _check(images, batch_size, start_step, stop_step, rank, world, workers, prefetch)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    context = None
+    if workers > 0 and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")  # workers share the (mapped) images instead of pickling them
+    return DataLoader(_StepBatches(images, batch_size, seed, rank, world), batch_size=None,
+                      sampler=_Steps(start_step, stop_step), num_workers=workers,
+                      pin_memory=device.type == "cuda" and torch.cuda.is_available(),
+                      multiprocessing_context=context, prefetch_factor=prefetch if workers > 0 else None)
+
+
+def _check(images, batch_size, start_step, stop_step, rank, world, workers, prefetch) -> None:
+    if not (isinstance(images, torch.Tensor) and images.ndim >= 1 and len(images)):
+        raise DiffvaeError("training_batches needs a non-empty tensor with one row per example, e.g. uint8 (N, C, H, W)")
+    if batch_size < 1 or world < 1 or not 0 <= rank < world or workers < 0 or prefetch < 1 or start_step < 0:
+        raise DiffvaeError(f"training_batches: need batch_size >= 1, 0 <= rank < world, workers >= 0, prefetch >= 1 "
+                           f"and start_step >= 0, got {batch_size}, {rank}, {world}, {workers}, {prefetch}, {start_step}")
+    if batch_size % world:
+        raise DiffvaeError(f"--batch {batch_size} must be divisible by the number of processes ({world})")
+    if stop_step is not None and stop_step < start_step:
+        raise DiffvaeError(f"training_batches: stop_step {stop_step} is before start_step {start_step}")
