@@ -52,7 +52,7 @@ SAMPLE_BATCH = 100
 
 def marks(minutes: float) -> list[float]:
     """0.5, 1, 2, ... up to ``minutes`` (the last one always included)."""
-    out, m = [], FIRST_SNAPSHOT_MINUTES
+    out, m = [], min(FIRST_SNAPSHOT_MINUTES, minutes / 2)
     while m < minutes:
         out.append(m)
         m *= 2
@@ -73,7 +73,7 @@ def diffvae_curve(family: str, data: str, minutes: float, out: Path, extractor, 
     config_class, _ = get_family(family).load()
     recipe, info = for_budget(get_family(family).recipes, minutes)
     model_values, train_values = apply(recipe, {}, dict(get_family(family).train_defaults), set())
-    train_config = TrainConfig(**train_values, budget_minutes=minutes, snapshot_first_minutes=FIRST_SNAPSHOT_MINUTES)
+    train_config = TrainConfig(**train_values, budget_minutes=minutes, snapshot_first_minutes=marks(minutes)[0])
     run = out / family
     train_run(family, DataConfig(data), config_class(**model_values), train_config, out=run, force=True, progress=False)
     model = load(run)
@@ -110,6 +110,8 @@ def pythae_curve(dataset, minutes: float, extractor, real, n: int) -> dict:
         from pythae.trainers import BaseTrainerConfig
     except ImportError:
         return {"points": [], "recipe": "not installed (pip install pythae)"}
+    if tuple(dataset.image_shape) != (1, 28, 28):
+        return {"points": [], "recipe": "pythae's MNIST networks take 1×28×28 images only"}
     defaults = BaseTrainerConfig()
     torch.manual_seed(0)
     config = VAEConfig(input_dim=tuple(dataset.image_shape), latent_dim=16)
@@ -165,6 +167,11 @@ def tq_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(result: dict) -> str:
+    """The section for RESULTS.md from this script's JSON."""
+    return tq_markdown(result)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8.0)
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     diffvae.train.wall_clock = time.process_time  # budgets and snapshot times in CPU-minutes
     from diffvae.data import load_data
 
-    data, minutes, n = ("digits", 1.0, 50) if args.quick else ("mnist", args.minutes, args.samples)
+    data, minutes, n = ("digits", 0.1, 50) if args.quick else ("mnist", args.minutes, args.samples)
     dataset = load_data(data)
     extractor = get_feature_extractor(dataset)
     real = extractor.features(dataset.test)

@@ -9,8 +9,8 @@ today's code, the same way for both: ``--samples`` images from its own default s
 mnist feature space against the held-out split, with a bootstrap 95% interval. The compare's own FID is shown beside.
 
 Both sides run from ``git archive`` of a revision (``--new-rev``, default HEAD), never from the working tree, so
-uncommitted edits cannot leak into the measurement. ``--reuse-old`` re-scores an old compare already in the
-results folder instead of running it again.
+uncommitted edits cannot leak into the measurement. ``--reuse old,new`` re-scores a compare already in the results
+folder (``old``, ``new`` or both) instead of running it again.
 
     python benchmarks/bench_vs_old.py --old-rev 4751cd5 --minutes 15
     python benchmarks/bench_vs_old.py --quick          # digits, seconds (smoke setting)
@@ -52,13 +52,20 @@ def export_source(rev: str, dest: Path) -> Path:
     return dest / "src"
 
 
-def run_compare(src: Path, out: Path, data: str, minutes: float, threads: int) -> float:
-    """One revision's ``diffvae compare`` on the CPU clock; returns its wall seconds."""
-    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    argv = ["compare", "--data", data, "--budget", f"{minutes:g}", "--out", str(out), "--force", "--quiet", "--device", "cpu"]
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", LAUNCH, str(threads), *argv], env=env, check=True)
-    return time.perf_counter() - t0
+def run_compares(jobs: dict[str, tuple[Path, Path]], data: str, minutes: float, threads: int) -> dict[str, float]:
+    """Each revision's ``diffvae compare`` (side → (src, out)) on the CPU clock, all at once (their budgets are
+    CPU time, so running side by side changes how long they take, not what they get); their wall seconds."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+    argv = ["compare", "--data", data, "--budget", f"{minutes:g}", "--force", "--quiet", "--device", "cpu"]
+    t0, running, walls = time.perf_counter(), {}, {}
+    for side, (src, out) in jobs.items():
+        running[side] = subprocess.Popen([sys.executable, "-c", LAUNCH, str(threads), *argv, "--out", str(out)],
+                                         env={**env, "PYTHONPATH": str(src)})
+    for side, process in running.items():
+        if process.wait() != 0:
+            raise SystemExit(f"the {side} compare failed (exit {process.returncode})")
+        walls[side] = time.perf_counter() - t0
+    return walls
 
 
 def score_runs(out: Path, dataset, extractor, real, samples: int) -> dict:
@@ -106,15 +113,23 @@ def vs_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(result: dict) -> str:
+    """The section for RESULTS.md from this script's JSON."""
+    return vs_markdown(result)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old-rev", default="4751cd5", help="the revision whose defaults are 'old' (default: before issue 13)")
     parser.add_argument("--minutes", type=float, default=15.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each compare; its clock is its CPU time / threads. One: two threads on a "
+                             "shared machine burn CPU time waiting on each other")
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--new-rev", default="HEAD", help="the revision whose defaults are 'new'")
-    parser.add_argument("--reuse-old", action="store_true", help="re-score the old compare already in the results folder")
+    parser.add_argument("--reuse", default="", metavar="SIDE[,SIDE]",
+                        help="old and/or new: re-score that side's compare already in the results folder instead of running it")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     data, minutes = ("digits", 0.5) if args.quick else ("mnist", args.minutes)
@@ -127,11 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(RESULTS_DIR) / ("vs_old_quick" if args.quick else "vs_old")
     out_json = Path(args.out or results_path("bench_vs_old", args.quick))
     sources = {"old": export_source(args.old_rev, work / "old_src"), "new": export_source(args.new_rev, work / "new_src")}
-    runs = {}
-    for side, src in sources.items():
-        reuse = side == "old" and args.reuse_old and (work / side / "results.json").exists()
-        wall = None if reuse else run_compare(src, work / side, data, minutes, args.threads)  # None: not timed here
-        runs[side] = {"wall_seconds": wall, "scores": score_runs(work / side, dataset, extractor, real, 50 if args.quick else args.samples)}
+    reused = {side for side in args.reuse.split(",") if (work / side / "results.json").exists()}
+    walls = run_compares({side: (src, work / side) for side, src in sources.items() if side not in reused}, data, minutes, args.threads)
+    runs = {side: {"wall_seconds": walls.get(side),  # None: an earlier compare, re-scored
+                   "scores": score_runs(work / side, dataset, extractor, real, 50 if args.quick else args.samples)}
+            for side in sources}
     new_rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.new_rev], check=True, capture_output=True,
                              text=True).stdout.strip()
     result = {"machine": machine_info(), "old_rev": args.old_rev, "new_rev": new_rev, "data": data, "minutes": minutes, "threads": args.threads,

@@ -29,7 +29,9 @@ import bench_recipe  # noqa: E402
 import bench_sample  # noqa: E402
 import bench_ddim_variants  # noqa: E402
 import bench_sweep  # noqa: E402
+import bench_time_to_quality  # noqa: E402
 import bench_train  # noqa: E402
+import bench_vs_old  # noqa: E402
 from common import RESULTS_DIR, cpu_snapshot, machine_info, others_share, peak_gflops, setup_threads, write_json  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +44,10 @@ QUALITY_SETTINGS = ["--precision", "bf16", "--settings", "dpm++2m:10", "dpm++2m:
 
 # the recipe sweep on one core (CPU-minutes), as issue 13 asks: the levers per family at 2 minutes
 SWEEP_SETTINGS = ["--minutes", "2", "--samples", "300", "--threads", "1"]
+# time to quality: every contender once for 4 CPU-minutes on one thread, snapshots at 0.5, 1, 2, 4 minutes
+TIME_TO_QUALITY_SETTINGS = ["--minutes", "4", "--samples", "200"]
+# today's defaults against the revision before issue 13, each in its own 15-minute compare on a 2-core CPU clock
+VS_OLD_SETTINGS = ["--old-rev", "4751cd5", "--minutes", "15", "--threads", "1"]
 
 
 def measure_peaks(threads: int, quick: bool) -> dict:
@@ -62,6 +68,18 @@ def peaks_markdown(peaks: dict) -> str:
     return "\n".join(lines)
 
 
+def issue13_targets(results: dict) -> list[str]:
+    """Issue 13: every family's FID at least 2× lower than before it, in one 15-minute compare each."""
+    vs = results.get("vs_old")
+    if vs is None:
+        return []
+    old, new = vs["runs"]["old"]["scores"], vs["runs"]["new"]["scores"]
+    ratios = {f: old[f]["fid"] / new[f]["fid"] for f in old if f in new}
+    met = all(r >= 2.0 for r in ratios.values())
+    return [f"- Issue 13, every family's FID ≥ 2× lower than at {vs['old_rev']} (one {vs['minutes']:g}-minute compare each): "
+            f"**{'met' if met else 'missed'}** — " + ", ".join(f"{f} {r:.2f}×" for f, r in sorted(ratios.items()))]
+
+
 def script_command(script: str, argv: list[str]) -> str:
     """The command line, with paths inside the repository written relative to its root."""
     root = os.path.dirname(HERE)
@@ -72,12 +90,15 @@ def script_command(script: str, argv: list[str]) -> str:
 def targets_markdown(results: dict) -> str:
     """One line per issue-8 target with its measured value."""
     lines = []
-    train = results["train"]
+    train = results["train"] or {"precisions": {}}
     if "bf16" in train["precisions"]:
         speedup = train["precisions"]["bf16"]["speedup"]
         lines.append(f"- UNet training ≥ {bench_train.SPEEDUP_TARGET}× diffusers at the same FLOPs (bf16): "
                      f"**{'met' if speedup >= bench_train.SPEEDUP_TARGET else 'missed'}** — {speedup:.2f}× "
                      f"(fp32: {train['precisions'].get('fp32', {}).get('speedup', float('nan')):.2f}×)")
+    lines += issue13_targets(results)
+    if results["sample"] is None or results["quality"] is None or results["recipe"] is None:
+        return "\n".join(lines)
     rows = [r for r in results["sample"]["vae_decode"]["rows"] if r["layout"].endswith("(library)")]
     best = max(rows, key=lambda r: r["images_per_s"])
     largest = max(r["batch"] for r in rows)
@@ -109,6 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ddpm-1000", action="store_true", help="bench_recipe: also sample both recipes with 1000 DDPM steps (slow)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every script (default: all cores)")
     parser.add_argument("--results-dir", default=RESULTS_DIR, help="JSON and training runs (default benchmarks/results)")
+    parser.add_argument("--only", default=None, metavar="KEY,KEY",
+                        help="measure only these scripts (keys: train, sample, recipe, quality, variants, sweep, time_to_quality, "
+                             "vs_old); the other sections come from their last JSON, with their own dates")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the report from the JSON of the last run with the same settings (measures nothing)")
     parser.add_argument("--out", default=None,
@@ -134,23 +158,41 @@ def main(argv: list[str] | None = None) -> dict:
          common + ["--run", quality_run, "--workdir", args.results_dir] + ([] if args.quick else QUALITY_SETTINGS)),
         ("variants", "bench_ddim_variants.py", bench_ddim_variants, common + ["--run", quality_run]),
         ("sweep", "bench_sweep.py", bench_sweep, common + ([] if args.quick else SWEEP_SETTINGS)),
+        ("time_to_quality", "bench_time_to_quality.py", bench_time_to_quality,
+         (["--quick"] if args.quick else TIME_TO_QUALITY_SETTINGS)),
     ]
+    if not args.quick:  # two compares, minutes each even on digits: full runs only
+        plan.append(("vs_old", "bench_vs_old.py", bench_vs_old, VS_OLD_SETTINGS))
+    keys = [key for key, *_ in plan]
+    only = None if args.only is None else args.only.split(",")
+    if only is not None and not set(only) <= set(keys):
+        parser.error(f"--only takes keys among {', '.join(keys)}, got {args.only!r}")
     summary_path = os.path.join(args.results_dir, "run_all_quick.json" if args.quick else "run_all.json")
+    previous = _read_json(summary_path) or {}
     if args.render_only:  # rewrite the report from this command's last measurements, measuring nothing
-        with open(summary_path) as f:
-            summary = json.load(f)
-        results = {key: json.load(open(out_json(f"bench_{key}")[1])) for key, *_ in plan}
+        summary = previous
     else:
-        summary = measure_all(plan, threads, args.quick, out_json)
-        results = summary.pop("results")
+        summary = measure_all([p for p in plan if only is None or p[0] in only], threads, args.quick, out_json)
+        summary.pop("results")
         summary["argv"] = list(argv if argv is not None else sys.argv[1:])
+        for field in ("durations_s", "others_cpu_share", "dates"):  # the scripts not measured now keep their last record
+            summary[field] = {**previous.get(field, {}), **summary[field]}
         write_json(summary_path, {k: v for k, v in summary.items()})
-    report = render(summary, results, plan, out_json, args)
+    results = {key: _read_json(out_json(f"bench_{key}")[1]) for key in keys}  # None: never measured
+    report = render(summary, results, plan, out_json, args, out_md)
     os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
     with open(out_md, "w") as f:
         f.write(report + "\n")
     print(f"\nwrote {out_md} (measured in {summary['total_s'] / 60:.1f} min)")
     return {**summary, **results}
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
 
 
 def measure_all(plan, threads: int, quick: bool, out_json) -> dict:
@@ -161,7 +203,7 @@ def measure_all(plan, threads: int, quick: bool, out_json) -> dict:
     machine = machine_info()
     print("measuring the machine's peak", flush=True)
     peaks = measure_peaks(threads, quick)
-    results, durations, others = {}, {}, {}
+    results, durations, others, dates = {}, {}, {}, {}
     run_start = cpu_snapshot()
     for key, script, module, script_argv in plan:
         print(f"\n=== {script_command(script, script_argv)}", flush=True)
@@ -170,18 +212,60 @@ def measure_all(plan, threads: int, quick: bool, out_json) -> dict:
         after = cpu_snapshot()
         others[key] = others_share(before, after)
         durations[key] = after.wall - before.wall
-    return {"date": date, "machine": machine, "threads": threads, "peaks": peaks, "durations_s": durations,
+        dates[key] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return {"date": date, "dates": dates, "machine": machine, "threads": threads, "peaks": peaks, "durations_s": durations,
             "others_cpu_share": others, "others_cpu_share_total": others_share(run_start, cpu_snapshot()),
             "total_s": time.perf_counter() - started, "load_average_end": round(os.getloadavg()[0], 2), "results": results}
 
 
-def render(summary: dict, results: dict, plan, out_json, args) -> str:
+def _command_note(summary: dict, key: str) -> str:
+    if key not in summary.get("durations_s", {}):
+        return "# not measured yet"
+    return (f"# {summary.get('dates', {}).get(key, summary['date'])}: {summary['durations_s'][key] / 60:.1f} min, "
+            f"other processes {100 * summary['others_cpu_share'][key]:.0f}% of the CPU")
+
+
+def previous_sections(path: str) -> dict[str, str]:
+    """The ``## `` sections of an existing RESULTS.md: title → body (kept where this run measures nothing new)."""
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return {}
+    sections = {}
+    for chunk in text.split("\n## ")[1:]:
+        title, _, body = chunk.partition("\n")
+        sections[title.strip()] = body.strip()
+    return sections
+
+
+def _kept(previous: dict[str, str], title: str) -> str | None:
+    """The earlier body of the section named ``title`` (its title may carry a suffix such as "(added ...)")."""
+    return next((body for old, body in previous.items() if old.startswith(title)), None)
+
+
+def _section(summary: dict, results: dict, key: str, module, previous: dict[str, str], title: str) -> str:
+    """A script's tables, headed by when they were measured (``--only`` refreshes some sections, not all); a
+    script with no JSON here keeps its section of the existing RESULTS.md."""
+    if results.get(key) is None:
+        return _kept(previous, title) or f"*Not measured yet: `python benchmarks/run_all.py --only {key}`.*"
+    when = summary.get("dates", {}).get(key, summary["date"])
+    return f"*Measured {when}.*\n\n" + module.markdown(results[key])
+
+
+def render(summary: dict, results: dict, plan, out_json, args, out_md: str) -> str:
     """RESULTS.md from the measurements."""
     machine, argv = summary["machine"], summary.get("argv", [])
-    commands = [f"{script_command(script, script_argv + out_json(f'bench_{key}'))}   "
-                f"# {summary['durations_s'][key] / 60:.1f} min, other processes {100 * summary['others_cpu_share'][key]:.0f}% of the CPU"
+    commands = [f"{script_command(script, script_argv + out_json(f'bench_{key}'))}   " + _command_note(summary, key)
                 for key, script, _, script_argv in plan]
-    sections = {key: module.markdown(results[key]) for key, _, module, _ in plan}
+    titles = {"train": "Training throughput", "sample": "Sampling speed",
+              "recipe": "Quality per CPU-minute: diffvae recipe vs diffusers recipe", "quality": "Quality against NFE",
+              "variants": "DDIM variants: ε̂ from the clipped x̂₀, leading vs trailing spacing",
+              "sweep": "Recipes swept at equal compute", "time_to_quality": "Time to quality against the peers",
+              "vs_old": "Today's defaults against the defaults before issue 13"}
+    previous = previous_sections(out_md)
+    sections = {key: _section(summary, results, key, module, previous, titles[key]) for key, _, module, _ in plan}
+    written = {"Targets", "Machine peak", "Commands", *titles.values()}
+    extra = [f"## {title}\n\n{body}\n" for title, body in previous.items() if not any(title.startswith(w) for w in written)]
     report = [
         "# diffvae benchmarks",
         "",
@@ -190,10 +274,11 @@ def render(summary: dict, results: dict, plan, out_json, args) -> str:
         f"{summary.get('threads', machine['torch_threads'])} torch threads), torch {machine['torch']}, Python {machine['python']}; load average (1 min) "
         f"{machine['load_average_1min']} at the start, {summary['load_average_end']} at the end; other processes used "
         f"{100 * summary['others_cpu_share_total']:.0f}% of the machine's CPU during the run (from /proc/stat; per script "
-        "under Commands). Times are wall-clock, best of several repeats unless a table says otherwise; every ratio "
-        "compares numbers measured in this run.",
+        "under Commands). A section measured by an earlier invocation (``--only`` refreshes some) says when under its "
+        "title. Times are wall-clock, best of several repeats unless a table says otherwise; every ratio compares "
+        "numbers measured in the same script run.",
         "",
-        "## Targets (issue 8)",
+        "## Targets (issues 8 and 13)",
         "",
         targets_markdown(results),
         "",
@@ -204,7 +289,7 @@ def render(summary: dict, results: dict, plan, out_json, args) -> str:
         "",
         peaks_markdown(summary["peaks"]),
         "",
-        "## Training throughput",
+        f"## {titles['train']}",
         "",
         sections["train"],
         "",
@@ -234,6 +319,15 @@ def render(summary: dict, results: dict, plan, out_json, args) -> str:
         "",
         sections["sweep"],
         "",
+        "## Time to quality against the peers",
+        "",
+        sections["time_to_quality"],
+        "",
+        "## Today's defaults against the defaults before issue 13",
+        "",
+        sections.get("vs_old", _kept(previous, titles["vs_old"]) or "*Measured by full runs only (two 15-minute compares).*"),
+        "",
+        *extra,
         "## Commands",
         "",
         "```",

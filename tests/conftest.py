@@ -1,5 +1,6 @@
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -18,14 +19,27 @@ def _one_torch_thread():
     yield
 
 
-@pytest.fixture(scope="session")
-def feature_cache():
-    """One feature-network cache for the whole session (the networks train once per dataset)."""
-    path = os.path.join(tempfile.gettempdir(), "diffvae-test-feature-cache")
+# Feature networks train once per data set and are kept between sessions here (tests that need one share it)
+FEATURE_CACHE = Path(tempfile.gettempdir()) / "diffvae-test-feature-cache"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_a_session_folder(tmp_path_factory):
+    """``$DIFFVAE_CACHE`` is a folder of this session, so no test writes into ~/.cache (folder packs land
+    here and go with the session); its ``features/`` links to FEATURE_CACHE's, kept between sessions."""
+    cache = tmp_path_factory.mktemp("diffvae-cache")
+    (FEATURE_CACHE / "features").mkdir(parents=True, exist_ok=True)
+    (cache / "features").symlink_to(FEATURE_CACHE / "features", target_is_directory=True)
     old = os.environ.get("DIFFVAE_CACHE")
-    os.environ["DIFFVAE_CACHE"] = path
-    yield path
+    os.environ["DIFFVAE_CACHE"] = str(cache)
+    yield cache
     if old is None:
         os.environ.pop("DIFFVAE_CACHE", None)
     else:
         os.environ["DIFFVAE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def feature_cache(_cache_in_a_session_folder):
+    """The session's cache folder, whose feature networks are shared between sessions (they train once per dataset)."""
+    return str(_cache_in_a_session_folder)

@@ -12,8 +12,9 @@ diffusers = pytest.importorskip("diffusers")
 
 from diffvae.api import DataConfig, load, train_run  # noqa: E402
 from diffvae.diffusion.model import DDPMConfig  # noqa: E402
+from diffvae.diffusion.export import diffusers_state_dict, diffusers_unet_config  # noqa: E402
 from diffvae.errors import DiffvaeError  # noqa: E402
-from diffvae.export import add_arguments, diffusers_state_dict, diffusers_unet_config, export_diffusers, run  # noqa: E402
+from diffvae.export import add_arguments, export_diffusers, run  # noqa: E402
 from diffvae.nn.unet import UNet, UNetConfig  # noqa: E402
 from diffvae.train import TrainConfig  # noqa: E402
 
@@ -164,7 +165,7 @@ def test_bad_input_is_one_line_and_touches_nothing(runs, tmp_path):
               out=vae, progress=False)
     cases = {
         "exists": ((runs / "eps-linear", existing), {}, "already exists"),
-        "vae": ((vae, tmp_path / "a"), {}, "diffusion runs"),
+        "vae": ((vae, tmp_path / "a"), {}, "does not support VAE runs"),
         "pipeline": ((runs / "eps-linear", tmp_path / "b"), {"pipeline": "dpm"}, "--pipeline"),
         "inside a run": ((runs / "eps-linear", runs / "eps-linear" / "export"), {}, "inside a diffvae run"),
         "no parent": ((runs / "eps-linear", tmp_path / "no" / "such"), {}, "does not exist"),
@@ -179,3 +180,17 @@ def test_bad_input_is_one_line_and_touches_nothing(runs, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
     out = export_diffusers(runs / "eps-linear", existing, force=True)  # --force replaces the folder
     assert (out / "model_index.json").is_file() and not (out / "keep.txt").exists()
+
+
+def test_diffvae_export_is_a_cli_command(runs, tmp_path, capsys):
+    from diffvae.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["export", str(runs / "eps-linear"), "--to", "diffusers", str(out), "--pipeline", "ddpm"]) == 0
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    assert "DDPMPipeline" in capsys.readouterr().err
+    assert main(["export", str(runs / "eps-linear"), "--to", "onnx", str(tmp_path / "x")]) == 2
+    assert main(["export", str(runs / "eps-linear"), "--to", "diffusers", str(out)]) == 2  # exists: --force
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("diffvae: error:") for line in err)
+    assert not (tmp_path / "x").exists()

@@ -14,7 +14,7 @@ import torch
 
 from diffvae.data import load_data
 from diffvae.errors import DiffvaeError
-from diffvae.loader import rank_batch_indices, training_batches
+from diffvae.loader import training_batches
 from diffvae.pack import PackWriter, pack
 from diffvae.train import batch_indices
 
@@ -75,6 +75,9 @@ def test_open_ended_and_bad_arguments():
             training_batches(images, seed=0, **kwargs)
     with pytest.raises(DiffvaeError):
         training_batches(images[:0], batch_size=4, seed=0)
+    state = torch.get_rng_state()
+    list(training_batches(images, batch_size=4, seed=0, stop_step=3, workers=1))
+    assert torch.equal(torch.get_rng_state(), state)  # the training noise stream is not drawn from (exact resume)
     moments = torch.randn(20, 4, 2, 2)  # latent diffusion's stage 2 trains on float posterior moments
     (batch,) = training_batches(moments, batch_size=4, seed=0, start_step=3, stop_step=4)
     assert torch.equal(batch, moments[batch_indices(3, 20, 4, 0)])
@@ -179,3 +182,41 @@ def test_training_over_a_big_pack_peaks_below_half_its_size(tmp_path):
     finally:
         for name in os.listdir(tmp_path / "big"):
             (tmp_path / "big" / name).unlink()
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_loader_source_gives_the_engines_batch_source_batches(world, tmp_path):
+    """LoaderSource against diffvae.train.BatchSource (the engine's in-memory source) as the oracle: the same
+    inputs, labels and horizontal flips at every step, for each rank; a jump back (resume) restarts it."""
+    from diffvae.loader import LoaderSource
+    from diffvae.train import BatchSource
+
+    dataset = load_data(f"packed:{pack('digits', tmp_path / 'p', limit=200)}")
+    images, labels = dataset.train, dataset.train_labels
+    for rank in range(world):
+        oracle = BatchSource(images.clone(), 32, 3, labels, rank, world, hflip=True)
+        source = LoaderSource(images, 32, 3, labels, rank, world, hflip=True, workers=1)
+        for step in [0, 1, 2, 3, 4, 5, 6, 7, 2, 3]:  # 6 batches an epoch; then back to step 2
+            (x, y), (ox, oy) = source.batch(step), oracle.batch(step)
+            assert torch.equal(x, ox) and torch.equal(y, oy), (rank, step)
+        assert torch.equal(source.probe(), oracle.probe()) and source.n == oracle.n
+    flipped = sum(not torch.equal(x, images[batch_indices(s, 200, 32, 3)]) for s in range(6)
+                  for x in [LoaderSource(images, 32, 3, hflip=True, workers=0).batch(s)[0]])
+    assert flipped == 6  # the flips are on (every batch of 32 has some mirrored digit)
+
+
+def test_the_engine_trains_identically_from_a_loader_source_over_a_pack(tmp_path):
+    """train(..., source=LoaderSource(packed split)) ends bit-identical to train() on the same images in memory."""
+    from diffvae.loader import LoaderSource
+    from diffvae.train import TrainConfig, train
+    from diffvae.vae.model import VAE, VAEConfig
+
+    dataset = load_data(f"packed:{pack('digits', tmp_path / 'p')}")
+    config = TrainConfig(steps=8, batch_size=32, precision="fp32", device="cpu", warmup_steps=2, seed=4)
+    results = []
+    for source in (None, LoaderSource(dataset.train, 32, 4, workers=1)):
+        torch.manual_seed(0)
+        model = VAE(VAEConfig(width=8, latent_dim=2), dataset.image_shape)
+        ema, _ = train(model, dataset.train.clone(), config, progress=False, source=source)
+        results.append(ema.state_dict())
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])

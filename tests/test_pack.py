@@ -117,6 +117,9 @@ def test_pack_cli_command_writes_the_pack_data_info_reads(tmp_path, capsys):
     assert run(parser.parse_args(["digits", "--out", str(tmp_path / "p"), "--force"])) == 0
     assert load_data(f"packed:{tmp_path / 'p'}").train.shape[0] == 1617
     assert sorted(os.listdir(tmp_path)) == ["p"]  # no temporary folder left behind
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "p").stat().st_mode & 0o777 == 0o777 & ~mask  # as mkdir would make it, not mkdtemp's 0700
 
 
 # ---------------------------------------------------------------------------- the folder cache

@@ -125,3 +125,20 @@ def test_bad_input_is_one_line(tmp_path):
             run(parser.parse_args(argv))
         message = str(caught.value)
         assert expected in message and "\n" not in message, (name, message)
+
+
+def test_diffvae_score_is_a_cli_command(tmp_path, capsys, feature_cache):
+    """``diffvae score`` through the CLI: the same JSON as the function, bad input one line with exit 2."""
+    from diffvae.cli import main
+
+    images = load_data("digits").test[:40].numpy()
+    np.savez(tmp_path / "s.npz", images=images)
+    argv = [f"npz:{tmp_path / 's.npz'}", "--data", "digits", "--bootstrap", "0"]
+    assert main(["score", *argv, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(score(argv[0], data="digits", bootstrap=0)))
+    assert printed["n_samples"] == 40 and printed["fid"] is not None
+    assert main(["score", f"npz:{tmp_path / 'none.npz'}", "--data", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffvae: error:") and "\n" not in err
+    assert main(["--help"]) == 0 and "score" in capsys.readouterr().out

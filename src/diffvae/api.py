@@ -81,10 +81,22 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
         data = data_config_from_dict(saved["data"])
     else:
         RunDir.check_new(out, force=force)
+    # a new run takes the family's preset for the data's shape under the given fields (diffvae.presets): from the
+    # CLI, all but its flags; with no config, all of it; a config object given here is used as it is
+    given_model = None
+    if not resume and (requested is not None or model_config is None):
+        given_model = set((requested or {}).get("model", {}))
     model_config = model_config or config_class()
     train_config = train_config or TrainConfig(**fam.train_defaults)
     train_config.validate()
     dataset = dataset or data.load()
+    if given_model is not None:
+        from diffvae.presets import preset_config
+
+        model_config = preset_config(fam.spec(), model_config, dataset.image_shape, given_model)
+    from diffvae.conditioning import conditioned_config
+
+    model_config = conditioned_config(model_config, dataset, fam.spec())  # --conditional: K from the labels
     torch.manual_seed(train_config.seed)  # the initialisation is part of the seeded run
     model = model_class(model_config, dataset.image_shape)  # validates the config against the data
     spec = fam.spec()

@@ -7,6 +7,9 @@
     diffvae invert RUN [--n --steps]
     diffvae data info SPEC
     diffvae compare --data SPEC --budget MIN --out DIR [--families vae,ddpm,ldm] [--split vae=1,ddpm=1,ldm=1]
+    diffvae score SAMPLES --data SPEC [--json]
+    diffvae export RUN --to diffusers OUT [--pipeline ddim|ddpm]
+    diffvae plot RUN [--out curves.png]
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# diffusers' flag names accepted for a config field of the same meaning (values: see the configs' validate)
+FLAG_ALIASES = {"timesteps": ("--num-train-timesteps",)}
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One ``--field-name`` flag per field of a config dataclass, typed from its default."""
     hints = typing.get_type_hints(cls)
@@ -58,7 +65,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[st
                                 help=f"comma-separated (default {','.join(map(str, default))})")
         else:
             kind = finite_float if isinstance(default, float) or "float" in hint else int if isinstance(default, int) else str
-            parser.add_argument(_flag(f.name), dest=f"model__{f.name}", type=kind, default=None, metavar=f.name.upper(),
+            parser.add_argument(_flag(f.name), *FLAG_ALIASES.get(f.name, ()), dest=f"model__{f.name}", type=kind, default=None, metavar=f.name.upper(),
                                 help=f"(default {default})")
 
 
@@ -71,7 +78,7 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 
 def _add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required, metavar="SPEC",
-                   help="mnist | digits | shapes | folder:PATH | npz:PATH | idx:PATH")
+                   help="mnist | digits | shapes | colours | photos | folder:PATH | npz:PATH | idx:PATH")
     p.add_argument("--size", type=SIZE.parser(), default=None, help=f"resize images to SIZE×SIZE, SIZE in {SIZE.text()}")
     p.add_argument("--key", default=None, help="array name inside an .npz")
     p.add_argument("--binarize", action="store_true", help="threshold the images to {0, 255}")
@@ -91,6 +98,12 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         kind = allowed.parser() if allowed is not None else str
         target = length if name in ("steps", "budget_minutes") else p
         flag = train_flag(name)
+        if isinstance(f.default, bool):  # --x / --no-x
+            target.add_argument(flag, dest=f"train__{name}", action=argparse.BooleanOptionalAction, default=None,
+                                help=f.metadata.get("help"))
+            continue
+        if allowed is None and isinstance(f.default, int):
+            kind = int  # its range is checked by TrainConfig.validate
         target.add_argument(flag, dest=f"train__{name}", type=kind, default=None,
                             metavar=f.metadata.get("metavar") or flag[2:].upper().replace("-", "_"), help=f.metadata.get("help"))
     p.add_argument("--resume", action="store_true",
@@ -145,6 +158,7 @@ def add_train_parser(train: argparse.ArgumentParser) -> None:
         p = fam_sub.add_parser(name, help=fam.summary)
         _add_data_arguments(p, required=False)  # required unless --resume (checked in cmd_train)
         p.add_argument("--out", required=True, metavar="RUN")
+        _add_config_argument(p)
         _add_train_arguments(p)
         try:
             config_class, _ = fam.load()
@@ -160,6 +174,10 @@ def add_sample_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="grid.png, or samples.npz for the raw uint8 array")
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--class", dest="class_", type=int, default=None, metavar="K", help="conditional runs: samples of class K")
+    p.add_argument("--classes", default=None, metavar="A,B,...", help="conditional runs: the samples cycle through these classes")
+    p.add_argument("--guidance", type=float, default=None, metavar="W", help="classifier-free guidance scale (default 1)")
+    p.add_argument("--precision", default="auto", help="of sampling: auto (bf16 where the CPU/GPU runs it natively, else fp32) | bf16 | fp32")
 
 
 def add_eval_parser(p: argparse.ArgumentParser) -> None:
@@ -173,6 +191,9 @@ def add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="also write the JSON here (a .json file)")
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="conditional runs: guidance scale of the class-balanced samples (default 1)")
+    p.add_argument("--precision", default="auto", help="of sampling: auto (bf16 where the CPU/GPU runs it natively, else fp32) | bf16 | fp32")
 
 
 def add_interpolate_parser(p: argparse.ArgumentParser) -> None:
@@ -209,6 +230,7 @@ def add_compare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=TRAIN_RANGES["budget_minutes"].parser(), default=None, metavar="MINUTES",
                    help="(default 15; --resume: the stored one)")
     p.add_argument("--out", required=True, metavar="DIR")
+    _add_config_argument(p)
     p.add_argument("--families", default=None, help="comma-separated (default: every registered family; --resume: the stored ones)")
     p.add_argument("--split", default=None, metavar="FAM=W,...",
                    help="relative training time per family, e.g. vae=1,ddpm=2,ldm=2 (default: each family's share)")
@@ -224,7 +246,121 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=SAMPLING_STEPS.parser(), default=None, help="sampling steps (iterative families)")
     p.add_argument("--eta", type=ETA.parser(), default=None, help="DDIM η")
     p.add_argument("--seed", type=SEED.parser(), default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda[:N] | mps (default auto)")
+
+
+def _device(args) -> str:
+    """``--device`` resolved (``auto`` → the best device here), refused with one line if unavailable."""
+    from diffvae.train import resolve_device
+
+    return str(resolve_device(args.device))
+
+
+# ----------------------------------------------------------------------------- --config FILE
+
+CONFIG_COMMANDS = {"train": 2, "compare": 1}  # the commands that take --config, and their words before the flags
+CONFIG_FORBIDDEN = ("config", "help", "version")
+
+
+def _add_config_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.json|FILE.toml",
+                   help="flags from a file: one key per flag (flag or field name, e.g. lr, batch, data, channel_mult); "
+                        "flags on the command line override it; unknown keys are refused")
+
+
+def with_config_file(argv: list[str]) -> list[str]:
+    """``argv`` with ``--config FILE`` replaced by the file's keys as flags, placed before the command
+    line's own flags (argparse keeps the last value, so the command line wins)."""
+    if not argv or argv[0] not in CONFIG_COMMANDS:
+        return argv
+    rest, path = _pop_config(argv)
+    words = CONFIG_COMMANDS[argv[0]]
+    if path is None or len(rest) < words:
+        return rest
+    parser = _subparser(build_parser(), rest[:words])
+    if parser is None:
+        return rest
+    return rest[:words] + config_tokens(read_config_file(path), parser, rest[words:], path) + rest[words:]
+
+
+def _pop_config(argv: list[str]) -> tuple[list[str], str | None]:
+    rest = list(argv)
+    for i, token in enumerate(rest):
+        if token == "--config":
+            if i + 1 >= len(rest):
+                raise DiffvaeError("--config: expected one argument (a .json or .toml file)")
+            return rest[:i] + rest[i + 2:], rest[i + 1]
+        if token.startswith("--config="):
+            return rest[:i] + rest[i + 1:], token[len("--config="):]
+    return rest, None
+
+
+def read_config_file(path: str) -> dict[str, typing.Any]:
+    """The flat key → value table of a .json or .toml file (one error line if unreadable)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise DiffvaeError(f"--config must be a .json or .toml file, got {path}")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        if suffix == ".json":
+            values = json.loads(text)
+        else:
+            import tomllib
+
+            values = tomllib.loads(text)
+    except OSError as e:
+        raise DiffvaeError(f"cannot read --config {path}: {e.strerror or e}") from None
+    except ValueError as e:  # JSONDecodeError, TOMLDecodeError
+        raise DiffvaeError(f"--config {path} is not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise DiffvaeError(f"--config {path} must hold one table of flag = value, got {type(values).__name__}")
+    return values
+
+
+def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser | None:
+    for word in words:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        parser = action.choices.get(word) if action is not None else None
+        if parser is None:
+            return None
+    return parser
+
+
+def config_tokens(values: dict[str, typing.Any], parser: argparse.ArgumentParser, given: list[str], path: str) -> list[str]:
+    """The flags of a --config table for ``parser``; a key whose flag (or a flag exclusive with it) the
+    command line ``given`` already has is dropped."""
+    options = {o: a for a in parser._actions for o in a.option_strings}
+    on_command_line = {options[t.split("=", 1)[0]] for t in given if t.split("=", 1)[0] in options}
+    for group in parser._mutually_exclusive_groups:
+        if on_command_line & set(group._group_actions):
+            on_command_line |= set(group._group_actions)
+    tokens: list[str] = []
+    for key, value in values.items():
+        flag = "--" + str(key).replace("_", "-")
+        action = options.get(flag)
+        if action is None:
+            alias = next((a for a in options.values() if a.dest.split("__")[-1] == str(key).replace("-", "_")), None)
+            action, flag = alias, (alias.option_strings[0] if alias is not None else flag)
+        if action is None or str(key) in CONFIG_FORBIDDEN:
+            raise DiffvaeError(f"--config {path}: unknown key {key!r} (keys are the command's flags, e.g. lr, batch, data)")
+        if action in on_command_line or value is None:
+            continue
+        tokens += _tokens_of(action, flag, value, path, key)
+    return tokens
+
+
+def _tokens_of(action: argparse.Action, flag: str, value: typing.Any, path: str, key: str) -> list[str]:
+    if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
+        if not isinstance(value, bool):
+            raise DiffvaeError(f"--config {path}: {key!r} must be true or false, got {value!r}")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return [flag if value else "--no-" + flag[2:]]
+        return [flag] if value else []
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    elif isinstance(value, (dict, bool)):
+        raise DiffvaeError(f"--config {path}: {key!r} must be a number, a string or a list, got {value!r}")
+    return [f"{flag}={value}"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -251,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(with_config_file(argv))
         code = args._run_command(args) or 0
         sys.stdout.flush()  # inside the try: a reader that has gone (`| head`) is met here, not at exit
         return code
@@ -320,7 +456,8 @@ def cmd_train(args) -> int:
         train_config = TrainConfig(**train_values)
         train_config.validate()
         data = DataConfig(**given["data"])
-        train_run(args.family, data, model_config, train_config, out=args.out, force=args.force, progress=not args.quiet)
+        train_run(args.family, data, model_config, train_config, out=args.out, force=args.force, progress=not args.quiet,
+                  requested={**given, "model": model_values})  # the shape's preset fills the model fields not given
     if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
         print(f"diffvae: trained {args.family} → {args.out}", file=sys.stderr)
     return 0
@@ -402,12 +539,18 @@ def cmd_sample(args) -> int:
 
     from diffvae.api import load
 
+    from diffvae.precision import check_sampling_precision, sampling_precision
+
     out = _check_output(args.out, args.force)
-    model = load(args.run, device=args.device)
+    check_sampling_precision(args.precision)
+    model = load(args.run, device=_device(args))
     kwargs = _sampling_kwargs(args, model)
+    from diffvae.conditioning import sampling_labels
+
+    kwargs.update(sampling_labels(model, args.n, args.class_, args.classes, args.guidance))  # --class/--classes/--guidance
     _check_fits_in_memory(args.n, model)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    with torch.inference_mode():
+    generator = torch.Generator(device=_device(args)).manual_seed(args.seed)
+    with torch.inference_mode(), sampling_precision(model, args.precision):
         images = model.sample(args.n, generator=generator, **kwargs)
     _write_images(images, out)
     print(f"diffvae: wrote {args.n} samples → {out}", file=sys.stderr)
@@ -443,10 +586,12 @@ def _write_images(images, out: Path, nrow: int | None = None) -> None:
 
 def cmd_eval(args) -> int:
     from diffvae.api import load
-    from diffvae.evaluate import EvalConfig, evaluate, format_table
+    from diffvae.evaluate import EvalConfig, check_eval_guidance, evaluate, format_table
+    from diffvae.precision import check_sampling_precision
 
     out = _check_output(args.out, args.force, (".json",)) if args.out else None
-    model = load(args.run, device=args.device)
+    check_sampling_precision(args.precision)
+    model = load(args.run, device=_device(args))
     kwargs = _sampling_kwargs(args, model)
     cfg = EvalConfig.quick() if args.quick else EvalConfig()
     for name in ("n", "bound_n", "iwae"):  # ranges checked at parse time
@@ -455,6 +600,8 @@ def cmd_eval(args) -> int:
             setattr(cfg, {"n": "n_samples", "bound_n": "bound_n", "iwae": "iwae_samples"}[name], value)
     cfg.seed = args.seed
     cfg.sampler_kwargs = kwargs
+    cfg.precision = args.precision
+    cfg.guidance = check_eval_guidance(model, args.guidance)
     _check_fits_in_memory(cfg.n_samples, model)
     results = evaluate(model, cfg, progress=not args.json)
     text = json.dumps(results, indent=2, sort_keys=True)
@@ -475,7 +622,7 @@ def cmd_interpolate(args) -> int:
     if args.path not in ("slerp", "linear"):
         raise DiffvaeError(f"--path must be slerp or linear, got {args.path!r}")
     out = _check_output(args.out, args.force)
-    model = load(args.run, device=args.device)
+    model = load(args.run, device=_device(args))
     kwargs = _sampling_kwargs(args, model)
     dataset = run_data(model)
     g = torch.Generator().manual_seed(args.seed)
@@ -497,7 +644,7 @@ def cmd_invert(args) -> int:
     from diffvae.interpolation import roundtrip
 
     out = _check_output(args.out, args.force) if args.out else None
-    model = load(args.run, device=args.device)
+    model = load(args.run, device=_device(args))
     kwargs = _sampling_kwargs(args, model)
     dataset = run_data(model)
     x = dataset.test[: args.n]
@@ -531,6 +678,7 @@ def _run_data(args) -> int:
 
 DATA_SUBCOMMANDS: list[Subcommand] = [
     Subcommand("info", "print what a data spec yields", add_data_info_parser, cmd_data),
+    Subcommand("pack", "decode a data spec once into memory-mapped shards; read it back as packed:DIR", module="diffvae.pack"),
 ]
 
 # One line per subcommand. A command written in its own module (add_arguments(parser) + run(args)):
@@ -545,3 +693,8 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("data", "inspect data sources", add_data_parser, _run_data),
     Subcommand("compare", "train every family under one budget and write the comparison report", add_compare_parser, cmd_compare),
 ]
+SUBCOMMANDS.append(Subcommand("score", "FID/KID/precision-recall/sharpness of any uint8 samples (folder:/npz:/idx: or a run) "
+                              "against --data's held-out split", module="diffvae.score"))
+SUBCOMMANDS.append(Subcommand("export", "export a trained run to another library (--to diffusers: pipeline folder, EMA weights, "
+                              "safetensors)", module="diffvae.export"))
+SUBCOMMANDS.append(Subcommand("plot", "draw a run's loss and evaluation curves (metrics.jsonl) to a PNG", module="diffvae.plot"))

@@ -36,13 +36,17 @@ class FamilyModel(Protocol):
     config: Any
     image_shape: tuple[int, ...]
 
-    def training_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """(scalar loss to minimise, logs of plain floats). Uses the global torch RNG (the engine seeds
-        it and saves its state for exact resume). ``x`` is a uint8 batch from the batch source."""
+        it and saves its state for exact resume). ``x`` is a uint8 batch from the batch source.
+        ``labels`` (int64 (N,)): given by the engine only to a conditional model (``config.conditional``,
+        :mod:`diffvae.conditioning`); an unconditional family may keep the one-argument signature."""
 
     def sample(self, n: int, generator: torch.Generator | None = None, **sampling: Any) -> torch.Tensor:
         """n uint8 images. ``sampling`` holds ``sampler``/``steps``/``eta`` when the user gave them
-        (only for a family with ``spec.samplers``); a one-shot family accepts and ignores ``**_``."""
+        (only for a family with ``spec.samplers``); a one-shot family accepts and ignores ``**_``.
+        A conditional model (``spec.conditional``) also takes ``labels`` (n,) and, if iterative,
+        ``guidance`` (classifier-free guidance scale w, :mod:`diffvae.diffusion.guidance`; default 1)."""
 
     def bound(self, x: torch.Tensor, generator: torch.Generator | None = None, **options: Any) -> dict[str, Any]:
         """Per-example bits/dim of the tightest valid bound, key ``bpd`` (tensor (N,)), and its parts
@@ -119,6 +123,7 @@ class FamilySpec:
     collapse_text: str = "not applicable"  # the report's "Posterior collapse" cell, unless report_cells says more
     extra_stages: tuple[ExtraStage, ...] = field(default=())
     extra_figures: tuple[ExtraFigure, ...] = field(default=())
+    conditional: bool = False  # the family can be trained --conditional (its config has diffvae.conditioning's fields)
 
     # ------------------------------------------------------------------ sampling and evaluation
     def sampler_name(self, model, sampling: dict[str, Any]) -> str | None:
@@ -193,15 +198,23 @@ class FamilySpec:
         on two training images, on a copy, with the RNG state put back."""
         import copy
 
+        from diffvae.conditioning import is_conditional
+
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            copy.deepcopy(model).training_loss(dataset.train[:2])
+            if is_conditional(model):
+                copy.deepcopy(model).training_loss(dataset.train[:2], labels=dataset.train_labels[:2])
+            else:
+                copy.deepcopy(model).training_loss(dataset.train[:2])
 
     def fit(self, model, dataset, train_config, run, *, resume: bool, progress: bool):
         """Train ``model`` into the run directory ``run``; returns the EMA model. Default: one engine run
         on the training images. A family with several stages runs the engine once per stage."""
+        from diffvae.conditioning import is_conditional
         from diffvae.train import train
 
-        ema, _ = train(model, dataset.train, train_config, run, resume=resume, progress=progress, description=model.family)
+        labels = dataset.train_labels if is_conditional(model) else None
+        ema, _ = train(model, dataset.train, train_config, run, resume=resume, progress=progress, description=model.family,
+                       labels=labels)
         return ema
 
 

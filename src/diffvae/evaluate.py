@@ -11,7 +11,12 @@
 * **interpolation** — round-trip error through the latent, path smoothness, and FID of the
   midpoints of held-out pairs (spherical paths);
 * **representation** — linear-probe accuracy of the family's latent (``to_latent``) on labels;
-* **family diagnostics** — e.g. the VAE's active units, KL per dimension and mutual information.
+* **family diagnostics** — e.g. the VAE's active units, KL per dimension and mutual information;
+* **conditional generation** (conditional runs only, :func:`conditional_quality`, :func:`guidance_sweep`) —
+  conditional accuracy (the feature network's classifier on samples asked for class k, averaged over
+  classes), per-class FID, and for iterative families FID / precision / recall / accuracy / ms per
+  sample at every classifier-free guidance scale w of ``EvalConfig.guidance_sweep``. The main samples
+  of a conditional run are class-balanced, at guidance ``EvalConfig.guidance`` (``eval --guidance``).
 
 Uncertainty: ``<metric>_ci95 = [low, high]`` beside a figure is its 95% interval — bootstrap
 intervals for FID, KID, precision and recall (:mod:`diffvae.metrics.bootstrap`, resampling the
@@ -33,11 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffvae.conditioning import num_classes
 from diffvae.metrics.bootstrap import fid_ci, kid_ci, precision_recall_ci, wilson_interval
 from diffvae.metrics.distances import fid, kid, precision_recall
 from diffvae.metrics.interpolation import path_smoothness
 from diffvae.metrics.probe import linear_probe
 from diffvae.metrics.sharpness import laplacian_variance, sharpness
+from diffvae.precision import precision_name, sampling_precision
 
 
 @dataclass
@@ -57,12 +64,18 @@ class EvalConfig:
     batch_size: int = 250
     seed: int = 0
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"  # of sampling only (diffvae.precision): auto = bf16 where native, else fp32; bounds stay fp32
+    # conditional runs (diffvae.conditioning): class-balanced samples at guidance w (None = 1, the conditional model)
+    guidance: float | None = None
+    per_class_n: int = 100  # samples per class for conditional accuracy and per-class FID
+    guidance_sweep: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0)  # w of the sweep (iterative families; () = none)
+    guidance_sweep_n: int = 500  # class-balanced samples per w
 
     @classmethod
     def quick(cls, **kw) -> "EvalConfig":
         """Small sizes for smoke tests and tiny budgets (noisy figures)."""
         base = dict(n_samples=100, bound_n=8, bound_timesteps=0, variance_fit_n=16, iwae_samples=8, midpoints=24, strips=2, frames=5,
-                    roundtrip_n=16, probe_train=200, probe_test=100, batch_size=100)
+                    roundtrip_n=16, probe_train=200, probe_test=100, batch_size=100, per_class_n=10, guidance_sweep_n=50)
         base.update(kw)
         return cls(**base)
 
@@ -101,6 +114,12 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
     if dataset.train_labels is not None and dataset.test_labels is not None:
         steps("linear probe")
         out.update(representation(model, dataset, config))
+    if num_classes(model):
+        steps("conditional generation")
+        out.update(conditional_quality(model, dataset, config, extractor, g))
+        if spec.iterative and config.guidance_sweep:
+            steps("guidance sweep")
+            out.update(guidance_sweep(model, dataset, config, extractor, g, real_features=real_features))
     steps("diagnostics")
     with torch.no_grad():
         out.update(spec.diagnostics(model, dataset.test[: max(config.bound_n, 200)], generator=torch.Generator().manual_seed(config.seed)))
@@ -113,13 +132,17 @@ def sampling_speed(model, config: EvalConfig, generator: torch.Generator | None 
     sample (after a warm-up) with its t-interval over the timed batches."""
     kw = dict(config.sampler_kwargs)
     generator = generator or torch.Generator().manual_seed(config.seed)
-    with torch.inference_mode():
-        model.sample(2, generator=torch.Generator().manual_seed(1), **kw)  # warm-up
+    labels = class_balanced_labels(config.n_samples, num_classes(model)) if num_classes(model) else None
+    if labels is not None and config.guidance is not None:
+        kw["guidance"] = config.guidance
+    with torch.inference_mode(), sampling_precision(model, config.precision):
+        model.sample(2, generator=torch.Generator().manual_seed(1), **kw, **({"labels": labels[:2]} if labels is not None else {}))  # warm-up
         batch = min(config.batch_size, math.ceil(config.n_samples / TIMED_CHUNKS))  # ≥ TIMED_CHUNKS timed repeats
-        samples, seconds = _batched_samples(model, config.n_samples, batch, generator, kw, progress)
+        samples, seconds = _batched_samples(model, config.n_samples, batch, generator, kw, progress, labels)
     out: dict[str, Any] = {"nfe": int(model.nfe(**kw)), "ms_per_sample": 1000.0 * sum(seconds) / config.n_samples,
                            "ms_per_sample_ci95": mean_interval([1000.0 * t / n for t, n in zip(seconds, _chunk_sizes(config.n_samples, batch))]),
-                           "ms_per_sample_repeats": len(seconds), "sampling_batch": batch}
+                           "ms_per_sample_repeats": len(seconds), "sampling_batch": batch,
+                           "sampling_precision": precision_name(model, config.precision)}
     out.update(kw)
     return samples, out
 
@@ -253,18 +276,22 @@ def _chunk_sizes(n: int, batch: int) -> list[int]:
     return [min(batch, n - start) for start in range(0, n, batch)]
 
 
-def _batched_samples(model, n, batch, generator, kw, progress) -> tuple[torch.Tensor, list[float]]:
-    """n samples drawn ``batch`` at a time, and the seconds each batch took."""
+def _batched_samples(model, n, batch, generator, kw, progress, labels=None) -> tuple[torch.Tensor, list[float]]:
+    """n samples drawn ``batch`` at a time (with their ``labels`` (n,) for a conditional model), and the
+    seconds each batch took."""
     chunks, seconds = [], []
     iterator = _chunk_sizes(n, batch)
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="samples", unit="batch", leave=False)
+    start = 0
     for size in iterator:
+        extra = {} if labels is None else {"labels": labels[start:start + size]}
         t0 = time.perf_counter()
-        chunks.append(model.sample(size, generator=generator, **kw).cpu())
+        chunks.append(model.sample(size, generator=generator, **kw, **extra).cpu())
         seconds.append(time.perf_counter() - t0)
+        start += size
     return torch.cat(chunks), seconds
 
 
@@ -292,6 +319,100 @@ def ratio_of_means_interval(numerator: torch.Tensor, denominator: torch.Tensor, 
     relative = math.sqrt(float(a.var() / (a.numel() * a.mean() ** 2) + b.var() / (b.numel() * b.mean() ** 2)))
     half = NormalDist().inv_cdf(0.5 + level / 2.0) * abs(ratio) * relative
     return [ratio - half, ratio + half]
+
+
+# ----------------------------------------------------------------------------- conditional generation
+
+def check_eval_guidance(model, guidance: float | None) -> float | None:
+    """``eval --guidance W``: a finite W ≥ 0 for a conditional iterative run, else one error line."""
+    if guidance is None:
+        return None
+    from diffvae.conditioning import sampling_labels
+
+    return sampling_labels(model, 0, guidance=guidance)["guidance"]
+
+
+def conditional_evaluation_cost(model, config: EvalConfig, iterative: bool = True) -> float:
+    """Network evaluations (per image row) that :func:`conditional_quality` and :func:`guidance_sweep` add to
+    an evaluation of a conditional model: guidance w ∉ {0, 1} evaluates both branches (2 rows per image)."""
+    k = num_classes(model)
+    if not k:
+        return 0.0
+    rows = lambda w: 1 if w is None or float(w) in (0.0, 1.0) else 2  # noqa: E731
+    nfe = int(model.nfe(**config.sampler_kwargs))
+    cost = config.per_class_n * k * nfe * rows(config.guidance) + config.n_samples * nfe * (rows(config.guidance) - 1)
+    if iterative:
+        cost += sum(config.guidance_sweep_n * nfe * rows(w) for w in config.guidance_sweep)
+    return float(cost)
+
+
+def class_balanced_labels(n: int, k: int) -> torch.Tensor:
+    """n labels cycling through 0..K−1 (every class n/K times, ±1)."""
+    return torch.arange(n, dtype=torch.long) % k
+
+
+def conditional_quality(model, dataset, config: EvalConfig, extractor, generator: torch.Generator | None = None) -> dict[str, Any]:
+    """How well a conditional model obeys its label (issue 16): ``per_class_n`` samples of every class k
+    at guidance ``config.guidance`` (default 1), scored by :func:`conditional_scores`."""
+    k = num_classes(model)
+    generator = generator or torch.Generator().manual_seed(config.seed)
+    labels = torch.arange(k).repeat_interleave(config.per_class_n)
+    kw = dict(config.sampler_kwargs)
+    if config.guidance is not None:
+        kw["guidance"] = config.guidance
+    with torch.inference_mode():
+        samples, _ = _batched_samples(model, labels.shape[0], config.batch_size, generator, kw, False, labels)
+    out = conditional_scores(samples, labels, dataset, extractor)
+    out.update({"conditional_guidance": 1.0 if config.guidance is None else float(config.guidance),
+                "conditional_n_per_class": config.per_class_n})
+    return out
+
+
+def conditional_scores(samples: torch.Tensor, labels: torch.Tensor, dataset, extractor) -> dict[str, Any]:
+    """Scores of uint8 ``samples`` generated for ``labels`` (N,): the feature network's classifier
+    (``predict_proba``) says which class each shows. ``conditional_accuracy`` = mean over classes of
+    P(argmax = k | asked k) (the mean of ``conditional_accuracy_per_class``), with a Wilson interval over
+    all samples; ``per_class_fid`` = FID of class k's samples against the held-out images of class k."""
+    k = int(dataset.num_classes)
+    predicted = torch.from_numpy(np.asarray(extractor.predict_proba(samples))).argmax(1)
+    hits = predicted == labels
+    per_class = [float(hits[labels == c].float().mean()) if bool((labels == c).any()) else None for c in range(k)]
+    fids = []
+    for c in range(k):
+        real, fake = dataset.test[dataset.test_labels == c], samples[labels == c]
+        fids.append(fid(extractor.features(real), extractor.features(fake)) if min(real.shape[0], fake.shape[0]) > 1 else None)
+    asked = [a for a in per_class if a is not None]
+    finite = [f for f in fids if f is not None and math.isfinite(f)]
+    return {"conditional_accuracy": sum(asked) / len(asked), "conditional_accuracy_per_class": per_class,
+            "conditional_accuracy_ci95": wilson_interval(float(hits.float().mean()), int(hits.numel())),
+            "per_class_fid": fids, "per_class_fid_mean": sum(finite) / len(finite) if finite else None}
+
+
+def guidance_sweep(model, dataset, config: EvalConfig, extractor, generator: torch.Generator | None = None,
+                   real_features=None) -> dict[str, Any]:
+    """FID, precision/recall, conditional accuracy and ms/sample of ``guidance_sweep_n`` class-balanced
+    samples at every guidance scale w of ``config.guidance_sweep`` (guidance trades diversity for
+    fidelity, and w ∉ {0, 1} doubles each step's batch). ``best_guidance_accuracy`` / ``best_guidance_fid``:
+    the w of the highest accuracy / lowest FID."""
+    k = num_classes(model)
+    n = config.guidance_sweep_n
+    labels = class_balanced_labels(n, k)
+    real_features = extractor.features(dataset.test) if real_features is None else real_features
+    rows = []
+    for w in config.guidance_sweep:
+        g = torch.Generator().manual_seed(config.seed)  # the same noise at every w
+        kw = {**config.sampler_kwargs, "guidance": float(w)}
+        with torch.inference_mode(), sampling_precision(model, config.precision):
+            samples, seconds = _batched_samples(model, n, config.batch_size, g, kw, False, labels)
+        fake = extractor.features(samples)
+        predicted = torch.from_numpy(np.asarray(extractor.predict_proba(samples))).argmax(1)
+        row = {"guidance": float(w), "fid": fid(real_features, fake), "ms_per_sample": 1000.0 * sum(seconds) / n,
+               "accuracy": float((predicted == labels).float().mean())}
+        row.update(precision_recall(real_features, fake, k=3))
+        rows.append(row)
+    best_accuracy = max(rows, key=lambda r: r["accuracy"])["guidance"]
+    best_fid = min(rows, key=lambda r: r["fid"] if math.isfinite(r["fid"]) else float("inf"))["guidance"]
+    return {"guidance_sweep": rows, "guidance_sweep_n": n, "best_guidance_accuracy": best_accuracy, "best_guidance_fid": best_fid}
 
 
 def _boot_generator(config: EvalConfig) -> torch.Generator:
@@ -335,6 +456,8 @@ TABLE_ROWS = [
     ("path_smoothness", "path smoothness (CV, 0 = even)"), ("midpoint_fid", "midpoint FID"),
     ("probe_accuracy", "linear probe accuracy"), ("active_units", "active units"),
     ("kl_nats", "KL, nats"), ("mutual_info", "mutual information, nats"),
+    ("conditional_accuracy", "conditional accuracy"), ("per_class_fid_mean", "per-class FID (mean)"),
+    ("best_guidance_accuracy", "guidance w of best accuracy"), ("best_guidance_fid", "guidance w of best FID"),
 ]
 
 

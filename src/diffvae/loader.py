@@ -37,17 +37,18 @@ def rank_batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int 
 class _StepBatches(Dataset):
     """A map-style dataset whose item ``step`` is the whole (rank-local) batch of that step."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, rank: int, world: int):
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, rank: int, world: int,
+                 labels: torch.Tensor | None = None):
         from diffvae.pack import shard_of
 
-        self.images, self.n, self.shard = images, images.shape[0], shard_of(images)
+        self.images, self.n, self.shard, self.labels = images, images.shape[0], shard_of(images), labels
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
 
-    def __getitem__(self, step: int) -> torch.Tensor:
+    def __getitem__(self, step: int):
         idx = rank_batch_indices(step, self.n, self.batch_size, self.seed, self.rank, self.world)
-        if self.shard is not None:  # a packed split: read the batch's bytes, do not fault in its pages
-            return self.shard.gather(idx)
-        return self.images[idx]
+        # a packed split: read the batch's bytes, do not fault in its pages
+        x = self.shard.gather(idx) if self.shard is not None else self.images[idx]
+        return x if self.labels is None else (x, self.labels[idx])
 
     def __getstate__(self) -> dict:
         """Pickled (spawned workers) without a packed split's tensor: the shard file is enough."""
@@ -74,8 +75,10 @@ class _Steps(Sampler):
 
 def training_batches(images: torch.Tensor, *, batch_size: int, seed: int, start_step: int = 0,
                      stop_step: int | None = None, rank: int = 0, world: int = 1, workers: int | None = None,
-                     device: torch.device | str | None = None, prefetch: int = 2) -> DataLoader:
-    """A DataLoader whose k-th batch is the (rank-local) batch of step ``start_step + k``.
+                     device: torch.device | str | None = None, prefetch: int = 2,
+                     labels: torch.Tensor | None = None) -> DataLoader:
+    """A DataLoader whose k-th batch is the (rank-local) batch of step ``start_step + k``; with ``labels``
+    (N,) the batch is (inputs, their labels).
 
     ``images`` is uint8 (N, C, H, W) in memory or memory-mapped (a packed split), or any tensor with one
     row per example (latent diffusion's stage 2 trains on float posterior moments). ``stop_step`` None
@@ -90,14 +93,17 @@ def training_batches(images: torch.Tensor, *, batch_size: int, seed: int, start_
     if workers is None:
         workers = 2 if isinstance(images, torch.Tensor) and shard_of(images) is not None else 0
     _check(images, batch_size, start_step, stop_step, rank, world, workers, prefetch)
+    if labels is not None and labels.shape[0] != images.shape[0]:
+        raise DiffvaeError(f"{labels.shape[0]} labels for {images.shape[0]} training examples")
     device = torch.device(device) if device is not None else torch.device("cpu")
     context = None
     if workers > 0 and "fork" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("fork")  # workers share the (mapped) images instead of pickling them
-    return DataLoader(_StepBatches(images, batch_size, seed, rank, world), batch_size=None,
+    return DataLoader(_StepBatches(images, batch_size, seed, rank, world, labels), batch_size=None,
                       sampler=_Steps(start_step, stop_step), num_workers=workers,
                       pin_memory=device.type == "cuda" and torch.cuda.is_available(),
-                      multiprocessing_context=context, prefetch_factor=prefetch if workers > 0 else None)
+                      multiprocessing_context=context, prefetch_factor=prefetch if workers > 0 else None,
+                      generator=torch.Generator().manual_seed(seed))  # its own: the global RNG (training noise) is untouched
 
 
 def _check(images, batch_size, start_step, stop_step, rank, world, workers, prefetch) -> None:
@@ -110,3 +116,53 @@ def _check(images, batch_size, start_step, stop_step, rank, world, workers, pref
         raise DiffvaeError(f"--batch {batch_size} must be divisible by the number of processes ({world})")
     if stop_step is not None and stop_step < start_step:
         raise DiffvaeError(f"training_batches: stop_step {stop_step} is before start_step {start_step}")
+
+
+class LoaderSource:
+    """The engine's batch source over :func:`training_batches`: a drop-in for :class:`diffvae.train.BatchSource`
+    (``n``, ``batch(step) -> (inputs, labels or None)`` on ``device``, ``probe()``), for packed or large data.
+
+    Same batches, labels and flips as ``BatchSource`` (checked against it in tests/test_loader.py): the
+    flips of ``hflip`` are :func:`diffvae.colour.hflip`'s for the global batch of ``step``, applied to this
+    rank's slice. Steps asked in order are prefetched by the workers; a step out of order (a resume)
+    restarts the loader there. ``train(model, images, config, source=LoaderSource(...))`` uses it.
+    """
+
+    def __init__(self, inputs: torch.Tensor, batch_size: int, seed: int, labels: torch.Tensor | None = None,
+                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu", hflip: bool = False,
+                 workers: int | None = None):
+        from diffvae.pack import shard_of
+
+        self.inputs, self.labels, self.n = inputs, labels, inputs.shape[0]
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.device, self.workers, self.shard = torch.device(device), workers, shard_of(inputs)
+        self.hflip = hflip and inputs.dtype == torch.uint8 and inputs.ndim == 4
+        self.local_batch = min(batch_size, self.n) // world
+        self._batches, self._next_step = None, None
+        training_batches(inputs, batch_size=batch_size, seed=seed, rank=rank, world=world, workers=0)  # validates
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._batches is None or step != self._next_step:
+            self._batches = iter(training_batches(self.inputs, batch_size=self.batch_size, seed=self.seed, start_step=step,
+                                                  rank=self.rank, world=self.world, workers=self.workers,
+                                                  device=self.device, labels=self.labels))
+        item = next(self._batches)
+        self._next_step = step + 1
+        x, y = item if self.labels is not None else (item, None)
+        if self.hflip:
+            x = torch.where(self._flipped(step).view(-1, 1, 1, 1), x.flip(-1), x)
+        return x.to(self.device, non_blocking=True), None if y is None else y.to(self.device, non_blocking=True)
+
+    def _flipped(self, step: int) -> torch.Tensor:
+        """Which images of this rank's slice :func:`diffvae.colour.hflip` flips in the global batch of ``step``
+        (found by flipping one 1×2 marker per image of the global batch, so the rule lives in colour.py only)."""
+        from diffvae.colour import hflip, hflip_generator
+
+        marker = torch.tensor([0, 1], dtype=torch.uint8).view(1, 1, 1, 2).repeat(min(self.batch_size, self.n), 1, 1, 1)
+        flipped = hflip(marker, 0.5, hflip_generator(self.seed, step))[:, 0, 0, 0] == 1
+        return flipped[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+
+    def probe(self, n: int = 8) -> torch.Tensor:
+        """The first ``n`` inputs (to measure the cost of a step), read from the file for a packed split."""
+        first = self.shard.rows(0, n) if self.shard is not None else self.inputs[:min(self.n, n)]
+        return first.to(self.device)

@@ -19,9 +19,9 @@ Ho et al. 2019):
 
     −log P(u) = −log ∫_{bin(u)} p(y) dy ≤ E_w[−log p(x + w)] − D log(2/255) = E_w[−log p(y)] + D log 127.5,
 
-so ``total`` = −log p(y) + D log 127.5 nats (one draw of w: an unbiased estimate of a valid upper bound on
-−log P(u), up to the solver's error) and bits/dim = total / (D ln 2) (``nats_to_bpd``; the
-``dequantization`` part is log₂ 127.5 ≈ 6.99 bits/dim). It is comparable with the discretized bounds of the
+so −log p(y) + D log 127.5 nats with one draw of w is an unbiased estimate of a valid upper bound on
+−log P(u) (up to the solver's error, and Hutchinson's noise, which is unbiased too), in bits/dim after
+``nats_to_bpd`` (:func:`dequantized_bpd`; the ``dequantization`` part is log₂ 127.5 ≈ 6.99 bits/dim). It is comparable with the discretized bounds of the
 other families, whose bins are the same 2/255-wide intervals.
 
 **Diffusion's probability-flow ODE** (Song et al. 2021b, §4.3; in DDIM's variables, Song et al. 2021a,
@@ -151,16 +151,16 @@ def check_grid_images(x: torch.Tensor) -> None:
 def dequantized_bpd(log_likelihood: Callable[[torch.Tensor], dict[str, torch.Tensor]], x: torch.Tensor,
                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Bits/dim of the dequantization bound (module docstring) for x on the 8-bit grid in [-1, 1], given
-    ``log_likelihood(y)`` → :func:`ode_log_likelihood`'s dict. Parts (bits/dim, they add up to ``bpd``):
-    ``prior_bpd`` = −log p₁(z₁), ``divergence_bpd`` = −∫ div f, ``dequantization_bpd`` = log₂ 127.5;
-    ``bpd_stderr`` with several probes."""
+    ``log_likelihood(y)`` → :func:`ode_log_likelihood`'s dict. Parts, in bits/dim:
+    bpd = ``prior_bpd`` (−log p₁(z₁)) − ``log_det_bpd`` (∫ div f, the flow's log-volume change)
+    + ``dequantization_bpd`` (log₂ 127.5); ``bpd_stderr`` with several probes."""
     check_grid_images(x)
     dims = x[0].numel()
     parts = log_likelihood(dequantize(x, generator))
-    prior, divergence = -parts["log_prior"], -parts["log_det"]
+    prior, log_det = -parts["log_prior"], parts["log_det"]
     dequantization = torch.full_like(prior, -dims * LOG_BIN_WIDTH)
-    out = {"bpd": nats_to_bpd(prior + divergence + dequantization, dims), "prior_bpd": nats_to_bpd(prior, dims),
-           "divergence_bpd": nats_to_bpd(divergence, dims), "dequantization_bpd": nats_to_bpd(dequantization, dims)}
+    out = {"bpd": nats_to_bpd(prior - log_det + dequantization, dims), "prior_bpd": nats_to_bpd(prior, dims),
+           "log_det_bpd": nats_to_bpd(log_det, dims), "dequantization_bpd": nats_to_bpd(dequantization, dims)}
     if "stderr" in parts:
         out["bpd_stderr"] = nats_to_bpd(parts["stderr"], dims)
     return out
@@ -248,7 +248,7 @@ def probability_flow_grid(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     return torch.asinh(continuous_sigma_bar(schedule, t) / _sigma_bar_table(schedule)[0])
 
 
-def probability_flow_log_likelihood(eps_fn, x: torch.Tensor, schedule: NoiseSchedule, steps: int = 100, *,
+def probability_flow_log_likelihood(eps_fn, x: torch.Tensor, schedule: NoiseSchedule, steps: int = 200, *,
                                     solver: str = "heun", divergence: str = "hutchinson", probes: int = 1,
                                     probe: str = "rademacher", generator: torch.Generator | None = None,
                                     clip_timestep: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
@@ -267,12 +267,16 @@ def probability_flow_log_likelihood(eps_fn, x: torch.Tensor, schedule: NoiseSche
                               progress=progress)
 
 
-def probability_flow_bpd(eps_fn, x: torch.Tensor, schedule: NoiseSchedule, steps: int = 100, *, solver: str = "heun",
+def probability_flow_bpd(eps_fn, x: torch.Tensor, schedule: NoiseSchedule, steps: int = 200, *, solver: str = "heun",
                          divergence: str = "hutchinson", probes: int = 1, probe: str = "rademacher",
                          generator: torch.Generator | None = None, clip_timestep: bool = True,
                          progress: bool = False) -> dict[str, torch.Tensor]:
     """Bits/dim of x (8-bit grid in [-1, 1]) under a diffusion model's probability-flow ODE, dequantized
-    (parts as :func:`dequantized_bpd`). ``eps_fn(x_t, t)``: ε̂ for a batch and float timesteps (N,)."""
+    (parts as :func:`dequantized_bpd`). ``eps_fn(x_t, t)``: ε̂ for a batch and float timesteps (N,).
+
+    Steps: on a digits DDPM (T = 1000, 460 training steps, 48 held-out images) Heun gave 6.11, 6.22, 6.26 and
+    6.27 bits/dim on 50, 100, 200 and 400 steps (RK4 on 100: 6.27); too few steps err low, so the default is
+    200 Heun steps (400 ε̂ evaluations and 400 backward passes per probe)."""
     return dequantized_bpd(lambda y: probability_flow_log_likelihood(
         eps_fn, y, schedule, steps, solver=solver, divergence=divergence, probes=probes, probe=probe,
         generator=generator, clip_timestep=clip_timestep, progress=progress), x, generator)

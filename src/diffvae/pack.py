@@ -181,6 +181,7 @@ class PackWriter:
                          "split_seed": split_seed, "test_fraction": test_fraction, "source_fingerprint": fingerprint}
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".pack-tmp", dir=self.out.parent))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the pack gets the mode mkdir would give
         self.digest = hashlib.sha256()
         self.digest.update(hash_header("train", (train_size, *shape)))
         self.files = {part: open(self.tmp / name_, "wb") for part, name_ in SHARDS.items()}
@@ -243,6 +244,12 @@ class PackWriter:
         for handle in self.files.values():
             handle.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the umask can only be read by setting it
+    os.umask(mask)
+    return mask
 
 
 def _label_tensors(train_labels, test_labels, attributes: dict, sizes: dict[str, int]) -> dict[str, torch.Tensor]:

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="KID subsets and bootstrap (and a run's samples), as eval")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% intervals "
                                                                       "(default as eval: 200; 0 = none)")
-    parser.add_argument("--device", default="cpu", help="a run: auto | cpu | cuda[:N]")
+    parser.add_argument("--device", default="auto", help="a run: auto | cpu | cuda[:N] | mps (default auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the keys of eval --json)")
 
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def score(samples: str, *, data: str | None = None, size: int | None = None, key: str | None = None,
           binarize: bool = False, samples_key: str | None = None, n: int | None = None,
           sampling: dict[str, Any] | None = None, seed: int = 0, bootstrap: int | None = None,
-          device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+          device: str = "auto", progress: bool = False) -> dict[str, Any]:
     """The sample-quality figures of ``samples`` against ``data``'s held-out split (module docstring)."""
     from diffvae.evaluate import sample_quality
 
@@ -177,8 +177,9 @@ def _check_folder_sizes(argument: str, h: int, w: int) -> None:
 def _load_run(path: Path, device: str, sampling: dict[str, Any]):
     from diffvae.api import load
     from diffvae.contract import spec_of
+    from diffvae.train import resolve_device
 
-    model = load(path, device=device)
+    model = load(path, device=str(resolve_device(device)))
     if sampling and not spec_of(model).samplers:
         raise DiffvaeError(f"{'/'.join('--' + k for k in sampling)} apply to iterative families; "
                            f"a {model.family} run samples in one step")

@@ -7,8 +7,8 @@
 * :class:`MetricsAccumulator` — the means logged to ``metrics.jsonl``;
 * :class:`TrainLoop` — run_loop → run_step → log_step → save; :func:`train` builds and runs it.
 
-AdamW, linear warm-up then cosine decay, gradient clipping, EMA weights, bf16 autocast, a
-progress bar, ``metrics.jsonl`` and periodic crash-safe checkpoints (see :mod:`diffvae.runs`).
+AdamW (fused where torch has it for the device: :func:`adamw`), linear warm-up then cosine decay,
+gradient clipping, EMA weights, bf16 autocast, a progress bar, ``metrics.jsonl`` and periodic crash-safe checkpoints (see :mod:`diffvae.runs`).
 Length is ``steps`` or a wall-clock ``budget_minutes``: the step rate is measured early and the
 LR schedule is fitted to the number of steps that fit. With ``snapshot_first_minutes`` the run also
 keeps EMA snapshots at geometric intervals of training time (:mod:`diffvae.snapshots`).
@@ -28,6 +28,7 @@ from the same seeded initialisation; rank r draws its training noise from its ow
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import time
@@ -37,7 +38,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from diffvae.conditioning import is_conditional
 from diffvae.errors import DiffvaeError
+from diffvae.pack import shard_of
 from diffvae.ranges import TRAIN_RANGES, train_flag
 from diffvae.runs import RunDir, add_prefix, split_prefixed, state_dict_mismatch
 from diffvae.snapshots import Compute, SnapshotRecorder, training_gflop_per_image
@@ -60,14 +63,19 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = field(default=1.0, metadata=_cli())
     ema_decay: float = field(default=0.999, metadata=_cli())
-    precision: str = field(default="auto", metadata=_cli("auto | bf16 | fp32 (default auto)"))
+    precision: str = field(default="auto", metadata=_cli("auto | bf16 | fp16 (CUDA, loss scaling) | fp32 (default auto)"))
     seed: int = field(default=0, metadata=_cli("(default 0)"))
-    device: str = field(default="auto", metadata=_cli("auto | cpu | cuda[:N] (default auto)"))  # auto | cpu | cuda | cuda:N
+    device: str = field(default="auto", metadata=_cli("auto | cpu | cuda[:N] | mps (default auto)"))  # auto | cpu | cuda | cuda:N | mps
     checkpoint_every: int = field(default=500, metadata=_cli())
     log_every: int = field(default=10, metadata=_cli())
     snapshot_first_minutes: float | None = None  # EMA snapshots after this many training minutes ... (None/0 = off)
     snapshot_factor: float = 2.0  # ... then each time the training minutes grow by this factor (diffvae.snapshots)
+    sample_every: int = field(default=0, metadata=_cli("write samples/step_N.png every N steps (0 = never)", "N"))
+    eval_every: int = field(default=0, metadata=_cli("append a cheap held-out bound/FID row to metrics.jsonl every N steps (0 = never)", "N"))
+    tensorboard: bool = field(default=False, metadata=_cli("also write TensorBoard event files into RUN/tensorboard"))
+    hflip: bool = field(default=False, metadata=_cli("mirror each training image left-right with probability 1/2"))
     recipe: str | None = None  # the compute-aware recipe a --budget run was given (diffvae.recipes), for the record
+    fused_adamw: bool | None = None  # None: fused AdamW where torch has it for the device, resolved by validate() (config.json keeps it)
 
     def validate(self) -> None:
         if self.steps is None and self.budget_minutes is None:
@@ -76,16 +84,28 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None or name not in ("steps", "budget_minutes"):
                 allowed.check(value, train_flag(name))
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise DiffvaeError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise DiffvaeError(f"--precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if not isinstance(self.device, str):
-            raise DiffvaeError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+            raise DiffvaeError(f"--device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
+        for name in ("sample_every", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
+                raise DiffvaeError(f"--{name.replace('_', '-')} must be a whole number of steps >= 0 (0 = never), got {value!r}")
         first = self.snapshot_first_minutes
         if first is not None and not (first >= 0 and math.isfinite(first)):
             raise DiffvaeError(f"snapshot_first_minutes must be a number of minutes >= 0, got {first}")
         if not (self.snapshot_factor > 1 and math.isfinite(self.snapshot_factor)):
             raise DiffvaeError(f"snapshot_factor must be a number > 1, got {self.snapshot_factor}")
-        resolve_device(self.device)
+        if self.tensorboard:
+            from diffvae.monitor import check_tensorboard
+
+            check_tensorboard()
+        if self.precision == "fp16" and resolve_device(self.device).type != "cuda":
+            raise DiffvaeError(f"--precision fp16 (with loss scaling) needs a CUDA device, not {self.device}; use bf16 or fp32")
+        device = resolve_device(self.device)
+        if self.fused_adamw is None:  # decided once, before config.json is written, so a resume uses the same optimizer
+            self.fused_adamw = fused_adamw_available(device)
 
 
 # the TrainConfig fields that are ``diffvae train`` flags (flag names: diffvae.ranges.train_flag)
@@ -95,11 +115,17 @@ TRAIN_CLI_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("
 # ----------------------------------------------------------------------------- device & precision
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda if available else cpu; validates explicit names."""
+    """``auto`` → cuda if available, else mps (Apple) if available, else cpu; validates explicit names."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_available = bool(mps is not None and mps.is_available())
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu")
     if name == "cpu":
         return torch.device("cpu")
+    if name == "mps":
+        if not mps_available:
+            raise DiffvaeError("--device mps: Apple's MPS backend is not available in this torch build or machine (use --device cpu)")
+        return torch.device("mps")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DiffvaeError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
@@ -110,7 +136,32 @@ def resolve_device(name: str) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DiffvaeError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
         return dev
-    raise DiffvaeError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
+    raise DiffvaeError(f"--device must be auto, cpu, cuda[:N] or mps, got {name!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def fused_adamw_available(device: torch.device) -> bool:
+    """True where ``torch.optim.AdamW(fused=True)`` runs on ``device`` (CUDA; CPU from torch 2.4). Its
+    optimizer step is 25× faster than the default one on a CPU (benchmarks/bench_speed_defaults.py) and it
+    resumes bit-exactly; its updates differ from the default's by float rounding (~1e-5 after 6 steps)."""
+    try:
+        param = torch.zeros(1, device=device, requires_grad=True)
+        torch.optim.AdamW([param], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _grad_scaler(device: torch.device):
+    """fp16 loss scaling (torch.amp.GradScaler; torch.cuda.amp's before torch 2.3)."""
+    scaler_class = getattr(torch.amp, "GradScaler", None)
+    return scaler_class(device.type) if scaler_class is not None else torch.cuda.amp.GradScaler()
+
+
+def adamw(model: nn.Module, config: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    """The engine's optimizer: AdamW (β = 0.9, 0.99), fused or PyTorch's default (foreach) implementation."""
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99),
+                             fused=fused or None)
 
 
 def cpu_supports_bf16() -> bool:
@@ -126,13 +177,17 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return None
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "mps":
+        return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_supports_bf16() else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """A bf16 autocast context, or a no-op one for fp32."""
+    """A bf16/fp16 autocast context, or a no-op one for fp32."""
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
@@ -292,8 +347,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor):
-        return self.model.training_loss(x)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        return self.model.training_loss(x) if labels is None else self.model.training_loss(x, labels=labels)
 
 
 # ----------------------------------------------------------------------------- the engine's pieces
@@ -316,10 +371,13 @@ class BatchSource:
 
     The order is :func:`batch_indices` — a pure function of (seed, step) — so a resumed run sees the
     same batches. ``inputs`` is any tensor with the examples along dim 0 (uint8 images, or the LDM's
-    posterior moments); ``labels`` (N,) travel with them (conditioning)."""
+    posterior moments); ``labels`` (N,) travel with them (conditioning). With ``hflip``, uint8 image
+    batches are mirrored (:func:`diffvae.colour.hflip`, p = 1/2) as one global batch before the rank
+    slice, from a generator that is a pure function of (seed, step): resume and DDP see the same flips.
+    Other inputs (a latent stage's moments) are never flipped."""
 
     def __init__(self, inputs: torch.Tensor, batch_size: int, seed: int, labels: torch.Tensor | None = None,
-                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+                 rank: int = 0, world: int = 1, device: torch.device | str = "cpu", hflip: bool = False):
         if inputs.shape[0] < 1:
             raise DiffvaeError("the training set is empty")
         if labels is not None and labels.shape[0] != inputs.shape[0]:
@@ -330,11 +388,17 @@ class BatchSource:
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.n = inputs.shape[0]
         self.local_batch = min(batch_size, self.n) // world
+        self.hflip = hflip and inputs.dtype == torch.uint8 and inputs.ndim == 4
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        idx = batch_indices(step, self.n, self.batch_size, self.seed)[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
-        idx = idx.to(self.device)
-        return self.inputs[idx], (self.labels[idx] if self.labels is not None else None)
+        mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        idx = batch_indices(step, self.n, self.batch_size, self.seed).to(self.device)
+        labels = self.labels[idx[mine]] if self.labels is not None else None
+        if not self.hflip:
+            return self.inputs[idx[mine]], labels
+        from diffvae.colour import hflip, hflip_generator
+
+        return hflip(self.inputs[idx], 0.5, hflip_generator(self.seed, step))[mine], labels
 
     def probe(self, n: int = 8) -> torch.Tensor:
         """The first ``n`` inputs (to measure the cost of a step)."""
@@ -427,19 +491,24 @@ class TrainState:
     total_steps: int | None = None
     elapsed_before: float = 0.0
     loss: float = float("nan")
+    scaler: Any = None  # torch.amp.GradScaler of an fp16 run (loss scaling), else None
 
     @classmethod
     def new(cls, model: nn.Module, config: TrainConfig, device: torch.device) -> "TrainState":
         model = model.to(device)
         ema = copy.deepcopy(model).requires_grad_(False)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99))
-        return cls(model, ema, opt, total_steps=config.steps)
+        opt = adamw(model, config, bool(config.fused_adamw) and fused_adamw_available(device))
+        scaler = _grad_scaler(device) if config.precision == "fp16" else None
+        return cls(model, ema, opt, total_steps=config.steps, scaler=scaler)
 
     def restore(self, run: RunDir, config: TrainConfig, rank: int, device: torch.device) -> None:
         """Continue from ``run``'s checkpoint: weights, optimizer, step, this rank's RNG state."""
         tensors, meta = run.load_checkpoint()
         _load_state(self.model, split_prefixed(tensors, "model"), run)
         _load_state(self.ema, split_prefixed(tensors, "ema"), run)
+        fused = bool(meta.get("fused_adamw", False))  # the optimizer that wrote the checkpoint (older runs: the default)
+        if fused != bool(self.optimizer.defaults.get("fused")):
+            self.optimizer = adamw(self.model, config, fused and fused_adamw_available(device))
         load_optimizer_tensors(self.optimizer, split_prefixed(tensors, "optimizer"), meta["optimizer_param_groups"])
         self.step = int(meta["step"])
         if _rng_key("torch", rank) in tensors:
@@ -451,6 +520,8 @@ class TrainState:
         self.total_steps = meta.get("total_steps") or self.total_steps
         self.elapsed_before = float(meta.get("elapsed", 0.0))
         self.loss = float(meta.get("loss", float("nan")))
+        if self.scaler is not None and meta.get("grad_scaler"):
+            self.scaler.load_state_dict(meta["grad_scaler"])
 
     def checkpoint(self, run: RunDir | None, elapsed: float, rank: int, world: int, device: torch.device,
                    extra_metadata: dict[str, Any] | None = None) -> None:
@@ -468,12 +539,16 @@ class TrainState:
         for r, states in enumerate(rng_states):
             tensors.update({_rng_key(name, r): value for name, value in states.items()})
         meta = {"step": self.step, "total_steps": self.total_steps, "optimizer_param_groups": groups, "loss": self.loss,
-                "elapsed": elapsed, "world_size": world, **(extra_metadata or {})}
+                "elapsed": elapsed, "world_size": world, "fused_adamw": bool(self.optimizer.defaults.get("fused")),
+                **(extra_metadata or {})}
+        if self.scaler is not None:
+            meta["grad_scaler"] = self.scaler.state_dict()
         run.save_checkpoint(tensors, meta)
 
 
 def train_step(state: TrainState, x: torch.Tensor, settings: StepSettings, lr: float | None = None,
-               run: RunDir | None = None, loss_module: nn.Module | None = None) -> dict[str, float]:
+               run: RunDir | None = None, loss_module: nn.Module | None = None,
+               labels: torch.Tensor | None = None) -> dict[str, float]:
     """One optimizer step (improved-diffusion's run_step = forward_backward + optimize): the family's
     ``set_step``, the loss under autocast, backward, gradient clipping, AdamW at ``lr`` (None: as
     set), the EMA update. NaN/Inf stops the run with one line. Returns the step's logs (``loss``,
@@ -486,7 +561,7 @@ def train_step(state: TrainState, x: torch.Tensor, settings: StepSettings, lr: f
             group["lr"] = lr
     if hasattr(model, "set_step"):
         model.set_step(state.step)
-    loss, logs = forward_backward(state, loss_module, x, settings, run)
+    loss, logs = forward_backward(state, loss_module, x, settings, run, labels)  # labels: conditional runs only
     grad_norm = optimize(state, settings, run)
     state.step += 1
     state.loss = float(loss.detach())
@@ -494,21 +569,29 @@ def train_step(state: TrainState, x: torch.Tensor, settings: StepSettings, lr: f
 
 
 def forward_backward(state: TrainState, loss_module: nn.Module, x: torch.Tensor, settings: StepSettings,
-                     run: RunDir | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                     run: RunDir | None = None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     with autocast(settings.device, settings.autocast_dtype):
-        loss, logs = loss_module(x)
+        loss, logs = loss_module(x) if labels is None else loss_module(x, labels)
     if not _finite_on_every_rank(loss, settings.world):  # checked together so that no rank waits for a dead one
         _stop_non_finite(state.step, "loss", run)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
     return loss, logs
 
 
 def optimize(state: TrainState, settings: StepSettings, run: RunDir | None = None) -> torch.Tensor:
+    """Clip, step, EMA. fp16 (``state.scaler``): gradients are unscaled before clipping, and an
+    overflow skips the step and lowers the loss scale (GradScaler) instead of stopping the run."""
+    if state.scaler is not None:
+        state.scaler.unscale_(state.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
-    if not torch.isfinite(grad_norm):
+    if state.scaler is not None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    elif not torch.isfinite(grad_norm):
         _stop_non_finite(state.step, "gradient", run)
-    state.optimizer.step()
+    else:
+        state.optimizer.step()
     ema_update(state.ema, state.model, ema_decay_at(state.step, settings.ema_decay))
     return grad_norm
 
@@ -546,12 +629,18 @@ def train(
         raise DiffvaeError("the training set is empty")
     if config.batch_size % world:
         raise DiffvaeError(f"--batch {config.batch_size} must be divisible by the number of processes ({world})")
+    if is_conditional(model) and (labels if source is None else getattr(source, "labels", True)) is None:
+        raise DiffvaeError("a conditional model needs labelled training data (these images have no labels)")
     torch.set_flush_denormal(True)  # subnormal floats (tiny gradients, Adam moments) slow CPUs by 10-100×
     torch.manual_seed(rank_seed(config.seed, rank))
     state = TrainState.new(model, config, device)
     if _start(state, run, config, rank, device, resume):
         return state.ema.eval(), TrainResult(state.step, state.elapsed_before, state.loss, 0.0)
-    source = source or BatchSource(images, config.batch_size, config.seed, labels, rank, world, device)
+    if source is None and shard_of(images) is not None:  # a packed split (diffvae.pack): read batches, never map it all
+        from diffvae.loader import LoaderSource
+
+        source = LoaderSource(images, config.batch_size, config.seed, labels, rank, world, device, hflip=config.hflip)
+    source = source or BatchSource(images, config.batch_size, config.seed, labels, rank, world, device, hflip=config.hflip)
     settings = StepSettings(device, resolve_precision(config.precision, device), config.grad_clip, config.ema_decay, world)
     loop = TrainLoop(state, source, config, settings, run, rank=rank, description=description, progress=progress,
                      extra_metadata=extra_metadata, compute_before=compute_before, resume=resume)
@@ -605,6 +694,9 @@ class TrainLoop:
                                                    measure=lambda: training_gflop_per_image(state.model, source.probe()))
         self.schedule = BudgetSchedule(config, state.total_steps, state.step)
         self.first_step = state.step
+        from diffvae.monitor import Monitor
+
+        self.monitor = Monitor.open(run, config, state, device=settings.device, rank=rank, resume=resume)
         self.bar = _progress_bar(state.total_steps, state.step, description, enabled=progress and rank == 0)
 
     def run_loop(self) -> tuple[nn.Module, TrainResult]:
@@ -624,6 +716,8 @@ class TrainLoop:
         if self.snapshots is not None:
             self.snapshots.finish(state.step, elapsed, state.ema)  # before the checkpoint: a saved final step has its snapshot
         self.save(elapsed)
+        if self.monitor is not None:
+            self.monitor.close()
         if self.bar is not None:
             self.bar.close()
         state.ema.eval()
@@ -633,8 +727,9 @@ class TrainLoop:
     def run_step(self) -> None:
         state, schedule = self.state, self.schedule
         lr = schedule.lr(state.step)
-        x, _ = self.source.batch(state.step)
-        logs = train_step(state, x, self.settings, lr, self.run, self.loss_module)
+        x, y = self.source.batch(state.step)
+        labels = y if is_conditional(state.model) else None  # only a conditional model is given labels
+        logs = train_step(state, x, self.settings, lr, self.run, self.loss_module, labels)
         self.metrics.add(logs)
         if schedule.total_steps is None:  # budget mode: measure the step rate, then fix the schedule's length
             now = wall_clock()
@@ -642,6 +737,8 @@ class TrainLoop:
                 self.bar.total = schedule.total_steps
                 self.bar.refresh()
         state.total_steps = schedule.total_steps
+        if self.monitor is not None:  # before the step's metrics row and checkpoint: both include what it wrote
+            self.monitor.after_step(state.step, state.ema)
         self.log_step(lr)
         if self.bar is not None:
             self.bar.update(1)
@@ -657,6 +754,8 @@ class TrainLoop:
             row = self.metrics.row(step, lr, now, now - self.start, self.config.batch_size)
             if self.run is not None and self.rank == 0:
                 self.run.append_metrics(row)
+            if self.monitor is not None:
+                self.monitor.log_row(row)
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
 

@@ -43,7 +43,7 @@ def test_train_sample_eval_invert_and_interpolate_end_to_end(run, tmp_path, caps
     assert main(["eval", str(run), "--json", "--quick"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results["family"] == "flow" and results["trained_steps"] == 20 and results["nfe"] == 50
-    parts = results["prior_bpd"] + results["divergence_bpd"] + results["dequantization_bpd"]
+    parts = results["prior_bpd"] - results["log_det_bpd"] + results["dequantization_bpd"]
     assert np.isfinite(results["bpd"]) and parts == pytest.approx(results["bpd"], rel=1e-6)
     assert np.isfinite(results["fid"])
     assert main(["invert", str(run), "--n", "4", "--steps", "20"]) == 0
@@ -100,6 +100,17 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_conditional_flow_trains_on_labels_and_samples_a_class_with_guidance(tmp_path):
+    path = tmp_path / "cond"
+    assert main(["train", "flow", *TINY, "--steps", "4", "--conditional", "--out", str(path)]) == 0
+    config = json.loads((path / "config.json").read_text())["model"]
+    assert config["conditional"] and config["num_classes"] == 10
+    assert main(["sample", str(path), "--n", "4", "--steps", "3", "--class", "3", "--guidance", "2",
+                 "--out", str(tmp_path / "c.npz")]) == 0
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as f:
+        assert f["images"].shape == (4, 1, 8, 8)
+
+
 BAD = {
     "train-unknown-sampler": ["train", "flow", *TINY, "--steps", "2", "--sampler", "ddim"],
     "train-zero-sample-steps": ["train", "flow", *TINY, "--steps", "2", "--sample-steps", "0"],
@@ -112,6 +123,7 @@ BAD = {
     "sample-zero-steps": ["sample", "{run}", "--n", "2", "--steps", "0", "--out", "{tmp}/s.png"],
     "sample-eta": ["sample", "{run}", "--n", "2", "--eta", "0.5", "--out", "{tmp}/s.png"],
     "invert-unknown-sampler": ["invert", "{run}", "--n", "2", "--sampler", "dpm++2m"],
+    "sample-guidance-unconditional": ["sample", "{run}", "--n", "2", "--guidance", "2", "--out", "{tmp}/s.png"],
     "eval-unknown-sampler": ["eval", "{run}", "--quick", "--json", "--sampler", "ddim"],  # without --json a progress line comes first
 }
 

@@ -75,7 +75,7 @@ def test_dequantized_bits_per_dim_match_the_expected_bound_and_exceed_the_exact_
     expected_nats = -gaussian.log_density(x[:1]) + ((1 / 255) ** 2 / 3 / (2 * gaussian.var)).sum() + dims * math.log(127.5)
     mean, stderr = out["bpd"].mean(), out["bpd"].std() / math.sqrt(len(x))
     assert abs(float(mean) - float(expected_nats) / (dims * ln2)) < 4 * float(stderr) + 1e-6
-    parts = out["prior_bpd"] + out["divergence_bpd"] + out["dequantization_bpd"]
+    parts = out["prior_bpd"] - out["log_det_bpd"] + out["dequantization_bpd"]
     torch.testing.assert_close(parts, out["bpd"])
     assert float(out["dequantization_bpd"][0]) == pytest.approx(math.log2(127.5))
     exact_nll = -discretized_gaussian_log_likelihood(x[:1], gaussian.mean.reshape(1, 3), 0.5 * torch.log(gaussian.var).reshape(1, 3)).sum()
@@ -156,5 +156,5 @@ def test_probability_flow_bits_per_dim_add_up_and_hutchinson_is_unbiased():
     exact = ol.probability_flow_bpd(eps_fn, x, schedule, 100, divergence="exact", generator=torch.Generator().manual_seed(9))
     estimate = ol.probability_flow_bpd(eps_fn, x, schedule, 100, probes=48, probe="gaussian",
                                        generator=torch.Generator().manual_seed(9))  # the same dequantization draw
-    torch.testing.assert_close(exact["prior_bpd"] + exact["divergence_bpd"] + exact["dequantization_bpd"], exact["bpd"])
+    torch.testing.assert_close(exact["prior_bpd"] - exact["log_det_bpd"] + exact["dequantization_bpd"], exact["bpd"])
     assert float(((estimate["bpd"] - exact["bpd"]) / estimate["bpd_stderr"]).abs().max()) < 4.5

@@ -65,7 +65,9 @@ def test_ldm_config_is_a_diffusion_config_with_the_same_flat_keys_and_defaults()
 
     config = LDMConfig()
     assert isinstance(config, DiffusionConfig)
-    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS
+    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS | {"conditional", "num_classes", "p_uncond"}  # + issue 16's
+    old = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(tiny_config()))).items() if k in OLD_LDM_KEYS}
+    assert config_from_dict(LDMConfig, old) == tiny_config()  # a run saved before conditioning still loads
     assert (config.channel_mult, config.clip_x0, config.channels, config.sampler, config.schedule) == ((1, 2), False, 64, "dpm++2m", "linear")
     saved = json.loads(json.dumps(dataclasses.asdict(tiny_config(latent_scale=0.7))))
     assert config_from_dict(LDMConfig, saved) == tiny_config(latent_scale=0.7)

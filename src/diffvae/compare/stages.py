@@ -17,6 +17,7 @@ from diffvae.api import load
 from diffvae.contract import CompareContext
 from diffvae.evaluate import EvalConfig, evaluate
 from diffvae.families import get_family
+from diffvae.precision import sampling_precision
 from diffvae.runs import RunDir
 from diffvae.snapshots import read_index
 from diffvae.train import TrainConfig
@@ -127,7 +128,7 @@ def sampler_sweep(model, family: str, dataset, extractor, out: Path, seconds: fl
             continue
         g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), sampling_precision(model):  # as evaluate()'s samples (diffvae.precision)
             samples = torch.cat([model.sample(min(100, n - i), generator=g, sampler=sampler, steps=steps) for i in range(0, n, 100)])
         elapsed = time.perf_counter() - t0
         spent += elapsed

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from diffvae.contract import BoundOptions, FamilySpec
+from diffvae.diffusion.model import DDPMConfig
+from diffvae.presets import unet_channel_mult
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 # compare's sampler sweep: (sampler, steps), cheapest first; settings with steps > T are skipped
@@ -38,16 +40,34 @@ class DiffusionSpec(FamilySpec):
     def evaluation_cost(self, model, c) -> float:
         """Denoiser evaluations of an evaluation: sampling, DDIM inversions/regenerations (probe,
         midpoints, round trips, strips), the bound (2K per image for the K-draw estimate, else T)
-        and the reverse-variance fit."""
+        and the reverse-variance fit; a conditional model's accuracy and guidance sweep too."""
+        from diffvae.evaluate import conditional_evaluation_cost
+
         invert, T = model.config.invert_steps, model.denoiser.schedule.T
-        return (c.n_samples * model.nfe() + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
+        return conditional_evaluation_cost(model, c) + (c.n_samples * model.nfe() + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
                 + c.strips * c.frames) * invert + c.bound_n * (2 * c.bound_timesteps or T) + c.variance_fit_n * min(T, 128))
 
 
 class PixelDiffusionSpec(DiffusionSpec):
+    def export(self, model, target: str, folder, **options: Any) -> None:
+        """``--to diffusers``: a DDIMPipeline / DDPMPipeline folder (:mod:`diffvae.diffusion.export`)."""
+        if target != "diffusers":
+            return super().export(model, target, folder, **options)
+        from diffvae.diffusion.export import check_pipeline, export_pipeline
+
+        check_pipeline(options.get("pipeline", "ddim"))
+        export_pipeline(model, folder, options.get("pipeline", "ddim"), options.get("run_path", "run"))
+
+    def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        """The UNet for the image size (:func:`diffvae.presets.unet_channel_mult`): the default three levels
+        up to 32 px (28 → 7, 32 → 8 px, attention there), one more per halving above (64 px: (1, 2, 2, 2),
+        64 → 8 px with attention at 8×8, not 16×16: 4× fewer attention tokens). Grey or colour alike."""
+        mult = unet_channel_mult(max(image_shape[1:]))
+        return {"channel_mult": mult} if mult != DDPMConfig.channel_mult else {}
+
     def compare_model_overrides(self, image_shape: tuple[int, int, int], seconds: float) -> dict[str, Any]:
-        """Tiny images (≤ 16 px) get a smaller UNet: 32 wide, two levels."""
-        return {"channels": 32, "channel_mult": (1, 2)} if image_shape[1] <= 16 else {}
+        """The preset; tiny images (≤ 16 px) get a smaller UNet: 32 wide, two levels."""
+        return {"channels": 32, "channel_mult": (1, 2)} if image_shape[1] <= 16 else self.preset_for(image_shape)
 
 
 SPEC = PixelDiffusionSpec(
@@ -65,6 +85,7 @@ SPEC = PixelDiffusionSpec(
     samplers=SAMPLERS,
     stochastic_samplers=("ddpm",),
     sweep=SWEEP,
+    conditional=True,
     color="#d62728",
     collapse_text="not applicable: the forward process is a fixed encoder",
 )

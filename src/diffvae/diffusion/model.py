@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
 from diffvae.distributions import nats_to_bpd
 from diffvae.errors import DiffvaeError
 from diffvae.diffusion import likelihood, samplers, targets, variance
+from diffvae.diffusion.guidance import guided
 from diffvae.diffusion.schedule import NoiseSchedule
 from diffvae.images import to_signed, to_uint8
 from diffvae.nn.unet import UNet, UNetConfig
@@ -45,6 +47,9 @@ class DiffusionConfig:
     eta: float = 0.0  # DDIM η
     invert_steps: int = 50  # DDIM steps for inversion / regeneration (interpolation, round trips)
     clip_x0: bool = True  # clamp x̂₀ to [-1, 1] while sampling (data on [-1, 1]; off for latents)
+    conditional: bool = False  # class-conditional UNet (labels from the data; diffvae.conditioning)
+    num_classes: int = 0  # K, set from the data's labels when conditional
+    p_uncond: float = 0.1  # label dropout to the null label (classifier-free guidance)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -53,7 +58,13 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         """Raise DiffvaeError on a setting that cannot work (every check of this config is here).
-        Step counts above T are capped at T, so a short forward process keeps working defaults."""
+        Step counts above T are capped at T, so a short forward process keeps working defaults.
+        diffusers' names are accepted and stored as diffvae's: epsilon/v_prediction/sample → eps/v/x0,
+        squaredcos_cap_v2 → cosine (the same ᾱ); scaled_linear has no exact twin here and is refused."""
+        self.prediction = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(self.prediction, self.prediction)
+        self.schedule = {"squaredcos_cap_v2": "cosine"}.get(self.schedule, self.schedule)
+        if self.schedule not in ("linear", "cosine"):
+            raise DiffvaeError(f"--schedule must be linear or cosine (diffusers' squaredcos_cap_v2 = cosine), got {self.schedule!r}")
         if self.timesteps < 2:
             raise DiffvaeError(f"--timesteps must be at least 2, got {self.timesteps}")
         if self.prediction not in ("eps", "x0", "v"):
@@ -66,11 +77,13 @@ class DiffusionConfig:
         self.invert_steps = min(self.invert_steps, self.timesteps)
         check_sampling(self.sampler, self.sample_steps, self.timesteps, self.eta)
         check_sampling("ddim", self.invert_steps, self.timesteps, 0.0)
+        check_condition_fields(self)
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(channels=self.channels, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
                           attention_levels=self.attention_levels, dropout=self.dropout,
-                          groups=_groups_for(self.channels, self.channel_mult))
+                          groups=_groups_for(self.channels, self.channel_mult),
+                          num_classes=self.num_classes if self.conditional else 0)
 
 
 def _groups_for(channels: int, channel_mult: tuple[int, ...]) -> int:
@@ -91,31 +104,51 @@ def check_sampling(sampler: str, steps: int, T: int, eta: float) -> None:
 
 
 class Denoiser(nn.Module):
-    """ε-, x₀- or v-predicting UNet with its noise schedule, on float tensors of shape (C, H, W)."""
+    """ε-, x₀- or v-predicting UNet with its noise schedule, on float tensors of shape (C, H, W);
+    class-conditional when ``config.conditional`` (labels 0..K−1, null label K)."""
 
     def __init__(self, config: DiffusionConfig, shape: tuple[int, int, int]):
         super().__init__()
+        check_buildable(config)
         self.config = config
         self.shape = tuple(int(s) for s in shape)
         self.schedule = NoiseSchedule.from_name(config.schedule, config.timesteps)
         self.unet = UNet(config.unet_config(), in_channels=self.shape[0], image_size=self.shape[1])
+        self.num_classes = self.unet.config.num_classes
 
-    def network(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def network(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The raw network output, computed in float32 (bf16 under an enclosing autocast)."""
-        return self.unet(x_t.float(), t)
+        return self.unet(x_t.float(), t, labels)
 
-    def eps_fn(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """ε̂(x_t, t) in x_t's dtype, whatever the network predicts (see ``targets.split_prediction``)."""
-        output = self.network(x_t, t).to(x_t.dtype)
+    def eps_fn(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂(x_t, t[, y]) in x_t's dtype, whatever the network predicts (see ``targets.split_prediction``);
+        a conditional model without labels predicts with the null label (unconditionally)."""
+        output = (self.network(x_t, t) if labels is None else self.network(x_t, t, labels)).to(x_t.dtype)
         eps, _ = targets.split_prediction(output, x_t, t, self.schedule, self.config.prediction)
         return eps
 
-    def loss(self, x0: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss: a uniform t, x_t ~ q(x_t|x₀), the weighted squared error of the target."""
+    def guided_eps_fn(self, labels: torch.Tensor | None = None, guidance: float | None = None, n: int | None = None):
+        """The ε̂(x_t, t) the samplers take: unconditional without ``labels``, else classifier-free
+        guidance at scale ``guidance`` (default 1: the conditional prediction; :mod:`~diffvae.diffusion.guidance`)."""
+        if labels is None:
+            if guidance is not None and not self.num_classes:
+                raise DiffvaeError("guidance needs a conditional run (train with --conditional)")
+            return self.eps_fn
+        labels = check_labels(labels, labels.shape[0] if n is None else n, self.num_classes)
+        return guided(self.eps_fn, labels, self.num_classes, 1.0 if guidance is None else guidance)
+
+    def loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss: a uniform t, x_t ~ q(x_t|x₀), the weighted squared error of the target;
+        conditional: each label dropped to the null label with probability ``p_uncond`` (global RNG)."""
         t = torch.randint(0, self.schedule.T, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.schedule.q_sample(x0, t, noise)
-        output = self.network(x_t, t).float()
+        if self.num_classes and labels is not None:
+            labels = drop_labels(check_labels(labels, x0.shape[0], self.num_classes).to(x0.device),
+                                 self.config.p_uncond, self.num_classes)
+        elif labels is not None:
+            check_labels(labels, x0.shape[0], 0)
+        output = (self.network(x_t, t) if labels is None else self.network(x_t, t, labels)).float()
         per_example = targets.training_loss(output, x0, noise, t, self.schedule, self.config.prediction,
                                             self.config.loss_weight, self.config.min_snr_gamma)
         loss = per_example.mean()
@@ -131,11 +164,14 @@ class Denoiser(nn.Module):
 
     def generate(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None, x_T: torch.Tensor | None = None,
-                 progress: bool = False, clip_x0: bool | None = None) -> torch.Tensor:
-        """n samples x₀ (float32) with one of the samplers of :mod:`diffvae.diffusion.samplers`."""
+                 progress: bool = False, clip_x0: bool | None = None, labels: torch.Tensor | None = None,
+                 guidance: float | None = None) -> torch.Tensor:
+        """n samples x₀ (float32) with one of the samplers of :mod:`diffvae.diffusion.samplers`; with
+        ``labels`` (n,) guided towards them at scale ``guidance`` (:meth:`guided_eps_fn`)."""
+        eps_fn = self.guided_eps_fn(labels, guidance, n)
         sampler, steps, eta = self._sampling(sampler, steps, eta)
         device = next(self.parameters()).device
-        return samplers.sample(self.eps_fn, (n, *self.shape), self.schedule, sampler=sampler, steps=steps, eta=eta,
+        return samplers.sample(eps_fn, (n, *self.shape), self.schedule, sampler=sampler, steps=steps, eta=eta,
                                x_T=x_T, generator=generator, device=device, progress=progress,
                                clip_x0=self.config.clip_x0 if clip_x0 is None else clip_x0).float()
 
@@ -224,12 +260,15 @@ class DDPM(nn.Module):
         c, h, w = self.image_shape
         return c * h * w
 
-    def training_loss(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.denoiser.loss(to_signed(x_uint8))
+    def training_loss(self, x_uint8: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.denoiser.loss(to_signed(x_uint8), labels)
 
     def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
-               steps: int | None = None, eta: float | None = None, progress: bool = False) -> torch.Tensor:
-        return to_uint8(self.denoiser.generate(n, generator, sampler, steps, eta, progress=progress))
+               steps: int | None = None, eta: float | None = None, progress: bool = False,
+               labels: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
+        """n uint8 images; a conditional model follows ``labels`` (n,) with guidance scale ``guidance``."""
+        return to_uint8(self.denoiser.generate(n, generator, sampler, steps, eta, progress=progress, labels=labels,
+                                               guidance=guidance))
 
     def nfe(self, sampler: str | None = None, steps: int | None = None, **_) -> int:
         return self.denoiser.nfe(sampler, steps)

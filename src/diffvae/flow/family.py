@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 from diffvae.contract import FamilySpec
+from diffvae.flow.model import FlowConfig
 from diffvae.flow.samplers import SAMPLERS
+from diffvae.presets import unet_channel_mult
 
 # compare's sampler sweep: (sampler, steps), cheapest first in velocity evaluations (10, 10, 20, 20, 50, 50, 100)
 SWEEP = (("euler", 10), ("heun", 5), ("euler", 20), ("heun", 10), ("euler", 50), ("heun", 25), ("heun", 50))
@@ -29,16 +31,24 @@ class FlowSpec(FamilySpec):
     def evaluation_cost(self, model, c) -> float:
         """Velocity evaluations of an evaluation: sampling, ODE inversions/regenerations (probe, midpoints,
         round trips, strips) and the likelihood (each of its evaluations plus one backward pass, about two
-        evaluations, per Hutchinson probe)."""
+        evaluations, per Hutchinson probe); a conditional model's accuracy and guidance sweep too."""
+        from diffvae.evaluate import conditional_evaluation_cost
+
         config = model.config
         invert = model.nfe(steps=config.invert_steps)
         likelihood = model.nfe(sampler=config.likelihood_solver, steps=config.likelihood_steps) * (1 + 2 * config.likelihood_probes)
-        return (c.n_samples * model.nfe() + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
+        return conditional_evaluation_cost(model, c) + (c.n_samples * model.nfe() + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
                 + c.strips * c.frames) * invert + c.bound_n * likelihood)
 
+    def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        """The UNet for the image size, as pixel diffusion's (:func:`diffvae.presets.unet_channel_mult`): the
+        default three levels up to 32 px, one more per halving above (64 px: (1, 2, 2, 2), attention at 8×8)."""
+        mult = unet_channel_mult(max(image_shape[1:]))
+        return {"channel_mult": mult} if mult != FlowConfig.channel_mult else {}
+
     def compare_model_overrides(self, image_shape: tuple[int, int, int], seconds: float) -> dict[str, Any]:
-        """Tiny images (≤ 16 px) get a smaller UNet: 32 wide, two levels (as pixel diffusion)."""
-        return {"channels": 32, "channel_mult": (1, 2)} if image_shape[1] <= 16 else {}
+        """The preset; tiny images (≤ 16 px) get a smaller UNet: 32 wide, two levels (as pixel diffusion)."""
+        return {"channels": 32, "channel_mult": (1, 2)} if image_shape[1] <= 16 else self.preset_for(image_shape)
 
 
 SPEC = FlowSpec(
@@ -48,7 +58,7 @@ SPEC = FlowSpec(
     latent_space="noise of a deterministic ODE (no encoder)",
     interpolation="ODE inversion + slerp",
     bound_label="ODE likelihood, dequantized ",
-    bound_parts=(("prior_bpd", "prior N(0, I) at t = 1", 1), ("divergence_bpd", "−∫ div v dt", 1),
+    bound_parts=(("prior_bpd", "prior N(0, I) at t = 1", 1), ("log_det_bpd", "∫ div v dt (log-volume change)", -1),
                  ("dequantization_bpd", "dequantization log₂ 127.5", 1)),
     iterative=True,
     invertible=True,
@@ -56,5 +66,6 @@ SPEC = FlowSpec(
     samplers=SAMPLERS,
     sweep=SWEEP,
     color="#ff7f0e",
+    conditional=True,
     collapse_text="not applicable: the noise-to-data map is a fixed ODE, not an encoder",
 )

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from diffvae import ode_likelihood
+from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
+from diffvae.diffusion.guidance import guided
 from diffvae.diffusion.model import _groups_for
 from diffvae.errors import DiffvaeError
 from diffvae.flow import paths, samplers
@@ -35,7 +37,11 @@ class FlowConfig:
     Defaults follow the DDPM's 32-wide UNet (the cost per network call is the same) and Heun's method on
     25 steps (50 velocity evaluations: rectified-flow paths are nearly straight, so a second-order solver
     on few steps suffices; Esser et al. 2024 sample with 25-50 steps). The likelihood integrates with Heun on
-    32 steps and one Rademacher probe (one estimate per image; the standard error over images covers it).
+    32 steps and one Rademacher probe (one estimate per image; the standard error over images covers it): on a
+    digits flow (870 steps) 32 and 64 Heun steps gave 6.035 and 6.041 bits/dim, where diffusion's probability-flow
+    ODE needs ~200 (:func:`diffvae.ode_likelihood.probability_flow_bpd`). Measured on mnist after 2 CPU-minutes
+    (16-wide UNet, batch 32, lr 2e-3: 300 steps on a busy machine), FID on 1,000 samples: Heun 25 steps 95.6
+    [74.9, 105.0], Euler 50 98.6 [77.6, 108.3], Heun 10 96.7 [76.1, 106.0]; ODE likelihood 3.58 ± 0.04 bits/dim.
     """
 
     channels: int = 32
@@ -52,6 +58,9 @@ class FlowConfig:
     likelihood_solver: str = "heun"
     likelihood_steps: int = 32
     likelihood_probes: int = 1  # Hutchinson probes per image (≥ 2 also gives each image's bpd_stderr)
+    conditional: bool = False  # class-conditional UNet (labels from the data; diffvae.conditioning)
+    num_classes: int = 0  # K, set from the data's labels when conditional
+    p_uncond: float = 0.1  # label dropout to the null label (classifier-free guidance)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -67,11 +76,13 @@ class FlowConfig:
         probes = self.likelihood_probes
         if not isinstance(probes, numbers.Integral) or isinstance(probes, bool) or probes < 1:
             raise DiffvaeError(f"--likelihood-probes must be a positive integer, got {probes!r}")
+        check_condition_fields(self)
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(channels=self.channels, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
                           attention_levels=self.attention_levels, dropout=self.dropout,
-                          groups=_groups_for(self.channels, self.channel_mult))
+                          groups=_groups_for(self.channels, self.channel_mult),
+                          num_classes=self.num_classes if self.conditional else 0)
 
 
 def check_sampling(sampler: str, steps: int, eta: float | None = None) -> None:
@@ -84,25 +95,43 @@ def check_sampling(sampler: str, steps: int, eta: float | None = None) -> None:
 
 
 class VelocityField(nn.Module):
-    """v_θ(x, t): a UNet on float tensors of shape (C, H, W), with its loss, ODE sampling and likelihood."""
+    """v_θ(x, t[, y]): a UNet on float tensors of shape (C, H, W), with its loss, ODE sampling and likelihood;
+    class-conditional when ``config.conditional`` (labels 0..K−1, null label K; :mod:`diffvae.conditioning`)."""
 
     def __init__(self, config: FlowConfig, shape: tuple[int, int, int]):
         super().__init__()
+        check_buildable(config)
         self.config = config
         self.shape = tuple(int(s) for s in shape)
         self.unet = UNet(config.unet_config(), in_channels=self.shape[0], image_size=self.shape[1])
+        self.num_classes = self.unet.config.num_classes
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """v_θ(x, t) in x's dtype for times t (N,) in [0, 1] (the network runs in float32)."""
-        return self.unet(x.float(), t.float() * TIME_SCALE).to(x.dtype)
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """v_θ(x, t[, y]) in x's dtype for times t (N,) in [0, 1] (the network runs in float32); a conditional
+        model without labels uses the null label (unconditional)."""
+        return self.unet(x.float(), t.float() * TIME_SCALE, labels).to(x.dtype)
 
-    def loss(self, x0: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Conditional flow matching: t from the configured law, x_t on the line, ‖v_θ − (ε − x₀)‖²."""
+    def guided_velocity(self, labels: torch.Tensor | None = None, guidance: float | None = None, n: int | None = None):
+        """The v(x, t) the samplers take: unconditional without ``labels``, else classifier-free guidance at scale
+        ``guidance`` (default 1: the conditional velocity; :func:`diffvae.diffusion.guidance.guided`)."""
+        if labels is None:
+            if guidance is not None and not self.num_classes:
+                raise DiffvaeError("guidance needs a conditional run (train with --conditional)")
+            return self.velocity
+        labels = check_labels(labels, labels.shape[0] if n is None else n, self.num_classes)
+        return guided(self.velocity, labels, self.num_classes, 1.0 if guidance is None else guidance)
+
+    def loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Conditional flow matching: t from the configured law, x_t on the line, ‖v_θ − (ε − x₀)‖²; a
+        conditional model drops each label to the null label with probability ``p_uncond`` (global RNG)."""
         c = self.config
         t = paths.sample_times(x0.shape[0], c.time_sampling, c.logit_mean, c.logit_std, device=x0.device)
         noise = torch.randn_like(x0)
         x_t = paths.interpolate(x0, noise, t)
-        loss = paths.flow_matching_loss(self.unet(x_t, t * TIME_SCALE).float(), x0, noise).mean()
+        if labels is not None:
+            labels = check_labels(labels, x0.shape[0], self.num_classes).to(x0.device)
+            labels = drop_labels(labels, c.p_uncond, self.num_classes) if self.num_classes else labels
+        loss = paths.flow_matching_loss(self.unet(x_t, t * TIME_SCALE, labels).float(), x0, noise).mean()
         return loss, {"mse": float(loss.detach())}
 
     def _sampling(self, sampler: str | None, steps: int | None, eta: float | None = None,
@@ -114,11 +143,13 @@ class VelocityField(nn.Module):
 
     def generate(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None, noise: torch.Tensor | None = None,
-                 progress: bool = False) -> torch.Tensor:
-        """n samples x₀ (float32): x₁ ~ N(0, I) (or ``noise``) integrated from t = 1 to 0."""
+                 progress: bool = False, labels: torch.Tensor | None = None, guidance: float | None = None) -> torch.Tensor:
+        """n samples x₀ (float32): x₁ ~ N(0, I) (or ``noise``) integrated from t = 1 to 0; with ``labels`` (n,)
+        guided towards them at scale ``guidance`` (:meth:`guided_velocity`)."""
+        velocity = self.guided_velocity(labels, guidance, n)
         sampler, steps = self._sampling(sampler, steps, eta)
         device = next(self.parameters()).device
-        return samplers.sample(self.velocity, (n, *self.shape), sampler, steps, noise=noise, generator=generator,
+        return samplers.sample(velocity, (n, *self.shape), sampler, steps, noise=noise, generator=generator,
                                device=device, progress=progress).float()
 
     def nfe(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None, **_) -> int:
@@ -162,12 +193,15 @@ class FlowMatching(nn.Module):
     def set_step(self, step: int) -> None:
         """Nothing in the objective depends on the step."""
 
-    def training_loss(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.velocity.loss(to_signed(x_uint8))
+    def training_loss(self, x_uint8: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.velocity.loss(to_signed(x_uint8), labels)
 
     def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
-               steps: int | None = None, eta: float | None = None, progress: bool = False, **_) -> torch.Tensor:
-        return to_uint8(self.velocity.generate(n, generator, sampler, steps, eta, progress=progress))
+               steps: int | None = None, eta: float | None = None, progress: bool = False,
+               labels: torch.Tensor | None = None, guidance: float | None = None, **_) -> torch.Tensor:
+        """n uint8 images; a conditional model follows ``labels`` (n,) with guidance scale ``guidance``."""
+        return to_uint8(self.velocity.generate(n, generator, sampler, steps, eta, progress=progress, labels=labels,
+                                               guidance=guidance))
 
     def nfe(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None, **_) -> int:
         return self.velocity.nfe(sampler, steps, eta)
@@ -186,6 +220,6 @@ class FlowMatching(nn.Module):
     def bound(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None, progress: bool = False,
               **_) -> dict[str, torch.Tensor]:
         """Per-example bits/dim of the dequantized ODE likelihood on the 8-bit grid (an unbiased estimate of an
-        upper bound on −log₂ P(u) / D, up to the solver's error), with its parts ``prior_bpd`` (−log N(x₁)),
-        ``divergence_bpd`` (−∫ div v dt) and ``dequantization_bpd`` (log₂ 127.5); see :mod:`diffvae.ode_likelihood`."""
+        upper bound on −log₂ P(u) / D, up to the solver's error): bpd = ``prior_bpd`` (−log N(x₁)) − ``log_det_bpd``
+        (∫ div v dt) + ``dequantization_bpd`` (log₂ 127.5); see :mod:`diffvae.ode_likelihood`."""
         return self.velocity.bpd(to_signed(x_uint8, torch.float64), generator, progress)

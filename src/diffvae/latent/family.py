@@ -3,10 +3,38 @@ engine runs (autoencoder, then diffusion on its latent): :mod:`diffvae.latent.fi
 
 from __future__ import annotations
 
+from typing import Any
+
 from diffvae.diffusion.family import SAMPLERS, SWEEP, DiffusionSpec
+from diffvae.latent.model import LDMConfig
+from diffvae.presets import unet_channel_mult
 
 
 class LatentDiffusionSpec(DiffusionSpec):
+    def export(self, model, target: str, folder, **options: Any) -> None:
+        """``--to diffusers``: the denoiser only, ``unet/`` + ``scheduler/`` + ``latent.json`` (:mod:`diffvae.latent.export`)."""
+        if target != "diffusers":
+            return super().export(model, target, folder, **options)
+        from diffvae.diffusion.export import check_pipeline
+        from diffvae.latent.export import export_denoiser
+
+        check_pipeline(options.get("pipeline", "ddim"))
+        export_denoiser(model, folder, options.get("pipeline", "ddim"), options.get("run_path", "run"))
+
+    def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        """The latent factor and the latent UNet for the image size: f = 4 up to 64 px (28 → 7×7, 32 → 8×8,
+        64 → 16×16×4 latent: 12× fewer values than 3×64×64 pixels; f = 8 would leave 8×8×4, 48× fewer, too
+        coarse for the decoder at 64 px), f = 8 above, so the latent stays at most 16 px; the latent UNet keeps
+        its two levels (16 → 8, attention at 8×8) and gains one per halving beyond (:func:`unet_channel_mult`)."""
+        size = max(image_shape[1:])
+        downsample = 4 if size <= 64 else 8
+        values: dict[str, Any] = {"downsample": downsample} if downsample != LDMConfig.downsample else {}
+        mult = unet_channel_mult(-(-size // downsample), LDMConfig.channel_mult)
+        return {**values, "channel_mult": mult} if mult != LDMConfig.channel_mult else values
+
+    def compare_model_overrides(self, image_shape: tuple[int, int, int], seconds: float) -> dict[str, Any]:
+        return self.preset_for(image_shape)
+
     def report_cells(self, prefix: str) -> dict[str, list]:
         return {"Posterior collapse": ["not applicable to the diffusion stage; autoencoder round trip PSNR ",
                                        ("", prefix + "ae_psnr_db"), " dB"]}
@@ -39,5 +67,6 @@ SPEC = LatentDiffusionSpec(
     samplers=SAMPLERS,
     stochastic_samplers=("ddpm",),
     sweep=SWEEP,
+    conditional=True,
     color="#2ca02c",
 )

@@ -122,8 +122,9 @@ def fit(model: LatentDiffusion, dataset, train_config, run: RunDir, *, resume: b
         mean, logvar = moments.chunk(2, dim=1)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         record_scale(model, run, latent_scale_from(mean + torch.exp(0.5 * logvar) * noise), rank)
+    labels = dataset.train_labels if model.denoiser.num_classes else None  # conditional: the labels travel
     ema, _ = train(model, moments, diffusion_config, run, resume=resume and run.checkpoint_path.is_file(),
-                   progress=progress, description="ldm diffusion", compute_before=before,
+                   progress=progress, labels=labels, description="ldm diffusion", compute_before=before,
                    extra_metadata={"stage": "diffusion", "autoencoder_steps": ae_steps, "ae_run": reuse})
     return ema
 

@@ -144,7 +144,7 @@ class LatentDiffusion(nn.Module):
         return torch.cat(chunks) if chunks else torch.zeros(0, 2 * self.latent_shape[0], *self.latent_shape[1:])
 
     # ------------------------------------------------------------------ contract
-    def training_loss(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """The diffusion loss on z' = s·z, z ~ q(z|x) drawn from the global RNG; the autoencoder is
         not trained here (stage 1 is :meth:`AutoencoderKL.training_loss`).
 
@@ -157,18 +157,21 @@ class LatentDiffusion(nn.Module):
         else:
             mean, logvar = x.float().chunk(2, dim=1)
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-        return self.denoiser.loss(self.scale * z)
+        return self.denoiser.loss(self.scale * z, labels)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
-               steps: int | None = None, eta: float | None = None, progress: bool = False) -> Tensor:
-        """n uint8 images: z' from the diffusion sampler, then decode(z' / s)."""
+               steps: int | None = None, eta: float | None = None, progress: bool = False,
+               labels: Tensor | None = None, guidance: float | None = None) -> Tensor:
+        """n uint8 images: z' from the diffusion sampler, then decode(z' / s); a conditional model follows
+        ``labels`` (n,) with classifier-free guidance scale ``guidance`` (:meth:`Denoiser.guided_eps_fn`)."""
         if n < 0:
             raise DiffvaeError(f"number of samples must be >= 0, got {n}")
         if n == 0:
             return torch.zeros(0, *self.image_shape, dtype=torch.uint8, device=self._device)
         scale = self.scale
-        z_scaled = self.denoiser.generate(n, generator, sampler, steps, eta, progress=progress)
+        z_scaled = self.denoiser.generate(n, generator, sampler, steps, eta, progress=progress, labels=labels,
+                                          guidance=guidance)
         return self.decode(z_scaled / scale)
 
     def nfe(self, sampler: str | None = None, steps: int | None = None, **_) -> int:

@@ -52,6 +52,9 @@ class UNetConfig:
     groups:            GroupNorm groups; every level width must be divisible by it.
     dropout:           dropout probability inside residual blocks.
     time_embed_mult:   the time-embedding MLP has ``channels * time_embed_mult`` features.
+    num_classes:       K > 0: class-conditional, with K + 1 learned class embeddings (the last, K, is the
+                       null label of classifier-free guidance) added to the time embedding; 0: none
+                       (the network and its state dict are exactly the unconditional ones).
     """
 
     channels: int = 64
@@ -61,6 +64,7 @@ class UNetConfig:
     groups: int = 32
     dropout: float = 0.0
     time_embed_mult: int = 4
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -88,6 +92,8 @@ class UNetConfig:
             raise DiffvaeError(f"unet dropout must be in [0, 1), got {self.dropout}")
         if self.time_embed_mult < 1:
             raise DiffvaeError(f"unet time_embed_mult must be >= 1, got {self.time_embed_mult}")
+        if self.num_classes < 0:
+            raise DiffvaeError(f"unet num_classes must be >= 0, got {self.num_classes}")
 
     def attends_at(self, level: int) -> bool:
         """Whether level ``level`` (0 = full resolution) has self-attention."""
@@ -194,10 +200,13 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε-network: ``forward(x (N, in_channels, H, W), t (N,)) -> (N, out_channels, H, W)``.
+    """ε-network: ``forward(x (N, in_channels, H, W), t (N,), labels (N,) | None) -> (N, out_channels, H, W)``.
 
     ``t`` holds int64 or float timesteps in ``[0, T)``; they enter through :func:`timestep_embedding`
     and an MLP, and every residual block adds a learned projection of that embedding.
+    With ``config.num_classes = K > 0`` a learned embedding of the class label (0..K−1, or the null
+    label K) is added to the time embedding before its SiLU (improved-diffusion's ``label_emb``);
+    ``labels=None`` means the null label.
     ``image_size`` is only checked (any H, W from 1 up works); it documents what the net was built for.
     """
 
@@ -217,6 +226,8 @@ class UNet(nn.Module):
         widths = [base * m for m in config.channel_mult]
 
         self.time_embed = nn.Sequential(nn.Linear(base, embed_channels), nn.SiLU(), nn.Linear(embed_channels, embed_channels))
+        if config.num_classes:  # absent when unconditional: old checkpoints load unchanged
+            self.class_embed = nn.Embedding(config.num_classes + 1, embed_channels)
         self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -254,12 +265,12 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise DiffvaeError(f"unet expects input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise DiffvaeError(f"unet expects one timestep per image, shape ({x.shape[0]},), got {tuple(t.shape)}")
-        emb = F.silu(self.time_embed(timestep_embedding(t, self.config.channels)))
+        emb = F.silu(self._embedding(t, labels, x.shape[0]))
 
         h = self.conv_in(x)
         skips = [h]
@@ -283,3 +294,17 @@ class UNet(nn.Module):
                     h = layer(h)
 
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _embedding(self, t: Tensor, labels: Tensor | None, n: int) -> Tensor:
+        """time MLP(t) (+ class embedding of ``labels``, the null label K where None)."""
+        emb = self.time_embed(timestep_embedding(t, self.config.channels))
+        k = self.config.num_classes
+        if not k:
+            if labels is not None:
+                raise DiffvaeError("this network is unconditional (num_classes=0); it takes no labels")
+            return emb
+        if labels is None:
+            labels = torch.full((n,), k, dtype=torch.long, device=t.device)
+        if labels.shape != (n,):
+            raise DiffvaeError(f"unet expects one label per image, shape ({n},), got {tuple(labels.shape)}")
+        return emb + self.class_embed(labels.to(t.device)).to(emb.dtype)

@@ -4,12 +4,14 @@ with a PixelCNN decoder without and with free bits), its plots and its claim."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffvae.contract import BoundOptions, CompareContext, ExtraFigure, ExtraStage, FamilySpec
+from diffvae.vae.model import VAEConfig
 
 COLLAPSE_FREE_BITS = 0.5  # nats per latent dimension for the cured run
 COLLAPSE_TRAIN_SHARE = 0.45  # of the collapse stage's time, for each of its two runs
@@ -105,6 +107,18 @@ class VAESpec(FamilySpec):
     def bound_kwargs(self, options: BoundOptions) -> dict[str, Any]:
         return {"iwae_samples": options.importance_samples}
 
+    def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        """The latent size for the image: 16 (the default) up to 1,024 values (1×28×28, 1×32×32), then doubled
+        each time the values quadruple, L = 16·2^round(log₄(D/1024)) (D = C·H·W; 3×32×32 and 1×64×64 → 32,
+        3×64×64 → 64). The conv encoder/decoder already deepen with the size (stride-2 levels until 8 px:
+        2 at 28/32 px, 3 at 64 px; :func:`diffvae.nn.conv.downsample_sizes`)."""
+        dims = image_shape[0] * image_shape[1] * image_shape[2]
+        latent = 16 * 2 ** max(0, round(math.log(dims / 1024, 4))) if dims > 1024 else 16
+        return {"latent_dim": latent} if latent != VAEConfig.latent_dim else {}
+
+    def compare_model_overrides(self, image_shape: tuple[int, int, int], seconds: float) -> dict[str, Any]:
+        return self.preset_for(image_shape)
+
     def report_cells(self, prefix: str) -> dict[str, list]:
         F = prefix
         return {"Posterior collapse": [
@@ -134,6 +148,7 @@ SPEC = VAESpec(
     iterative=False,
     invertible=False,
     has_encoder=True,
+    conditional=True,
     color="#1f77b4",
     extra_stages=(ExtraStage("collapse", COLLAPSE_SHARE, collapse_study),),
     extra_figures=(ExtraFigure("kl_per_dim", "VAE KL per latent dimension", draw_kl_per_dim),
