@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", default=None, metavar="KEY,KEY",
                         help="measure only these scripts (keys: train, sample, recipe, quality, variants, sweep, time_to_quality, "
                              "vs_old); the other sections come from their last JSON, with their own dates")
-    parser.add_argument("--render-only", action="store_true",
+    parser.add_argument("--render-only", nargs="?", const="all", default=None, metavar="KEY,KEY",
                         help="rewrite the report from the JSON of the last run with the same settings (measures nothing)")
     parser.add_argument("--out", default=None,
                         help="markdown report (default benchmarks/RESULTS.md; benchmarks/results/RESULTS_quick.md with --quick)")
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--only takes keys among {', '.join(keys)}, got {args.only!r}")
     summary_path = os.path.join(args.results_dir, "run_all_quick.json" if args.quick else "run_all.json")
     previous = _read_json(summary_path) or {}
-    if args.render_only:  # rewrite the report from this command's last measurements, measuring nothing
-        summary = previous
+    if args.render_only:  # rewrite the report from the scripts' last JSON, measuring nothing
+        summary = {**rendered_only_summary(threads), **previous, "argv": list(argv if argv is not None else sys.argv[1:])}
     else:
         summary = measure_all([p for p in plan if only is None or p[0] in only], threads, args.quick, out_json)
         summary.pop("results")
@@ -179,12 +179,29 @@ def main(argv: list[str] | None = None) -> dict:
             summary[field] = {**previous.get(field, {}), **summary[field]}
         write_json(summary_path, {k: v for k, v in summary.items()})
     results = {key: _read_json(out_json(f"bench_{key}")[1]) for key in keys}  # None: never measured
+    if args.render_only not in (None, "all"):  # re-render only these; the others keep their RESULTS.md text
+        chosen = args.render_only.split(",")
+        if not set(chosen) <= set(keys):
+            parser.error(f"--render-only takes keys among {', '.join(keys)}, got {args.render_only!r}")
+        results = {key: value if key in chosen else None for key, value in results.items()}
+    for key in keys:  # a script run on its own: its JSON's time is when it was measured
+        if results[key] is not None and key not in summary["dates"]:
+            stamp = os.path.getmtime(out_json(f"bench_{key}")[1])
+            summary["dates"][key] = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC") + \
+                " (by the script on its own)"
     report = render(summary, results, plan, out_json, args, out_md)
     os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
     with open(out_md, "w") as f:
         f.write(report + "\n")
     print(f"\nwrote {out_md} (measured in {summary['total_s'] / 60:.1f} min)")
     return {**summary, **results}
+
+
+def rendered_only_summary(threads: int) -> dict:
+    """What a ``--render-only`` report says about itself when no earlier run_all summary exists."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+            "threads": threads, "peaks": None, "durations_s": {}, "others_cpu_share": {}, "dates": {}, "total_s": 0.0,
+            "others_cpu_share_total": 0.0, "load_average_end": round(os.getloadavg()[0], 2)}
 
 
 def _read_json(path: str) -> dict | None:
@@ -226,7 +243,7 @@ def _command_note(summary: dict, key: str) -> str:
 
 
 def previous_sections(path: str) -> dict[str, str]:
-    """The ``## `` sections of an existing RESULTS.md: title → body (kept where this run measures nothing new)."""
+    """The ``## `` sections of an existing report at ``path``: title → body (kept where this run measures nothing new)."""
     try:
         text = open(path).read()
     except FileNotFoundError:
@@ -262,15 +279,19 @@ def render(summary: dict, results: dict, plan, out_json, args, out_md: str) -> s
               "variants": "DDIM variants: ε̂ from the clipped x̂₀, leading vs trailing spacing",
               "sweep": "Recipes swept at equal compute", "time_to_quality": "Time to quality against the peers",
               "vs_old": "Today's defaults against the defaults before issue 13"}
-    previous = previous_sections(out_md)
+    # a full run keeps what it does not re-measure from the report it replaces (else the committed RESULTS.md);
+    # a quick run only from its own earlier report
+    previous = previous_sections(out_md if os.path.exists(out_md) or args.quick else os.path.join(HERE, "RESULTS.md"))
     sections = {key: _section(summary, results, key, module, previous, titles[key]) for key, _, module, _ in plan}
     written = {"Targets", "Machine peak", "Commands", *titles.values()}
     extra = [f"## {title}\n\n{body}\n" for title, body in previous.items() if not any(title.startswith(w) for w in written)]
     report = [
         "# diffvae benchmarks",
         "",
-        f"Generated by `python benchmarks/run_all.py{' ' + shlex.join(argv) if argv else ''}` on {summary['date']}; the "
-        f"measurements took {summary['total_s'] / 60:.1f} minutes. Machine: {machine['cpu']} ({machine['cpu_count']} cores, "
+        f"Generated by `python benchmarks/run_all.py{' ' + shlex.join(argv) if argv else ''}` on {summary['date']}; "
+        + (f"the measurements took {summary['total_s'] / 60:.1f} minutes. " if summary["total_s"] else
+           "rendered from each script's last JSON (each section says when it was measured). ")
+        + f"Machine: {machine['cpu']} ({machine['cpu_count']} cores, "
         f"{summary.get('threads', machine['torch_threads'])} torch threads), torch {machine['torch']}, Python {machine['python']}; load average (1 min) "
         f"{machine['load_average_1min']} at the start, {summary['load_average_end']} at the end; other processes used "
         f"{100 * summary['others_cpu_share_total']:.0f}% of the machine's CPU during the run (from /proc/stat; per script "
@@ -280,14 +301,16 @@ def render(summary: dict, results: dict, plan, out_json, args, out_md: str) -> s
         "",
         "## Targets (issues 8 and 13)",
         "",
-        targets_markdown(results),
+        targets_markdown(results) + ("" if results["train"] is not None else
+                                     "\n" + "\n".join(line for line in (_kept(previous, "Targets") or "").splitlines()
+                                                        if line.startswith("- ") and "Issue 13" not in line)),
         "",
         "## Machine peak",
         "",
         "Practical peak of the BLAS/oneDNN kernels (best of 5): every \"% of peak\" below divides by the larger of the two "
         "for the same precision and thread count.",
         "",
-        peaks_markdown(summary["peaks"]),
+        peaks_markdown(summary["peaks"]) if summary.get("peaks") else _kept(previous, "Machine peak") or "*Not measured.*",
         "",
         f"## {titles['train']}",
         "",

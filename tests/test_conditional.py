@@ -16,7 +16,6 @@ from diffvae.api import DataConfig, load, train_run
 from diffvae.cli import main
 from diffvae.conditioning import conditioned_config, sampling_labels
 from diffvae.data import load_data
-from diffvae.errors import DiffvaeError
 from diffvae.evaluate import EvalConfig, conditional_quality
 from diffvae.train import TrainConfig, batch_indices, train
 from diffvae.vae.model import VAE, VAEConfig
@@ -208,10 +207,15 @@ def test_eval_of_a_conditional_run_reports_accuracy_per_class_fid_and_the_sweep(
     assert [row["guidance"] for row in sweep] == [0.0, 1.0, 2.0, 3.0, 5.0]
     assert all({"fid", "accuracy", "ms_per_sample", "precision", "recall"} <= set(row) for row in sweep)
     assert results["best_guidance_accuracy"] in [row["guidance"] for row in sweep]
+    best = max(sweep, key=lambda r: r["accuracy"])
+    control = results["controllability"]
+    assert (control["accuracy"], control["guidance"], control["fid"]) == (best["accuracy"], best["guidance"], best["fid"])
+    assert control["fid_at_w1"] == sweep[1]["fid"] and control["recall_at_w1"] == sweep[1]["recall"]
     capsys.readouterr()
     assert main(["eval", str(runs / "vae"), "--quick", "--json"]) == 0
     vae = json.loads(capsys.readouterr().out)
     assert "conditional_accuracy" in vae and "guidance_sweep" not in vae  # one-shot: no guidance to sweep
+    assert vae["controllability"] == {"accuracy": vae["conditional_accuracy"], "guidance": None}
 
 
 def test_latent_diffusion_trains_its_prior_on_labels(tmp_path, monkeypatch):

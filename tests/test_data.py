@@ -313,7 +313,8 @@ def test_idx_truncated_and_bad_magic(tmp_path):
 
 @pytest.mark.parametrize("spec", ["cifar10", "zip:/tmp/x", "", "mnist:extra"])
 def test_unknown_spec_lists_the_valid_ones(spec):
-    with pytest.raises(DiffvaeError, match="valid specs: mnist, digits, shapes, folder:PATH"):
+    with pytest.raises(DiffvaeError, match="valid specs: mnist, digits, shapes, colours, photos, folder:PATH, npz:PATH, "
+                                           r"idx:PATH \(or idx:IMAGES,LABELS\), packed:DIR$"):
         load_data(spec)
 
 

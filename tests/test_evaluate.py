@@ -114,3 +114,20 @@ def test_sample_quality_refuses_what_is_not_uint8_images_of_the_data(runs):
         sample_quality(torch.zeros(4, 1, 8, 8), dataset)
     with pytest.raises(DiffvaeError, match="uint8 images of shape"):
         sample_quality(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), dataset)
+
+
+def test_pixel_diffusion_reports_its_probability_flow_ode_likelihood(runs, results):
+    """``ode_bpd``: the spec's probability-flow likelihood on the first ode_n held-out images with the
+    evaluation's seed (the math is checked against closed forms in tests/flow/test_ode_likelihood.py); a family
+    without one (the VAE) reports none, and ode_n = 0 turns it off."""
+    from diffvae.contract import spec_of
+    from diffvae.data import load_data
+
+    cfg = EvalConfig.quick()
+    model = runs["ddpm"]
+    direct = spec_of(model).ode_likelihood(model, load_data("digits").test[: cfg.ode_n], cfg.ode_steps,
+                                           torch.Generator().manual_seed(cfg.seed))
+    assert results["ddpm"]["ode_bpd"] == pytest.approx(float(direct["ode_bpd"].double().mean()), rel=1e-9)
+    assert results["ddpm"]["ode_bpd_n"] == cfg.ode_n and 0 < results["ddpm"]["ode_bpd"] < 20
+    assert "ode_bpd" not in results["vae"]
+    assert "ode_bpd" not in evaluate(model, EvalConfig.quick(ode_n=0, n_samples=20, midpoints=4, probe_train=40, probe_test=20))

@@ -500,6 +500,8 @@ def _sampling_kwargs(args, model) -> dict:
     if kwargs and not spec.samplers:
         raise DiffvaeError(f"{'/'.join('--' + k for k in kwargs)} apply to iterative samplers; "
                            f"a {spec.short} run decodes in one step")
+    if kwargs:
+        model.nfe(**kwargs)  # refuses a bad sampler/steps/eta now, before any work or output
     return kwargs
 
 

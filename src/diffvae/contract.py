@@ -154,6 +154,12 @@ class FamilySpec:
         """Network evaluations of ``evaluate(model, eval_config)``; None = cheap, never shrunk."""
         return None
 
+    def ode_likelihood(self, model, x_uint8: torch.Tensor, steps: int,
+                       generator: torch.Generator | None = None) -> dict[str, Any] | None:
+        """Bits/dim of ``x_uint8`` under the model's probability-flow ODE (``ode_bpd``, per example, beside
+        the variational bound), with ``steps`` solver steps; None where the family offers none."""
+        return None
+
     def eval_main_share(self) -> float:
         """Share of a family's evaluation time for :func:`diffvae.evaluate.evaluate` (the rest: the sweep)."""
         return 0.6 if self.sweep else 0.95

@@ -55,6 +55,8 @@ class EvalConfig:
     bound_timesteps: int = 16  # diffusion: K > 0 = the unbiased importance-sampled K-draw estimate; 0 = all T terms
     variance_fit_n: int = 64  # training images the reverse variances are fitted on (0 = fixed-small, no fit)
     iwae_samples: int = 100  # VAE: importance samples of the IWAE bound
+    ode_n: int = 16  # held-out images for the probability-flow ODE likelihood where a family offers one (0 = none)
+    ode_steps: int = 200  # its Heun steps (too few err low: diffvae.ode_likelihood.probability_flow_bpd)
     midpoints: int = 200  # held-out pairs whose latent midpoint is decoded (midpoint FID)
     strips: int = 8  # interpolation strips for path smoothness
     frames: int = 9
@@ -75,7 +77,8 @@ class EvalConfig:
     def quick(cls, **kw) -> "EvalConfig":
         """Small sizes for smoke tests and tiny budgets (noisy figures)."""
         base = dict(n_samples=100, bound_n=8, bound_timesteps=0, variance_fit_n=16, iwae_samples=8, midpoints=24, strips=2, frames=5,
-                    roundtrip_n=16, probe_train=200, probe_test=100, batch_size=100, per_class_n=10, guidance_sweep_n=50)
+                    roundtrip_n=16, probe_train=200, probe_test=100, batch_size=100, per_class_n=10, guidance_sweep_n=50,
+                    ode_n=4, ode_steps=50)
         base.update(kw)
         return cls(**base)
 
@@ -120,6 +123,7 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
         if spec.iterative and config.guidance_sweep:
             steps("guidance sweep")
             out.update(guidance_sweep(model, dataset, config, extractor, g, real_features=real_features))
+        out["controllability"] = controllability(out)
     steps("diagnostics")
     with torch.no_grad():
         out.update(spec.diagnostics(model, dataset.test[: max(config.bound_n, 200)], generator=torch.Generator().manual_seed(config.seed)))
@@ -200,7 +204,15 @@ def likelihood(model, dataset, config: EvalConfig) -> dict[str, Any]:
 
     fit = dataset.train[: config.variance_fit_n] if config.variance_fit_n else None
     options = BoundOptions(importance_samples=config.iwae_samples, timesteps=config.bound_timesteps, fit_data=fit)
-    return _likelihood(model, dataset.test[: config.bound_n], spec_of(model).bound_kwargs(options), config.seed)
+    spec = spec_of(model)
+    out = _likelihood(model, dataset.test[: config.bound_n], spec.bound_kwargs(options), config.seed)
+    ode = spec.ode_likelihood(model, dataset.test[: config.ode_n], config.ode_steps,
+                              torch.Generator().manual_seed(config.seed)) if config.ode_n else None
+    for key, value in (ode or {}).items():  # the probability-flow ODE's bits/dim on the first ode_n of those images
+        out[key] = float(value.double().mean())
+        if key == "ode_bpd":
+            out["ode_bpd_sem"], out["ode_bpd_n"] = float(value.double().std() / math.sqrt(max(1, value.numel()))), int(value.numel())
+    return out
 
 
 def interpolation_quality(model, dataset, config: EvalConfig, extractor, generator: torch.Generator | None = None,
@@ -413,6 +425,19 @@ def guidance_sweep(model, dataset, config: EvalConfig, extractor, generator: tor
     best_accuracy = max(rows, key=lambda r: r["accuracy"])["guidance"]
     best_fid = min(rows, key=lambda r: r["fid"] if math.isfinite(r["fid"]) else float("inf"))["guidance"]
     return {"guidance_sweep": rows, "guidance_sweep_n": n, "best_guidance_accuracy": best_accuracy, "best_guidance_fid": best_fid}
+
+
+def controllability(results: dict[str, Any]) -> dict[str, Any]:
+    """The report's Controllability cell from an evaluation of a conditional model: with a guidance sweep,
+    the best conditional accuracy, the w that gives it, and the FID / recall it costs next to w = 1 (the
+    conditional model unguided); without one (one-shot families), the conditional accuracy alone."""
+    rows = {row["guidance"]: row for row in results.get("guidance_sweep") or []}
+    if not rows:
+        return {"accuracy": results.get("conditional_accuracy"), "guidance": None}
+    best = max(rows.values(), key=lambda r: r["accuracy"])
+    base = rows.get(1.0, {})
+    return {"accuracy": best["accuracy"], "guidance": best["guidance"], "fid": best["fid"], "recall": best.get("recall"),
+            "fid_at_w1": base.get("fid"), "recall_at_w1": base.get("recall"), "ms_per_sample": best["ms_per_sample"]}
 
 
 def _boot_generator(config: EvalConfig) -> torch.Generator:

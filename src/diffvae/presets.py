@@ -47,3 +47,16 @@ def unet_channel_mult(size: int, default: tuple[int, ...] = (1, 2, 2)) -> tuple[
     default ``attention_levels`` (-1,) puts self-attention, as at 28/32 px (7×7 / 8×8)."""
     extra = max(0, levels_to(size) - len(default))
     return tuple(default) + (default[-1],) * extra
+
+
+def unet_preset(image_shape: tuple[int, int, int], default_mult: tuple[int, ...]) -> dict[str, Any]:
+    """A UNet family's preset (pixel diffusion, flow matching): the default three levels up to 32 px (28 → 7,
+    32 → 8 px, attention there), one more per halving above (64 px: (1, 2, 2, 2), attention at 8×8, not 16×16:
+    4× fewer attention tokens). Grey or colour alike."""
+    mult = unet_channel_mult(max(image_shape[1:]))
+    return {"channel_mult": mult} if mult != default_mult else {}
+
+
+def unet_compare_overrides(image_shape: tuple[int, int, int], default_mult: tuple[int, ...]) -> dict[str, Any]:
+    """A UNet family in ``compare``: its preset; tiny images (≤ 16 px) get a smaller UNet, 32 wide, two levels."""
+    return {"channels": 32, "channel_mult": (1, 2)} if image_shape[1] <= 16 else unet_preset(image_shape, default_mult)

@@ -729,6 +729,8 @@ class TrainLoop:
         lr = schedule.lr(state.step)
         x, y = self.source.batch(state.step)
         labels = y if is_conditional(state.model) else None  # only a conditional model is given labels
+        if labels is None and is_conditional(state.model):
+            raise DiffvaeError("a conditional model needs labelled training data (this batch source gives no labels)")
         logs = train_step(state, x, self.settings, lr, self.run, self.loss_module, labels)
         self.metrics.add(logs)
         if schedule.total_steps is None:  # budget mode: measure the step rate, then fix the schedule's length

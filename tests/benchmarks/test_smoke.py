@@ -44,10 +44,11 @@ def _load(results: Path, name: str) -> dict:
 def test_report_has_every_section_and_its_commands(quick_run):
     results, written = quick_run
     report = (results / "RESULTS_quick.md").read_text()
-    for heading in ("## Targets (issue 8)", "## Machine peak", "## Training throughput", "## Sampling speed",
-                    "## Quality against NFE", "## Quality per CPU-minute", "## Commands"):
+    for heading in ("## Targets (issues 8 and 13)", "## Machine peak", "## Training throughput", "## Sampling speed",
+                    "## Quality against NFE", "## Quality per CPU-minute", "## Time to quality against the peers",
+                    "## Commands"):
         assert heading in report
-    for script in ("bench_train.py", "bench_sample.py", "bench_quality.py", "bench_recipe.py"):
+    for script in ("bench_train.py", "bench_sample.py", "bench_quality.py", "bench_recipe.py", "bench_time_to_quality.py"):
         assert f"python benchmarks/{script} --quick" in report
     assert "AMD" in report or "Intel" in report or "cores" in report  # the machine is named
     # every file the smoke run wrote is in its results folder: never the committed RESULTS.md
@@ -111,3 +112,14 @@ def test_recipes_train_within_the_same_budget(quick_run):
     assert theirs["steps"] >= 1 and theirs["seconds"] > 0 and budget > 0
     assert recipe["training"]["diffvae"]["steps"] >= 1
     assert {r["recipe"] for r in recipe["rows"]} == {"diffvae", "diffusers"}
+
+
+def test_time_to_quality_scores_every_contender_as_it_trains(quick_run):
+    tq = _load(quick_run[0], "bench_time_to_quality")
+    for name in ("diffvae vae", "diffvae ddpm", "diffvae ldm", "diffusers recipe"):
+        points = tq["curves"][name]["points"]
+        assert points, name
+        assert [p["minutes"] for p in points] == sorted(p["minutes"] for p in points), name
+        assert all(math.isfinite(p["fid"]) and p["fid"] >= 0 for p in points), name
+        assert points[-1]["minutes"] <= tq["minutes"] * 1.5, name  # the last snapshot is the end of its budget
+    assert "1×28×28" in tq["curves"]["pythae VAE"]["recipe"] or "not installed" in tq["curves"]["pythae VAE"]["recipe"]

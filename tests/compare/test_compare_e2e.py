@@ -8,6 +8,7 @@ import pytest
 
 from diffvae.cli import main
 from diffvae.compare.report import ROWS, lookup
+from diffvae.families import FAMILIES
 
 BUDGET_MINUTES = 2.0
 
@@ -15,32 +16,38 @@ BUDGET_MINUTES = 2.0
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "report"
-    t0 = time.perf_counter()
-    code = main(["compare", "--data", "digits", "--budget", str(BUDGET_MINUTES), "--out", str(out), "--quiet"])
-    return out, code, time.perf_counter() - t0
+    with pytest.MonkeyPatch.context() as patch:
+        # compare's clock (and the engine's) becomes this process's CPU time (one thread: conftest), so other
+        # processes on a shared machine (CI) slow the test down but cannot make its budget overrun
+        patch.setattr(time, "perf_counter", time.process_time)
+        t0 = time.process_time()
+        code = main(["compare", "--data", "digits", "--budget", str(BUDGET_MINUTES), "--out", str(out), "--quiet"])
+        return out, code, time.process_time() - t0
 
 
-def test_compare_writes_the_three_files_with_every_family(report):
+def test_compare_writes_the_three_files_with_every_registered_family(report):
     out, code, _ = report
     assert code == 0
     for name in ("report.html", "report.md", "results.json"):
         assert (out / name).stat().st_size > 500, name
     results = json.loads((out / "results.json").read_text())
-    assert set(results["families"]) == {"vae", "ddpm", "ldm"}, results.get("stages")
+    assert set(results["families"]) == set(FAMILIES), results.get("stages")  # every registered family by default
     assert all(v["status"] == "done" for v in results["stages"].values()), results["stages"]
-    for fam in ("vae", "ddpm", "ldm"):
+    for fam in FAMILIES:
         for key in ("fid", "kid", "precision", "recall", "sharpness_ratio", "bpd", "nfe", "ms_per_sample",
-                    "roundtrip_psnr_db", "path_smoothness", "midpoint_fid", "probe_accuracy"):
+                    "roundtrip_mse", "path_smoothness", "midpoint_fid", "probe_accuracy"):
             assert results["families"][fam].get(key) is not None, (fam, key)
+        psnr = results["families"][fam].get("roundtrip_psnr_db")  # null only for an exact round trip (infinite)
+        assert psnr is not None or results["families"][fam]["roundtrip_mse"] == 0, fam
     assert results["families"]["vae"]["nfe"] == 1 and results["families"]["ddpm"]["nfe"] > 1
     assert results["families"]["ddpm"]["latent_ratio"] == 1.0 > results["families"]["vae"]["latent_ratio"]
     assert "without_free_bits" in results["collapse"] and "with_free_bits" in results["collapse"]
-    for fam in ("vae", "ddpm", "ldm"):  # every family's learning curve, its points in training order
+    for fam in FAMILIES:  # every family's learning curve, its points in training order
         curve = results["learning_curves"][fam]
         assert isinstance(curve, list), fam
         assert all({"minutes", "gflop", "fid", "fid_ci95", "bpd"} <= set(p) for p in curve), fam
         assert [p["minutes"] for p in curve] == sorted(p["minutes"] for p in curve), fam
-    assert any(results["learning_curves"][fam] for fam in ("vae", "ddpm", "ldm"))
+    assert any(results["learning_curves"][fam] for fam in FAMILIES)
     assert results["training"]["ldm"]["gflop"] > 0 and results["training"]["vae"]["gflop_per_image"] > 0
 
 

@@ -200,6 +200,17 @@ def test_table_cells_show_the_intervals_and_tag_them_in_html(tmp_path):
     assert "families.vae.ms_per_sample_ci95.1" in keys
 
 
+def test_an_exact_round_trip_is_written_as_exact_not_as_a_missing_number(tmp_path):
+    """An invertible family's round trip can be exact: its PSNR is infinite (null in JSON) beside an MSE of 0."""
+    results = fake_results()
+    results["families"]["ddpm"].update(roundtrip_psnr_db=None, roundtrip_mse=0.0)
+    write_report(tmp_path, results)
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| Interpolation |"))
+    cells = row.split("|")[2:-1]  # vae, ddpm, ldm
+    assert "round trip exact (MSE 0)" in cells[1] and "dB" not in cells[1]
+    assert "round trip PSNR 18 dB" in cells[0] and "round trip PSNR 30 dB" in cells[2]
+
+
 # ----------------------------------------------------------------------------- the report bugs
 
 def _ldm_results_from_the_bound():

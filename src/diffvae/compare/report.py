@@ -24,7 +24,8 @@ from diffvae.runs import atomic_write_text
 
 # A cell is a list of parts: plain text, (prefix, path) for a number, or (prefix, path, kind) for a
 # rule of its own (:func:`_special`): "ci" = " [low, high]", the 95% interval of the figure at path;
-# "mi" = mutual information with its estimator's ceiling; "images" = how many held-out images;
+# "mi" = mutual information with its estimator's ceiling; "images" = how many held-out images; "psnr" = a round
+# trip's PSNR in dB ("exact" when its MSE is 0);
 # "parts" = a note when the bound's parts (figure) come from fewer images than its total.
 Part = str | tuple[str, ...]
 UNDECIDED = "not decided at this budget"
@@ -188,7 +189,7 @@ def _cells(fam: str) -> dict[str, list[Part]]:
                            ci("precision"), (", recall ", F + "recall"), ci("recall"),
                            (", sharpness ×", F + "sharpness_ratio"), ci("sharpness_ratio"), (", recognisable ", F + "confident_fraction")],
         "Training": [("", T + "objective"), (": ", T + "minutes"), (" min, ", T + "steps"), (" steps, final loss ", T + "final_loss")],
-        "Interpolation": [spec.interpolation, ("; round trip PSNR ", F + "roundtrip_psnr_db"), (" dB, smoothness ", F + "path_smoothness"),
+        "Interpolation": [spec.interpolation, ("; round trip PSNR ", F + "roundtrip_psnr_db", "psnr"), (", smoothness ", F + "path_smoothness"),
                           (", midpoint FID ", F + "midpoint_fid"), ci("midpoint_fid")],
         "Posterior collapse": [spec.collapse_text],
         "Bits/dim (ELBO view)": [(spec.bound_label, F + "bpd"), ci("bpd"), *held_out,
@@ -234,6 +235,10 @@ def _special(kind: str, prefix: str, path: str, results: dict[str, Any], as_html
             return ""
         note = mi_ceiling_note(value, lookup(results, path + "_max"))
         return e(prefix) + _number(value, path, as_html) + e(" nats" + note)
+    if kind == "psnr":  # an exact round trip has an infinite PSNR, stored as null beside an MSE of 0
+        if value is None:
+            return e("; round trip exact (MSE 0)") if lookup(results, path.replace("psnr_db", "mse")) == 0 else ""
+        return e(prefix) + _number(value, path, as_html) + e(" dB")
     if kind == "images":
         return "" if value is None else e(prefix) + _number(value, path, as_html) + e(" held-out images")
     if kind == "parts":  # the figure's parts come from fewer images than the total: say so

@@ -84,7 +84,8 @@ def training_summary(family: str, run_dir: Path, minutes: float, recipe_info: di
 
 def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: int) -> EvalConfig:
     """The largest evaluation (up to the defaults) whose estimated network evaluations
-    (``spec.evaluation_cost`` × ``spec.unit_cost_seconds``) fit half of ``seconds``.
+    (``spec.evaluation_cost`` × ``spec.unit_cost_seconds``) fit half of ``seconds``: the bound's, the
+    interpolation's (strips, round trips) and the probe's sizes shrink together, to floors.
 
     ``n_samples`` is the same for every family: FID and KID are biased by the sample count, so
     only equal counts compare.
@@ -96,10 +97,11 @@ def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: 
         return full
     unit = spec.unit_cost_seconds(model)
     scale = min(1.0, 0.5 * seconds / max(1e-9, cost * unit))
-    floor = EvalConfig(n_samples=50, bound_n=16, variance_fit_n=16, midpoints=10, roundtrip_n=8, probe_train=100, probe_test=50)
+    floor = EvalConfig(n_samples=50, bound_n=16, variance_fit_n=16, midpoints=10, strips=2, roundtrip_n=8, probe_train=100,
+                       probe_test=50, ode_n=2)
     sized = {}
-    for f in dataclasses.fields(EvalConfig):
-        if f.name in ("bound_n", "variance_fit_n", "roundtrip_n", "probe_train", "probe_test"):
+    for f in dataclasses.fields(EvalConfig):  # n_samples and midpoints stay: only equal sample counts compare
+        if f.name in ("bound_n", "variance_fit_n", "strips", "roundtrip_n", "probe_train", "probe_test", "ode_n"):
             sized[f.name] = max(getattr(floor, f.name), int(getattr(full, f.name) * scale))
     return dataclasses.replace(full, **sized)
 

@@ -10,7 +10,7 @@ import torch
 
 from diffvae.contract import BoundOptions, FamilySpec
 from diffvae.diffusion.model import DDPMConfig
-from diffvae.presets import unet_channel_mult
+from diffvae.presets import unet_compare_overrides, unet_preset
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 # compare's sampler sweep: (sampler, steps), cheapest first; settings with steps > T are skipped
@@ -45,10 +45,32 @@ class DiffusionSpec(FamilySpec):
 
         invert, T = model.config.invert_steps, model.denoiser.schedule.T
         return conditional_evaluation_cost(model, c) + (c.n_samples * model.nfe() + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
-                + c.strips * c.frames) * invert + c.bound_n * (2 * c.bound_timesteps or T) + c.variance_fit_n * min(T, 128))
+                + c.strips * c.frames) * invert + c.bound_n * (2 * c.bound_timesteps or T) + c.variance_fit_n * min(T, 128)
+                + self.ode_cost(model, c))
+
+    def ode_cost(self, model, c) -> float:
+        """The probability-flow likelihood's evaluations: two per Heun step, each with a backward pass (~3×)."""
+        return 0.0
 
 
 class PixelDiffusionSpec(DiffusionSpec):
+    def ode_cost(self, model, c) -> float:
+        return 0.0 if model.config.prediction != "eps" else c.ode_n * 2 * c.ode_steps * 3.0
+
+    def ode_likelihood(self, model, x_uint8: torch.Tensor, steps: int,
+                       generator: torch.Generator | None = None) -> dict[str, Any] | None:
+        """The probability-flow ODE's bits/dim (:func:`diffvae.ode_likelihood.probability_flow_bpd`: Heun, one
+        Hutchinson probe, uniform dequantization), for an ε-predicting network: its ε̂ at continuous t is the
+        network's own output; a v or x₀ network would need ᾱ(t) between the table's entries (not offered)."""
+        from diffvae.images import to_signed
+        from diffvae.ode_likelihood import probability_flow_bpd
+
+        if model.config.prediction != "eps" or steps <= 0:
+            return None
+        parts = probability_flow_bpd(model.denoiser.eps_fn, to_signed(x_uint8, torch.float64), model.denoiser.schedule,
+                                     steps, generator=generator)
+        return {"ode_bpd": parts["bpd"], "ode_prior_bpd": parts["prior_bpd"], "ode_log_det_bpd": parts["log_det_bpd"]}
+
     def export(self, model, target: str, folder, **options: Any) -> None:
         """``--to diffusers``: a DDIMPipeline / DDPMPipeline folder (:mod:`diffvae.diffusion.export`)."""
         if target != "diffusers":
@@ -59,15 +81,11 @@ class PixelDiffusionSpec(DiffusionSpec):
         export_pipeline(model, folder, options.get("pipeline", "ddim"), options.get("run_path", "run"))
 
     def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
-        """The UNet for the image size (:func:`diffvae.presets.unet_channel_mult`): the default three levels
-        up to 32 px (28 → 7, 32 → 8 px, attention there), one more per halving above (64 px: (1, 2, 2, 2),
-        64 → 8 px with attention at 8×8, not 16×16: 4× fewer attention tokens). Grey or colour alike."""
-        mult = unet_channel_mult(max(image_shape[1:]))
-        return {"channel_mult": mult} if mult != DDPMConfig.channel_mult else {}
+        """The UNet for the image size (:func:`diffvae.presets.unet_preset`)."""
+        return unet_preset(image_shape, DDPMConfig.channel_mult)
 
     def compare_model_overrides(self, image_shape: tuple[int, int, int], seconds: float) -> dict[str, Any]:
-        """The preset; tiny images (≤ 16 px) get a smaller UNet: 32 wide, two levels."""
-        return {"channels": 32, "channel_mult": (1, 2)} if image_shape[1] <= 16 else self.preset_for(image_shape)
+        return unet_compare_overrides(image_shape, DDPMConfig.channel_mult)
 
 
 SPEC = PixelDiffusionSpec(
@@ -78,7 +96,8 @@ SPEC = PixelDiffusionSpec(
     interpolation="DDIM inversion + slerp",
     bound_label="L0+ΣKL+L_T ",
     bound_parts=(("decoder_bpd", "L0 decoder", 1), ("diffusion_bpd", "Σ KL (t ≥ 2)", 1), ("prior_bpd", "L_T prior", 1)),
-    bound_extras=((", reverse variance ", "variance"), ("; fixed-small ", "bpd_small"), (", fixed-large ", "bpd_large")),
+    bound_extras=((", reverse variance ", "variance"), ("; fixed-small ", "bpd_small"), (", fixed-large ", "bpd_large"),
+                  ("; probability-flow ODE ", "ode_bpd")),
     iterative=True,
     invertible=True,
     has_encoder=False,

@@ -11,7 +11,7 @@ import torch
 from diffvae.contract import FamilySpec
 from diffvae.flow.model import FlowConfig
 from diffvae.flow.samplers import SAMPLERS
-from diffvae.presets import unet_channel_mult
+from diffvae.presets import unet_compare_overrides, unet_preset
 
 # compare's sampler sweep: (sampler, steps), cheapest first in velocity evaluations (10, 10, 20, 20, 50, 50, 100)
 SWEEP = (("euler", 10), ("heun", 5), ("euler", 20), ("heun", 10), ("euler", 50), ("heun", 25), ("heun", 50))
@@ -41,14 +41,11 @@ class FlowSpec(FamilySpec):
                 + c.strips * c.frames) * invert + c.bound_n * likelihood)
 
     def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
-        """The UNet for the image size, as pixel diffusion's (:func:`diffvae.presets.unet_channel_mult`): the
-        default three levels up to 32 px, one more per halving above (64 px: (1, 2, 2, 2), attention at 8×8)."""
-        mult = unet_channel_mult(max(image_shape[1:]))
-        return {"channel_mult": mult} if mult != FlowConfig.channel_mult else {}
+        """The UNet for the image size (:func:`diffvae.presets.unet_preset`)."""
+        return unet_preset(image_shape, FlowConfig.channel_mult)
 
     def compare_model_overrides(self, image_shape: tuple[int, int, int], seconds: float) -> dict[str, Any]:
-        """The preset; tiny images (≤ 16 px) get a smaller UNet: 32 wide, two levels (as pixel diffusion)."""
-        return {"channels": 32, "channel_mult": (1, 2)} if image_shape[1] <= 16 else self.preset_for(image_shape)
+        return unet_compare_overrides(image_shape, FlowConfig.channel_mult)
 
 
 SPEC = FlowSpec(
