@@ -156,7 +156,7 @@ def tq_markdown(result: dict) -> str:
         cells = []
         for m in at:
             near = [p for p in curve["points"] if abs(p["minutes"] - m) <= 0.25 * m]
-            cells.append(f"{near[0]['fid']:.0f}" if near else "–")
+            cells.append(f"{min(near, key=lambda p: abs(p['minutes'] - m))['fid']:.0f}" if near else "–")
         lines.append(f"| {name} | {curve['recipe'] or 'defaults'} | " + " | ".join(cells) + " |")
     lines += ["", "| contender | " + " | ".join(f"minutes to FID ≤ {t:g}" for t in THRESHOLDS) + " |",
               "|---|" + "---:|" * len(THRESHOLDS)]

@@ -101,11 +101,12 @@ def vs_markdown(result: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---|"]
     for family in sorted(set(old["scores"]) | set(new["scores"])):
         o, n = old["scores"].get(family), new["scores"].get(family)
-        if o is None or n is None:
-            lines.append(f"| {family} | {'–' if o is None else o['steps']} | – | {'–' if n is None else n['steps']} | – | – | – |")
+        ci = lambda s: "–" if s is None else f"{s['fid']:.1f} [{s['fid_ci95'][0]:.0f}, {s['fid_ci95'][1]:.0f}]"  # noqa: E731
+        own = lambda s: "–" if s is None or s["compare_fid"] is None else f"{s['compare_fid']:.1f}"  # noqa: E731
+        if o is None or n is None:  # a family only one revision has
+            steps = lambda s: "–" if s is None else s["steps"]  # noqa: E731
+            lines.append(f"| {family} | {steps(o)} | {ci(o)} | {steps(n)} | {ci(n)} | – | {own(o)} → {own(n)} |")
             continue
-        ci = lambda s: f"{s['fid']:.1f} [{s['fid_ci95'][0]:.0f}, {s['fid_ci95'][1]:.0f}]"  # noqa: E731
-        own = lambda s: "–" if s["compare_fid"] is None else f"{s['compare_fid']:.1f}"  # noqa: E731
         lines.append(f"| {family} | {o['steps']} | {ci(o)} | {n['steps']} | {ci(n)} | {o['fid'] / n['fid']:.2f}× | "
                      f"{own(o)} → {own(n)} |")
     wall = lambda s: "not timed (an earlier compare re-scored)" if s["wall_seconds"] is None else f"{s['wall_seconds'] / 60:.1f} min"  # noqa: E731

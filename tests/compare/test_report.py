@@ -86,6 +86,17 @@ def test_claims_follow_the_numbers():
     assert verdicts["Interpolation"] == "did not hold"
 
 
+def test_a_sample_quality_verdict_carried_by_one_family_names_it():
+    """"Diffusion beats the VAE" held because one iterative family did: the claim says which, and only then."""
+    results = with_intervals(fake_results(), half=1.0)
+    results["families"]["ddpm"].update(fid=120.0, fid_ci95=[110.0, 130.0])  # worse than the VAE's 80; the LDM (35) better
+    claim = next(c for c in claims(results) if c["claim"].startswith("Sample quality"))
+    assert claim["verdict"] == "held" and claim["evidence"].endswith("ahead of the VAE: LDM only")
+    results["families"]["ddpm"].update(fid=30.0, fid_ci95=[20.0, 40.0])  # both better: nothing to single out
+    claim = next(c for c in claims(results) if c["claim"].startswith("Sample quality"))
+    assert claim["verdict"] == "held" and "ahead of" not in claim["evidence"]
+
+
 def test_when_to_use_names_the_measured_winner_and_margin():
     lines = when_to_use(fake_results())
     quality = next(l for l in lines if l.startswith("Best sample quality"))

@@ -434,8 +434,11 @@ def _claim_sample_quality(results, r: Roles, claim) -> None:
         pairs = [(decide(v, fid_vae, True), v, fid_vae) for v in diffusion.values()]
         outcomes = [p[0] for p in pairs]
         verdict = "held" if "a" in outcomes else "did not hold" if all(o == "b" for o in outcomes) else UNDECIDED
+        ahead = [short(f) for f, outcome in zip(diffusion, outcomes) if outcome == "a"]  # say which family carried it
         claim("Sample quality: diffusion is state of the art, VAEs lag", verdict,
-              f"FID {_listing(diffusion)} vs {short(r.autoencoder)} {figure_text(fid_vae)}" + (_need(pairs, "fid") if verdict == UNDECIDED else ""))
+              f"FID {_listing(diffusion)} vs {short(r.autoencoder)} {figure_text(fid_vae)}"
+              + (f"; ahead of the {short(r.autoencoder)}: {', '.join(ahead)} only" if verdict == "held" and len(ahead) < len(pairs) else "")
+              + (_need(pairs, "fid") if verdict == UNDECIDED else ""))
     else:
         claim("Sample quality: diffusion is state of the art, VAEs lag", None, "needs the VAE and a diffusion family")
 
