@@ -153,11 +153,13 @@ import resource, sys
 import torch
 from diffvae.data import load_data
 from diffvae.loader import rank_batch_indices, training_batches
+from diffvae.pack import shard_of
 
 torch.set_num_threads(1)
 dataset = load_data("packed:" + sys.argv[1])
 dataset.content_hash()  # as a training run does at its start (config.json)
 images = dataset.train
+assert shard_of(images) is not None, "the loader would index the mapping instead of reading the shard"
 n = images.shape[0]
 for step, batch in enumerate(training_batches(images, batch_size=128, seed=0, stop_step=200, workers=1)):
     ids = batch.reshape(batch.shape[0], -1)[:, :4].contiguous().view(torch.int32).reshape(-1).long()

@@ -272,3 +272,27 @@ def test_bad_spec_or_option_is_refused_before_the_disk_is_touched(tmp_path):
         with pytest.raises(DiffvaeError):
             pack(spec, tmp_path / "out", **kwargs)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_late_weakref_callback_never_forgets_a_newer_mapped_tensor(tmp_path):
+    """Torch may run a dead mapped tensor's weakref callback after its id names a newer mapped tensor: the
+    callback must drop only its own entry, or the loader would fall back to faulting the mapping in."""
+    import weakref
+
+    import numpy as np
+
+    from diffvae.pack import _MAPPED, _forget, map_shard, shard_of
+
+    path = tmp_path / "train.u8"
+    np.arange(2 * 3 * 4 * 4, dtype=np.uint8).tofile(path)
+    tensor = map_shard(path, (2, 3, 4, 4))
+    assert shard_of(tensor) is not None
+
+    class Dead:
+        pass
+
+    stale = weakref.ref(Dead())  # the callback of another (dead) tensor that had the same id
+    _forget(stale, id(tensor))
+    assert shard_of(tensor) is not None and id(tensor) in _MAPPED
+    _forget(_MAPPED[id(tensor)][0], id(tensor))  # its own callback does drop it
+    assert shard_of(tensor) is None

@@ -33,6 +33,7 @@ changed folder or a damaged cache entry is rebuilt. The cache lives in ``$DIFFVA
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -434,8 +435,17 @@ def map_shard(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
         tensor = torch.from_numpy(array)
-    _MAPPED[id(tensor)] = (weakref.ref(tensor, lambda _, key=id(tensor): _MAPPED.pop(key, None)), ShardFile(path, shape))
+    _MAPPED[id(tensor)] = (weakref.ref(tensor, functools.partial(_forget, key=id(tensor))), ShardFile(path, shape))
     return tensor
+
+
+def _forget(ref: weakref.ref, key: int) -> None:
+    """A mapped tensor died: drop its entry — only its own. Its id may already name a newer mapped tensor (torch
+    can run a tensor's weakref callbacks late); popping that one's entry would turn the loader's reads of it
+    into page faults on the mapping, whose resident pages grow to the whole file."""
+    entry = _MAPPED.get(key)
+    if entry is not None and entry[0] is ref:
+        del _MAPPED[key]
 
 
 @dataclass
