@@ -165,7 +165,10 @@ for step, batch in enumerate(training_batches(images, batch_size=128, seed=0, st
     ids = batch.reshape(batch.shape[0], -1)[:, :4].contiguous().view(torch.int32).reshape(-1).long()
     assert torch.equal(ids, rank_batch_indices(step, n, 128, 0)), step
     loss = (batch.float() / 127.5 - 1).square().mean()  # a training step's use of the batch
-peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+# This process's own peak since exec: VmHWM. (Its ru_maxrss also counts the image of the process that forked it
+# before the exec — the pytest process, gigabytes late in a full suite.) The loader's worker: getrusage.
+own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(peak * 1024)  # Linux: kilobytes
 """
 

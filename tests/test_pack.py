@@ -275,8 +275,8 @@ def test_bad_spec_or_option_is_refused_before_the_disk_is_touched(tmp_path):
 
 
 def test_a_late_weakref_callback_never_forgets_a_newer_mapped_tensor(tmp_path):
-    """Torch may run a dead mapped tensor's weakref callback after its id names a newer mapped tensor: the
-    callback must drop only its own entry, or the loader would fall back to faulting the mapping in."""
+    """A dead mapped tensor's weakref callback must drop only its own entry, never a newer tensor's under the
+    same id (or the loader would fall back to faulting the mapping in)."""
     import weakref
 
     import numpy as np

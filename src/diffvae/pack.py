@@ -440,9 +440,8 @@ def map_shard(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _forget(ref: weakref.ref, key: int) -> None:
-    """A mapped tensor died: drop its entry — only its own. Its id may already name a newer mapped tensor (torch
-    can run a tensor's weakref callbacks late); popping that one's entry would turn the loader's reads of it
-    into page faults on the mapping, whose resident pages grow to the whole file."""
+    """A mapped tensor died: drop its entry, and only its own (defensive: if its id already named a newer mapped
+    tensor, popping that entry would send the loader to fault the mapping in instead of reading the shard)."""
     entry = _MAPPED.get(key)
     if entry is not None and entry[0] is ref:
         del _MAPPED[key]
