@@ -6,7 +6,7 @@ For every family (the VAE, the pixel DDPM, and both stages of latent diffusion) 
 * **peak resident memory of a training step** (CPU): a fresh subprocess builds the model, its EMA copy
   and AdamW, then runs engine steps (bf16 autocast where the engine would use it, the family's
   ``training_loss``, backward, clipping, AdamW, EMA: :func:`engine_step`) on random uint8 data of that
-  shape; ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the steps is the peak, and before the
+  shape; its VmHWM (peak resident set since its exec) after the steps is the peak, and before the
   first step the baseline (interpreter, torch, model, optimizer), so the step's own share is the
   difference;
 * **training throughput**: images/s of the best timed step (after one warm-up step);
@@ -21,7 +21,7 @@ The configs are each family's defaults with its preset for the shape (``FamilySp
 plain defaults, as measured before the presets), the optimizer is the engine's AdamW (fused where torch
 has it), one CPU thread per subprocess; the table's "config" column names the preset's fields.
 
-    python benchmarks/bench_memory.py --out /work/notes/memory_table.md   # ~10 minutes on one busy core
+    python benchmarks/bench_memory.py --out memory_table.md   # ~3 minutes on one quiet core
     python benchmarks/bench_memory.py --shapes 1x64x64,3x64x64 --rows ddpm   # only some cells
     python benchmarks/bench_memory.py --quick                             # tiny widths, 28 px only
 """
@@ -45,9 +45,15 @@ ROWS = ("vae", "ddpm", "ldm autoencoder", "ldm diffusion")  # ldm: stage 1, stag
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports kilobytes, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    """This process's peak resident set size since it started: Linux's VmHWM (``ru_maxrss`` would also count the
+    image of the process that forked it, before its exec: this script's parent, with torch loaded), else
+    ``ru_maxrss`` (macOS reports bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def build(row: str, shape: tuple[int, int, int], quick: bool, preset: bool = True):

@@ -13,7 +13,7 @@
 
 Timings are best-of-repeats, one thread (``torch.set_num_threads(1)``), CPU.
 
-    python benchmarks/bench_speed_defaults.py --ddpm-run RUN --vae-run RUN --out /work/notes/speed_defaults.md
+    python benchmarks/bench_speed_defaults.py --ddpm-run RUN --vae-run RUN --out speed_defaults.md
     (without --ddpm-run / --vae-run it trains them first: diffvae.api.train_run, mnist, --budget 2 each)
 """
 
