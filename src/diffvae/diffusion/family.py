@@ -26,6 +26,20 @@ class DiffusionSpec(FamilySpec):
     def sweep_settings(self, model) -> list[tuple[str, int]]:
         return [(sampler, steps) for sampler, steps in self.sweep if steps <= model.denoiser.schedule.T]
 
+    def export(self, model, target: str, folder, **options: Any) -> None:
+        """``--to diffusers`` (``--pipeline ddim|ddpm``, checked here), written by :meth:`export_diffusers`."""
+        if target != "diffusers":
+            return super().export(model, target, folder, **options)
+        from diffvae.diffusion.export import check_pipeline
+
+        pipeline = options.get("pipeline", "ddim")
+        check_pipeline(pipeline)
+        self.export_diffusers(model, folder, pipeline, options.get("run_path", "run"))
+
+    def export_diffusers(self, model, folder, pipeline: str, run_path) -> None:
+        """Write the diffusers folder; a diffusion family without a mapping refuses, as the contract does."""
+        FamilySpec.export(self, model, "diffusers", folder)
+
     def unit_cost_seconds(self, model, batch: int = 64) -> float:
         """Seconds per image of one denoiser evaluation at t = T/2, after a warm-up."""
         denoiser = model.denoiser
@@ -71,14 +85,11 @@ class PixelDiffusionSpec(DiffusionSpec):
                                      steps, generator=generator)
         return {"ode_bpd": parts["bpd"], "ode_prior_bpd": parts["prior_bpd"], "ode_log_det_bpd": parts["log_det_bpd"]}
 
-    def export(self, model, target: str, folder, **options: Any) -> None:
-        """``--to diffusers``: a DDIMPipeline / DDPMPipeline folder (:mod:`diffvae.diffusion.export`)."""
-        if target != "diffusers":
-            return super().export(model, target, folder, **options)
-        from diffvae.diffusion.export import check_pipeline, export_pipeline
+    def export_diffusers(self, model, folder, pipeline: str, run_path) -> None:
+        """A DDIMPipeline / DDPMPipeline folder (:mod:`diffvae.diffusion.export`)."""
+        from diffvae.diffusion.export import export_pipeline
 
-        check_pipeline(options.get("pipeline", "ddim"))
-        export_pipeline(model, folder, options.get("pipeline", "ddim"), options.get("run_path", "run"))
+        export_pipeline(model, folder, pipeline, run_path)
 
     def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
         """The UNet for the image size (:func:`diffvae.presets.unet_preset`)."""

@@ -11,15 +11,11 @@ from diffvae.presets import unet_channel_mult
 
 
 class LatentDiffusionSpec(DiffusionSpec):
-    def export(self, model, target: str, folder, **options: Any) -> None:
-        """``--to diffusers``: the denoiser only, ``unet/`` + ``scheduler/`` + ``latent.json`` (:mod:`diffvae.latent.export`)."""
-        if target != "diffusers":
-            return super().export(model, target, folder, **options)
-        from diffvae.diffusion.export import check_pipeline
+    def export_diffusers(self, model, folder, pipeline: str, run_path) -> None:
+        """The denoiser only: ``unet/`` + ``scheduler/`` + ``latent.json`` (:mod:`diffvae.latent.export`)."""
         from diffvae.latent.export import export_denoiser
 
-        check_pipeline(options.get("pipeline", "ddim"))
-        export_denoiser(model, folder, options.get("pipeline", "ddim"), options.get("run_path", "run"))
+        export_denoiser(model, folder, pipeline, run_path)
 
     def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
         """The latent factor and the latent UNet for the image size: f = 4 up to 64 px (28 → 7×7, 32 → 8×8,
