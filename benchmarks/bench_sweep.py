@@ -51,6 +51,12 @@ CANDIDATES = {
         "small-lr4e-3": ({"channels": 16}, {"batch_size": 32, "lr": 4e-3}),
         "small-batch16": ({"channels": 16}, {"batch_size": 16, "lr": 2e-3}),
         "small-mult12": ({"channels": 16, "channel_mult": (1, 2)}, {"batch_size": 32, "lr": 2e-3}),
+        "small-v-cosine": ({"channels": 16, "prediction": "v", "schedule": "cosine"}, {"batch_size": 32, "lr": 2e-3}),
+        "small-v-cosine-minsnr": ({"channels": 16, "prediction": "v", "schedule": "cosine", "loss_weight": "min_snr"},
+                                  {"batch_size": 32, "lr": 2e-3}),
+    },
+    "flow": {  # the peer with the same UNet and step cost: how far the DDPM recipe is from what this network can do
+        "small": ({"channels": 16}, {"batch_size": 32, "lr": 2e-3}),
     },
     "ldm": {
         "default": ({}, {}),

@@ -202,6 +202,11 @@ def add_interpolate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=Range(int, 1, 10_000).parser(), default=4)
     p.add_argument("--frames", type=Range(int, 2, 1_000).parser(), default=8)
     p.add_argument("--path", default="slerp", help="slerp | linear")
+    p.add_argument("--classes", default=None, metavar="A,B",
+                   help="from class A to class B: a conditional run moves the condition (noise fixed per strip), "
+                        "an unconditional one walks between held-out images of the two classes")
+    p.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="with --classes on a conditional run: classifier-free guidance scale (default 1)")
     _add_sampling_arguments(p)
     p.add_argument("--force", action="store_true")
 
@@ -235,6 +240,8 @@ def add_compare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, metavar="FAM=W,...",
                    help="relative training time per family, e.g. vae=1,ddpm=2,ldm=2 (default: each family's share)")
     p.add_argument("--seed", type=SEED.parser(), default=None, help="(default 0; --resume: the stored one)")
+    p.add_argument("--conditional", action="store_true", default=None,
+                   help="train every family on the labels and measure controllability (accuracy, guidance sweep)")
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
@@ -616,24 +623,44 @@ def cmd_eval(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
+    """Strips between random held-out pairs; with --classes A,B between classes (diffvae.interpolation):
+    a conditional run moves its condition from A to B, an unconditional one walks between images of A and B."""
     import torch
 
     from diffvae.api import load, run_data
-    from diffvae.interpolation import interpolation_strip
+    from diffvae.conditioning import num_classes, sampling_labels
+    from diffvae.interpolation import class_endpoints, class_strip, interpolation_strip, parse_class_pair
 
     if args.path not in ("slerp", "linear"):
         raise DiffvaeError(f"--path must be slerp or linear, got {args.path!r}")
+    if args.guidance is not None and args.classes is None:
+        raise DiffvaeError("--guidance applies with --classes A,B (interpolating the condition of a conditional run)")
     out = _check_output(args.out, args.force)
     model = load(args.run, device=_device(args))
     kwargs = _sampling_kwargs(args, model)
-    dataset = run_data(model)
     g = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(dataset.test.shape[0], generator=g)[: 2 * args.pairs]
-    if idx.numel() < 2 * args.pairs:
-        raise DiffvaeError(f"the held-out split has only {dataset.test.shape[0]} images")
-    a, b = dataset.test[idx[: args.pairs]], dataset.test[idx[args.pairs:]]
-    with torch.inference_mode():
-        frames = interpolation_strip(model, a, b, args.frames, path=args.path, **kwargs)
+    if args.classes is not None and num_classes(model):  # the condition moves; no data needed
+        a, b = parse_class_pair(args.classes, num_classes(model))
+        guidance = sampling_labels(model, args.pairs, guidance=args.guidance).get("guidance")  # refused in one line if bad
+        noise = torch.Generator(device=_device(args)).manual_seed(args.seed)  # frame 0 = `sample --class A --seed S`
+        with torch.inference_mode():
+            frames = class_strip(model, a, b, args.pairs, args.frames, noise, guidance, **kwargs)
+    else:
+        if args.guidance is not None:
+            sampling_labels(model, args.pairs, guidance=args.guidance)  # refuses: the run is unconditional
+        dataset = run_data(model)
+        if args.classes is not None:
+            if dataset.test_labels is None:
+                raise DiffvaeError(f"--classes needs labelled data, but {dataset.name} has no labels")
+            a, b = parse_class_pair(args.classes, dataset.num_classes)
+            ia, ib = class_endpoints(dataset.test, dataset.test_labels, a, b, args.pairs, g)
+        else:
+            idx = torch.randperm(dataset.test.shape[0], generator=g)[: 2 * args.pairs]
+            if idx.numel() < 2 * args.pairs:
+                raise DiffvaeError(f"the held-out split has only {dataset.test.shape[0]} images")
+            ia, ib = idx[: args.pairs], idx[args.pairs:]
+        with torch.inference_mode():
+            frames = interpolation_strip(model, dataset.test[ia], dataset.test[ib], args.frames, path=args.path, **kwargs)
     _write_images(frames.flatten(0, 1), out, nrow=args.frames)
     print(f"diffvae: wrote {args.pairs} interpolation strips of {args.frames} frames → {out}", file=sys.stderr)
     return 0
@@ -669,7 +696,7 @@ def cmd_compare(args) -> int:
     from diffvae.compare.pipeline import CompareConfig, run_compare
 
     run_compare(CompareConfig(data=args.data, out=args.out, budget_minutes=args.budget, families=args.families,
-                              split=args.split, seed=args.seed, device=args.device, size=args.size, key=args.key,
+                              split=args.split, seed=args.seed, conditional=args.conditional, device=args.device, size=args.size, key=args.key,
                               binarize=args.binarize, limit=args.limit, resume=args.resume, force=args.force, quiet=args.quiet))
     return 0
 

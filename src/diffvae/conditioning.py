@@ -21,7 +21,8 @@ import torch
 from diffvae.errors import DiffvaeError
 
 __all__ = ["CONDITION_FIELDS", "check_condition_fields", "is_conditional", "num_classes", "conditioned_config",
-           "null_labels", "drop_labels", "check_labels", "sampling_labels", "check_buildable"]
+           "null_labels", "drop_labels", "check_labels", "check_condition", "null_condition", "sampling_labels",
+           "check_buildable"]
 
 CONDITION_FIELDS = ("conditional", "num_classes", "p_uncond")
 
@@ -90,6 +91,31 @@ def check_labels(labels: torch.Tensor | None, n: int, k: int, allow_null: bool =
     if n and (int(labels.min()) < 0 or int(labels.max()) > top):
         raise DiffvaeError(f"class labels must be in 0..{k - 1}, got {int(labels.min())}..{int(labels.max())}")
     return labels.long()
+
+
+def check_condition(labels: torch.Tensor | None, n: int, k: int) -> torch.Tensor | None:
+    """What a sampler may follow: int64 labels (n,) (:func:`check_labels`) or **class weights**, a float
+    (n, K+1) matrix whose rows lie on the simplex (column K = null) — a mixture of conditions, e.g.
+    (1−λ)·onehot(A) + λ·onehot(B) for interpolating between classes. One error line otherwise."""
+    if labels is None or not torch.is_tensor(labels) or not labels.dtype.is_floating_point:
+        return check_labels(labels, n, k)
+    if k == 0:
+        raise DiffvaeError("this run was trained unconditionally; it cannot follow a class (train with --conditional)")
+    if tuple(labels.shape) != (n, k + 1):
+        raise DiffvaeError(f"class weights must be a ({n}, {k + 1}) matrix (one row per sample), got {tuple(labels.shape)}")
+    rows = labels.double().sum(1)
+    if not bool(torch.isfinite(labels).all()) or bool((labels < 0).any()) or bool(((rows - 1).abs() > 1e-5).any()):
+        raise DiffvaeError("class weights must be finite, >= 0, and each row must sum to 1")
+    return labels
+
+
+def null_condition(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The null condition shaped like ``labels``: the label K (int labels) or the one-hot row of K (weights)."""
+    if labels.dtype.is_floating_point:
+        null = torch.zeros_like(labels)
+        null[:, int(k)] = 1.0
+        return null
+    return torch.full_like(labels, int(k))
 
 
 def sampling_labels(model, n: int, class_: int | None = None, classes: str | tuple[int, ...] | None = None,

@@ -72,6 +72,7 @@ class EvalConfig:
     per_class_n: int = 100  # samples per class for conditional accuracy and per-class FID
     guidance_sweep: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0)  # w of the sweep (iterative families; () = none)
     guidance_sweep_n: int = 500  # class-balanced samples per w
+    controllability: bool = True  # conditional runs: the accuracy per class and the guidance sweep (compare has its own stage)
 
     @classmethod
     def quick(cls, **kw) -> "EvalConfig":
@@ -117,7 +118,7 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
     if dataset.train_labels is not None and dataset.test_labels is not None:
         steps("linear probe")
         out.update(representation(model, dataset, config))
-    if num_classes(model):
+    if num_classes(model) and config.controllability:
         steps("conditional generation")
         out.update(conditional_quality(model, dataset, config, extractor, g))
         if spec.iterative and config.guidance_sweep:
@@ -199,13 +200,20 @@ def _sharpness(samples: torch.Tensor, real: torch.Tensor) -> dict[str, Any]:
 
 def likelihood(model, dataset, config: EvalConfig) -> dict[str, Any]:
     """The family's tightest bound on ``config.bound_n`` held-out images (:func:`_likelihood`), the
-    options chosen by the family's ``spec.bound_kwargs``."""
+    options chosen by the family's ``spec.bound_kwargs``. ``bpd`` is the unconditional bound (a conditional
+    model's null label); a conditional model on labelled data also gets ``cond_bpd`` (with ``cond_bpd_sem``,
+    ``cond_bpd_ci95``, ``cond_bpd_n``): the bound on −log p(x | y) of the same images given their true labels
+    (no guidance), from the same seed."""
     from diffvae.contract import BoundOptions, spec_of
 
     fit = dataset.train[: config.variance_fit_n] if config.variance_fit_n else None
     options = BoundOptions(importance_samples=config.iwae_samples, timesteps=config.bound_timesteps, fit_data=fit)
     spec = spec_of(model)
     out = _likelihood(model, dataset.test[: config.bound_n], spec.bound_kwargs(options), config.seed)
+    if num_classes(model) and getattr(dataset, "test_labels", None) is not None:
+        labels = dataset.test_labels[: config.bound_n]
+        given = _likelihood(model, dataset.test[: config.bound_n], {**spec.bound_kwargs(options), "labels": labels}, config.seed)
+        out.update({f"cond_{key}": given[key] for key in ("bpd", "bpd_sem", "bpd_ci95", "bpd_n") if key in given})
     ode = spec.ode_likelihood(model, dataset.test[: config.ode_n], config.ode_steps,
                               torch.Generator().manual_seed(config.seed)) if config.ode_n else None
     for key, value in (ode or {}).items():  # the probability-flow ODE's bits/dim on the first ode_n of those images
@@ -348,7 +356,7 @@ def conditional_evaluation_cost(model, config: EvalConfig, iterative: bool = Tru
     """Network evaluations (per image row) that :func:`conditional_quality` and :func:`guidance_sweep` add to
     an evaluation of a conditional model: guidance w ∉ {0, 1} evaluates both branches (2 rows per image)."""
     k = num_classes(model)
-    if not k:
+    if not k or not config.controllability:
         return 0.0
     rows = lambda w: 1 if w is None or float(w) in (0.0, 1.0) else 2  # noqa: E731
     nfe = int(model.nfe(**config.sampler_kwargs))
@@ -366,18 +374,24 @@ def class_balanced_labels(n: int, k: int) -> torch.Tensor:
 def conditional_quality(model, dataset, config: EvalConfig, extractor, generator: torch.Generator | None = None) -> dict[str, Any]:
     """How well a conditional model obeys its label (issue 16): ``per_class_n`` samples of every class k
     at guidance ``config.guidance`` (default 1), scored by :func:`conditional_scores`."""
-    k = num_classes(model)
-    generator = generator or torch.Generator().manual_seed(config.seed)
-    labels = torch.arange(k).repeat_interleave(config.per_class_n)
-    kw = dict(config.sampler_kwargs)
-    if config.guidance is not None:
-        kw["guidance"] = config.guidance
-    with torch.inference_mode():
-        samples, _ = _batched_samples(model, labels.shape[0], config.batch_size, generator, kw, False, labels)
+    samples, labels = class_samples(model, config, generator)
     out = conditional_scores(samples, labels, dataset, extractor)
     out.update({"conditional_guidance": 1.0 if config.guidance is None else float(config.guidance),
                 "conditional_n_per_class": config.per_class_n})
     return out
+
+
+def class_samples(model, config: EvalConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``config.per_class_n`` samples of every class (class 0's first), at guidance ``config.guidance``
+    (None: the conditional model, w = 1), in the sampling precision of the main samples; and their labels."""
+    labels = torch.arange(num_classes(model)).repeat_interleave(config.per_class_n)
+    kw = dict(config.sampler_kwargs)
+    if config.guidance is not None:
+        kw["guidance"] = config.guidance
+    with torch.inference_mode(), sampling_precision(model, config.precision):
+        samples, _ = _batched_samples(model, labels.shape[0], config.batch_size,
+                                      generator or torch.Generator().manual_seed(config.seed), kw, False, labels)
+    return samples, labels
 
 
 def conditional_scores(samples: torch.Tensor, labels: torch.Tensor, dataset, extractor) -> dict[str, Any]:
@@ -422,9 +436,17 @@ def guidance_sweep(model, dataset, config: EvalConfig, extractor, generator: tor
                "accuracy": float((predicted == labels).float().mean())}
         row.update(precision_recall(real_features, fake, k=3))
         rows.append(row)
-    best_accuracy = max(rows, key=lambda r: r["accuracy"])["guidance"]
-    best_fid = min(rows, key=lambda r: r["fid"] if math.isfinite(r["fid"]) else float("inf"))["guidance"]
-    return {"guidance_sweep": rows, "guidance_sweep_n": n, "best_guidance_accuracy": best_accuracy, "best_guidance_fid": best_fid}
+    return {"guidance_sweep": rows, "guidance_sweep_n": n, **best_guidance(rows)}
+
+
+def best_guidance(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The w of the sweep's highest conditional accuracy (ties: the lower FID, as guidance beyond the point
+    where the label is followed only costs quality) and the w of its lowest FID."""
+    def finite_fid(row):
+        return row["fid"] if row["fid"] is not None and math.isfinite(row["fid"]) else math.inf
+
+    return {"best_guidance_accuracy": max(rows, key=lambda r: (r["accuracy"], -finite_fid(r)))["guidance"],
+            "best_guidance_fid": min(rows, key=finite_fid)["guidance"]}
 
 
 def controllability(results: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,10 @@ N×H×W, N×H×W×C or N×C×H×W, as pythae / diffusers / ``diffvae sample --ou
 data and ``--seed`` give the same numbers and the same JSON keys as ``eval --json``: FID, KID,
 precision/recall with bootstrap 95% intervals, sharpness and its ratio to real data, and with
 labels recognisability and class coverage. The reference is the held-out split of ``--data``
-(default for a run: the run's own data) and the feature space is diffvae's local feature network
+(default for a run: the run's own data) and the default feature space is diffvae's local feature network
 for that data, named in every output (``feature_space``): not Inception, so the numbers compare
-models scored on the same data only.
+models scored on the same data only. ``--features inception:PATH`` scores in Inception-v3 pool3 space from a
+local weights file instead (:mod:`diffvae.metrics.inception`; paper-comparable with the standard file only).
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="KID subsets and bootstrap (and a run's samples), as eval")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% intervals "
                                                                       "(default as eval: 200; 0 = none)")
-    parser.add_argument("--device", default="auto", help="a run: auto | cpu | cuda[:N] | mps (default auto)")
+    parser.add_argument("--device", default="auto", help="a run (and Inception features): auto | cpu | cuda[:N] | mps")
+    parser.add_argument("--features", default="local", metavar="SPACE",
+                        help="feature space: local (diffvae's feature network for --data, default) | "
+                             "inception:PATH (Inception-v3 pool3 from a local weights file; needs torch-fidelity)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the keys of eval --json)")
 
 
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     """Score SAMPLES (see the module docstring) and print a table or, with ``--json``, one JSON object."""
     results = score(args.samples, data=args.data, size=args.size, key=args.key, binarize=args.binarize,
                     samples_key=args.samples_key, n=args.n, sampling=_sampling(args), seed=args.seed,
-                    bootstrap=args.bootstrap, device=args.device, progress=not args.json)
+                    bootstrap=args.bootstrap, device=args.device, progress=not args.json,
+                    features=args.features)
     print(json.dumps(results, indent=2, sort_keys=True) if args.json else format_score(results))
     return 0
 
@@ -62,11 +67,15 @@ def run(args: argparse.Namespace) -> int:
 def score(samples: str, *, data: str | None = None, size: int | None = None, key: str | None = None,
           binarize: bool = False, samples_key: str | None = None, n: int | None = None,
           sampling: dict[str, Any] | None = None, seed: int = 0, bootstrap: int | None = None,
-          device: str = "auto", progress: bool = False) -> dict[str, Any]:
-    """The sample-quality figures of ``samples`` against ``data``'s held-out split (module docstring)."""
+          device: str = "auto", progress: bool = False, features: str | None = "local") -> dict[str, Any]:
+    """The sample-quality figures of ``samples`` against ``data``'s held-out split (module docstring), in the
+    feature space ``features`` names (:func:`diffvae.metrics.inception.parse_features`)."""
     from diffvae.evaluate import sample_quality
+    from diffvae.metrics.inception import feature_extractor_for, parse_features
 
     config = _eval_config(seed, bootstrap, n)
+    space = parse_features(features)
+    extractor = _inception_extractor(space, device) if space.kind == "inception" else None
     run_path = _run_directory(samples)
     if run_path is None:
         if n is not None or sampling:
@@ -87,7 +96,16 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
     header.update({"data": dataset.name, "image_shape": [c, h, w], "data_dims": c * h * w})
     if progress:
         print(f"diffvae score: {images.shape[0]} samples against {dataset.name} ...", file=sys.stderr, flush=True)
-    return {**header, **sample_quality(images, dataset, config)}
+    extractor = extractor or feature_extractor_for(space, dataset)
+    return {**header, **sample_quality(images, dataset, config, extractor=extractor)}
+
+
+def _inception_extractor(space, device: str):
+    """Inception-v3 from the weights file, checked before any sample is read or drawn."""
+    from diffvae.metrics.inception import load_inception
+    from diffvae.train import resolve_device
+
+    return load_inception(space.path, resolve_device(device))
 
 
 def _eval_config(seed: int, bootstrap: int | None, n: int | None):

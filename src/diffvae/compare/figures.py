@@ -103,6 +103,10 @@ def draw_all(out: Path, results: dict[str, Any]) -> dict[str, str]:
     plots = [("quality_vs_nfe", quality_vs_nfe), ("bpd_bars", bpd_bars), ("training_curves", training_curves)]
     plots += [(extra.name, lambda r, path, extra=extra, fam=fam: extra.draw(r, fam, path)) for fam, extra in _extra_figures(results)]
     plots += [("fid_vs_compute", fid_vs_compute), ("bpd_vs_compute", bpd_vs_compute)]
+    if results.get("control"):
+        from diffvae.compare.control import guidance_figure
+
+        plots.append(("guidance", guidance_figure))
     for name, fn in plots:
         rel = f"figures/{name}.png"
         if fn(results, out / rel):
@@ -121,7 +125,8 @@ def captions(results: dict[str, Any]) -> dict[str, str]:
     """Figure name -> caption for the report."""
     base = {"quality_vs_nfe": "Quality against NFE", "bpd_bars": "Bits/dim and the bound's parts",
             "training_curves": "Training curves", "fid_vs_compute": "Learning curves: FID against training compute",
-            "bpd_vs_compute": "Learning curves: bits/dim against training compute"}
+            "bpd_vs_compute": "Learning curves: bits/dim against training compute",
+            "guidance": "Controllability: conditional accuracy and FID against the guidance scale w"}
     return {**base, **{extra.name: extra.caption for _, extra in _extra_figures(results)}}
 
 

@@ -40,6 +40,7 @@ DEFAULT_BUDGET_MINUTES = 15.0
 TRAIN_SHARE = 0.54
 EVAL_SHARE = 0.26  # evaluation, sampler sweep, figures and report
 CURVES_SHARE = 0.12  # the learning curves (diffvae.compare.curves)
+CONTROL_SHARE = 0.12  # --conditional: the controllability stages (diffvae.compare.control), shared by the families
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class CompareConfig:
     families: tuple[str, ...] | str | None = None  # a tuple, or the text of --families
     split: dict[str, float] | str | None = None  # relative training times, or the text of --split
     seed: int | None = None
+    conditional: bool | None = None  # train on the labels and measure controllability (--conditional)
     device: str = "auto"
     size: int | None = None
     key: str | None = None
@@ -80,7 +82,8 @@ class CompareConfig:
             split = stored["split"] if stored else None
         budget = self.budget_minutes if self.budget_minutes is not None else stored["budget_minutes"] if stored else DEFAULT_BUDGET_MINUTES
         seed = self.seed if self.seed is not None else stored["seed"] if stored else 0
-        return dataclasses.replace(self, families=families, split=split, budget_minutes=budget, seed=seed)
+        conditional = self.conditional if self.conditional is not None else bool(stored.get("conditional", False)) if stored else False
+        return dataclasses.replace(self, families=families, split=split, budget_minutes=budget, seed=seed, conditional=conditional)
 
 
 def family_order() -> tuple[str, ...]:
@@ -102,9 +105,11 @@ class ComparePlan:
         return f"budget {self.budget_minutes:g} min on {self.data}: {parts}"
 
 
-def plan(data: str, budget_minutes: float, families: tuple[str, ...], split: dict[str, float] | None = None) -> ComparePlan:
+def plan(data: str, budget_minutes: float, families: tuple[str, ...], split: dict[str, float] | None = None,
+         conditional: bool = False) -> ComparePlan:
     """Split the budget among the stages in proportion to their shares; the training share among the
-    families in proportion to ``split`` (relative weights; each family's ``spec.train_share`` when None)."""
+    families in proportion to ``split`` (relative weights; each family's ``spec.train_share`` when None);
+    with ``conditional`` a controllability stage per family (equal shares of ``CONTROL_SHARE``)."""
     from diffvae.families import get_family
 
     specs = {fam: get_family(fam).spec() for fam in families}
@@ -118,6 +123,8 @@ def plan(data: str, budget_minutes: float, families: tuple[str, ...], split: dic
     shares["curves"] = CURVES_SHARE
     for fam in families:
         shares[f"eval:{fam}"] = EVAL_SHARE / len(families)
+    for fam in families if conditional else ():
+        shares[f"control:{fam}"] = CONTROL_SHARE / len(families)
     total = sum(shares.values())
     seconds = {k: budget_minutes * 60.0 * v / total for k, v in shares.items()}
     return ComparePlan(data, budget_minutes, families, seconds)
@@ -177,9 +184,13 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     config = config.resolved(stored)
     data_config = config.data_config()
     dataset = data_config.load()  # fails early, before anything is written, on bad data
+    if config.conditional:
+        from diffvae.compare.control import check_conditional
+
+        check_conditional(dataset, config.families)
     settings = {"data": dataclasses.asdict(data_config), "content_hash": dataset.content_hash(),
                 "families": list(config.families), "budget_minutes": config.budget_minutes, "split": config.split,
-                "seed": config.seed}
+                "seed": config.seed, "conditional": config.conditional}
     if stored is not None:
         _check_same_settings(stored, settings, out)
     with _open_out(out, resume=config.resume, force=config.force):
@@ -210,6 +221,7 @@ def read_settings(out: Path) -> dict[str, Any]:
                            "start again with --force")
     settings = read_json(path)
     check_compare_settings(settings, path, family_order())
+    settings.setdefault("conditional", False)  # written before --conditional existed
     if (out / "stages.json").exists():
         check_stages(read_json(out / "stages.json"), out / "stages.json")
     if (out / "results.json").exists() and not isinstance(read_json(out / "results.json"), dict):
@@ -294,7 +306,7 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
     from diffvae.families import get_family
 
     config, out, dataset, families = ctx.config, ctx.out, ctx.dataset, ctx.config.families
-    the_plan = plan(config.data, config.budget_minutes, families, config.split)
+    the_plan = plan(config.data, config.budget_minutes, families, config.split, config.conditional)
     _log(f"diffvae compare: {the_plan.describe()}")
     run = StageRunner(the_plan, Stages(out, config.resume), out, config.budget_minutes)
     results = _initial_results(ctx, the_plan)
@@ -309,6 +321,11 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
     for fam in families:
         _store(results, ("families", fam), run(f"eval:{fam}", lambda s, fam=fam: st.evaluate_family(fam, ctx, s)))
         _write_results(out, results)  # partial results survive an interruption
+    for fam in families if config.conditional else ():
+        from diffvae.compare.control import control_family
+
+        _store(results, ("control", fam), run(f"control:{fam}", lambda s, fam=fam: control_family(fam, ctx, s)))
+        _write_results(out, results)
     results["stages"] = run.stages.status
     results["elapsed_minutes"] = (time.perf_counter() - run.start) / 60.0  # the report itself takes seconds
     from diffvae.compare.report import write_report
@@ -327,6 +344,7 @@ def _initial_results(ctx: StageContext, the_plan: ComparePlan) -> dict[str, Any]
     results.update({
         "data": dataset.name, "image_shape": list(dataset.image_shape), "train_size": int(dataset.train.shape[0]),
         "test_size": int(dataset.test.shape[0]), "budget_minutes": config.budget_minutes, "seed": config.seed,
+        "conditional": bool(config.conditional),
         "plan_seconds": the_plan.seconds, "families_requested": list(families),
         "train_split": {f: the_plan.seconds[f"train:{f}"] / 60.0 for f in families},  # planned training minutes
     })

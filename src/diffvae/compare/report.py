@@ -281,9 +281,14 @@ def table(results: dict[str, Any], as_html: bool) -> tuple[list[str], list[list[
     fams = results.get("families_requested") or list(results.get("families", {}))
     header = ["Aspect"] + [title(f) for f in fams]
     rows = []
-    for row in ROWS:
+    for row in ROWS + (["Controllability"] if results.get("conditional") else []):
         cells = [row]
         for fam in fams:
+            if row == "Controllability":  # --conditional: its own stage, after the evaluation (diffvae.compare.control)
+                from diffvae.compare.control import control_parts
+
+                cells.append(_render_cell(control_parts(results, fam), results, as_html))
+                continue
             status = _family_status(results, fam)
             if status is not None and not (row == "Training" and fam in results.get("training", {})):
                 cells.append(html.escape(status) if as_html else status)
@@ -423,6 +428,12 @@ def claims(results: dict[str, Any]) -> list[dict[str, str]]:
     if r.autoencoder is not None:
         _claim_representation(results, r, claim)
         _claim_latent_diffusion(results, r, claim)
+    if results.get("conditional"):
+        from diffvae.compare.control import claim_follows_conditions
+
+        checked = claim_follows_conditions(results, r.autoencoder, r.iterative)
+        claim(*checked) if checked else claim("Conditioning: diffusion follows conditions better than a VAE", None,
+                                              "needs a conditional VAE and a conditional iterative family")
     return out
 
 
@@ -551,6 +562,10 @@ def _images(results: dict[str, Any], figures: dict[str, str]) -> list[tuple[str,
             items.append((f"{title(fam)}: {kind}", rel))
         for row in r.get("sweep") or []:
             items.append((f"{title(fam)}: {row['sampler']}, {row['steps']} steps (FID {fmt(row['fid'])})", row["figure"]))
+    for fam, r in (results.get("control") or {}).items():
+        w = r.get("guidance")
+        for rel in (r.get("figures") or {}).values():
+            items.append((f"{title(fam)}: a row per class" + (f" at guidance w = {fmt(w)}" if w is not None else ""), rel))
     from diffvae.compare.figures import captions as figure_captions
 
     captions = figure_captions(results)

@@ -55,7 +55,8 @@ def train_family(family: str, ctx: CompareContext, seconds: float) -> dict[str, 
     recipe, recipe_info = for_budget(fam.recipes, seconds / 60.0, ctx.config.device)
     if recipe is not None:
         print(f"[train:{family}] {describe(recipe_info)}", file=sys.stderr, flush=True)
-    config = model_config_for(family, ctx.dataset.image_shape, seconds, **(recipe.model if recipe else {}))
+    conditional = {"conditional": True} if ctx.config.conditional and fam.spec().conditional else {}
+    config = model_config_for(family, ctx.dataset.image_shape, seconds, **(recipe.model if recipe else {}), **conditional)
     t0 = time.perf_counter()
     train_config = compare_train_config(family, seconds, ctx.config, snapshot_first_minutes=seconds / 60.0 * SNAPSHOT_FIRST_FRACTION,
                                         recipe=recipe.name if recipe else None, **(recipe.train if recipe else {}))
@@ -82,15 +83,17 @@ def training_summary(family: str, run_dir: Path, minutes: float, recipe_info: di
     }
 
 
-def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: int) -> EvalConfig:
+def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: int, controllability: bool = True) -> EvalConfig:
     """The largest evaluation (up to the defaults) whose estimated network evaluations
     (``spec.evaluation_cost`` × ``spec.unit_cost_seconds``) fit half of ``seconds``: the bound's, the
     interpolation's (strips, round trips) and the probe's sizes shrink together, to floors.
 
     ``n_samples`` is the same for every family: FID and KID are biased by the sample count, so
-    only equal counts compare.
+    only equal counts compare. ``controllability=False`` leaves a conditional model's accuracy and guidance
+    sweep to compare's own stage (:mod:`diffvae.compare.control`).
     """
-    full = EvalConfig(seed=seed, n_samples=n_samples, midpoints=n_samples // 2)  # midpoint FID: equal counts too
+    full = EvalConfig(seed=seed, n_samples=n_samples, midpoints=n_samples // 2,  # midpoint FID: equal counts too
+                      controllability=controllability)
     spec = get_family(family).spec()
     cost = spec.evaluation_cost(model, full)
     if cost is None:
@@ -160,7 +163,7 @@ def evaluate_family(family: str, ctx: CompareContext, seconds: float) -> dict[st
     spec = get_family(family).spec()
     left = seconds - (time.perf_counter() - t_start)
     eval_config = sized_eval_config(model, family, left * spec.eval_main_share(), config.seed,
-                                    n_samples=compare_samples(config.budget_minutes))
+                                    n_samples=compare_samples(config.budget_minutes), controllability=not config.conditional)
     result = evaluate(model, eval_config, dataset=dataset, progress=not config.quiet, extractor=extractor)
     result["eval_config"] = dataclasses.asdict(eval_config)
 

@@ -11,7 +11,8 @@ Both branches come from ONE network call on the batch [x; x] with labels [K…K;
 for w = 0 or w = 1 only the branch needed is evaluated (an N batch) — one call per step either way.
 Guidance of the raw network output equals guidance of ε̂ for x₀- and v-prediction too: the
 conversion to ε̂ is affine in the output at fixed (x_t, t), and an affine map commutes with lerp.
-``labels`` may hold the null label for some rows (those rows are then unconditional for every w).
+``labels`` may hold the null label for some rows (those rows are then unconditional for every w), or be
+class weights (N, K+1) (:func:`diffvae.conditioning.check_condition`; the null branch is then one-hot(K)).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from diffvae.conditioning import null_condition
 from diffvae.errors import DiffvaeError
 
 ConditionalFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,8 +45,8 @@ def guided(fn: ConditionalFn, labels: torch.Tensor, null_label: int, guidance: f
     """``model_fn(x, t)`` = classifier-free guidance of the conditional ``fn`` at scale ``guidance``
     for ``labels`` (N,) (module docstring): one call of ``fn`` per call, on 2N rows unless w ∈ {0, 1}."""
     w = check_guidance(guidance)
-    labels = labels.long()
-    null = torch.full_like(labels, int(null_label))
+    labels = labels if labels.dtype.is_floating_point else labels.long()  # float: class weights (N, K+1)
+    null = null_condition(labels, null_label)
     if w == 0.0:
         return lambda x, t: fn(x, t, null.to(x.device))
     if w == 1.0:

@@ -95,6 +95,20 @@ def bound_terms(eps_fn: EpsFn, x0: torch.Tensor, t: torch.Tensor, schedule: Nois
     return _terms_for_tables(eps_fn, x0, t, schedule, decoder, generator, {"v": variance_table(schedule, variance)})["v"]
 
 
+def with_labels(eps_fn, labels: torch.Tensor) -> EpsFn:
+    """``eps_fn(x_t, t, labels)`` of a conditional model as the ``eps_fn(x_t, t)`` the bounds here take, for a
+    batch whose example i has label ``labels[i]`` (N,): the bounds evaluate ε̂ on B stacked copies of the
+    batch (:func:`_stacked_terms`: row j·N + i is example i), so the labels are stacked the same way."""
+    n = labels.shape[0]
+
+    def conditional_eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x_t.shape[0] % max(n, 1):
+            raise DiffvaeError(f"{x_t.shape[0]} rows are not copies of a batch of {n} labelled examples")
+        return eps_fn(x_t, t, labels.repeat(x_t.shape[0] // max(n, 1)).to(x_t.device))
+
+    return conditional_eps_fn
+
+
 def _stacked_terms(eps_fn, x0, t_columns, schedule, decoder, generator, tables) -> dict[str, torch.Tensor]:
     """Terms for timesteps t_columns (N, B) — B copies of the batch in one network call → {name: (N, B)}."""
     n, b = t_columns.shape

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
+from diffvae.conditioning import check_buildable, check_condition, check_condition_fields, check_labels, drop_labels
 from diffvae.distributions import nats_to_bpd
 from diffvae.errors import DiffvaeError
 from diffvae.diffusion import likelihood, samplers, targets, variance
@@ -129,12 +129,13 @@ class Denoiser(nn.Module):
 
     def guided_eps_fn(self, labels: torch.Tensor | None = None, guidance: float | None = None, n: int | None = None):
         """The ε̂(x_t, t) the samplers take: unconditional without ``labels``, else classifier-free
-        guidance at scale ``guidance`` (default 1: the conditional prediction; :mod:`~diffvae.diffusion.guidance`)."""
+        guidance at scale ``guidance`` (default 1: the conditional prediction; :mod:`~diffvae.diffusion.guidance`).
+        ``labels``: int (n,) or class weights (n, K+1) (:func:`diffvae.conditioning.check_condition`)."""
         if labels is None:
             if guidance is not None and not self.num_classes:
                 raise DiffvaeError("guidance needs a conditional run (train with --conditional)")
             return self.eps_fn
-        labels = check_labels(labels, labels.shape[0] if n is None else n, self.num_classes)
+        labels = check_condition(labels, labels.shape[0] if n is None else n, self.num_classes)
         return guided(self.eps_fn, labels, self.num_classes, 1.0 if guidance is None else guidance)
 
     def loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -191,9 +192,14 @@ class Denoiser(nn.Module):
 
     def bound_nats(self, x0: torch.Tensor, decoder: str = "discretized", timesteps: int = 0,
                    generator: torch.Generator | None = None, progress: bool = False,
-                   fit_x: torch.Tensor | None = None) -> dict[str, torch.Tensor | str]:
+                   fit_x: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor | str]:
         """Per-example variational bound in nats, with the parts ``prior`` (L_T), ``decoder`` (L_0) and
         ``diffusion`` (Σ_{t≥1} L_t) of the reverse variance named by ``variance``.
+
+        ``labels`` (N,) (a conditional model; refused by an unconditional one): the bound on −log p(x₀ | y),
+        every term with ε̂(x_t, t, y) — the conditional model itself, no guidance (w = 1); without them (or
+        with the null label K) the bound on −log p(x₀) of the null label. The reverse variances are
+        fitted on ``fit_x`` with the null label (chosen without x₀ or y, so the bound stays valid).
 
         Without ``fit_x`` the variances are fixed-small. With ``fit_x`` (training data in x0's space)
         every choice of :mod:`diffvae.diffusion.variance` is fitted on it and evaluated from the same
@@ -204,16 +210,18 @@ class Denoiser(nn.Module):
         estimate (importance-sampled t when fitted), with its per-example ``stderr``.
         """
         x0 = x0.double()
+        eps_fn = self.eps_fn if labels is None else likelihood.with_labels(
+            self.eps_fn, check_labels(labels, x0.shape[0], self.num_classes).to(x0.device))
         variances, best, proposal, fit = {"small": "small"}, "small", None, None
         if fit_x is not None:
             fit = variance.fit_reverse_variances(self.eps_fn, fit_x.double(), self.schedule, decoder=decoder,
                                                  generator=generator, progress=progress)
             variances, best, proposal = fit.tables, fit.best, fit.proposal
         if timesteps:
-            bounds = likelihood.diffusion_bound_estimates(self.eps_fn, x0, self.schedule, timesteps, variances,
+            bounds = likelihood.diffusion_bound_estimates(eps_fn, x0, self.schedule, timesteps, variances,
                                                           proposal=proposal, generator=generator, decoder=decoder)
         else:
-            bounds = likelihood.diffusion_bounds(self.eps_fn, x0, self.schedule, variances, decoder=decoder,
+            bounds = likelihood.diffusion_bounds(eps_fn, x0, self.schedule, variances, decoder=decoder,
                                                  generator=generator, progress=progress)
         if fit is not None and fit.level_log_prior is not None:  # the same draws with the grid-posterior L₀
             levels = variance.level_posterior_nats(x0, self.schedule, fit.level_log_prior, generator)
@@ -281,14 +289,17 @@ class DDPM(nn.Module):
         return to_uint8(self.denoiser.regenerate(x_T, steps))
 
     def bound(self, x_uint8: torch.Tensor, timesteps: int = 0, generator: torch.Generator | None = None,
-              progress: bool = False, fit_data: torch.Tensor | None = None, **_) -> dict[str, torch.Tensor | str]:
+              progress: bool = False, fit_data: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+              **_) -> dict[str, torch.Tensor | str]:
         """Per-example bits/dim of the variational bound L₀ + Σ KL + L_T on the 8-bit grid, with its
         parts; ``timesteps > 0`` gives the unbiased estimate from that many sampled t (and ``bpd_stderr``).
         With ``fit_data`` (uint8 training images) the reverse variances and L₀'s scale are fitted on
-        it and ``bpd`` is the tightest choice (``variance``), with ``bpd_<choice>`` for every choice."""
+        it and ``bpd`` is the tightest choice (``variance``), with ``bpd_<choice>`` for every choice.
+        A conditional model with ``labels`` (N,) bounds −log p(x | y) (no guidance: w = 1); without them
+        the null label's −log p(x) (:meth:`Denoiser.bound_nats`)."""
         fit_x = to_signed(fit_data, torch.float64) if fit_data is not None else None
         nats = self.denoiser.bound_nats(to_signed(x_uint8, torch.float64), "discretized", timesteps, generator, progress,
-                                        fit_x=fit_x)
+                                        fit_x=fit_x, labels=labels)
         return bound_to_bpd(nats, self.latent_dims)
 
 

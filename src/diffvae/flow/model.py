@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from diffvae import ode_likelihood
-from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
+from diffvae.conditioning import check_buildable, check_condition, check_condition_fields, check_labels, drop_labels
 from diffvae.diffusion.guidance import guided
 from diffvae.diffusion.model import _groups_for
 from diffvae.errors import DiffvaeError
@@ -113,12 +113,13 @@ class VelocityField(nn.Module):
 
     def guided_velocity(self, labels: torch.Tensor | None = None, guidance: float | None = None, n: int | None = None):
         """The v(x, t) the samplers take: unconditional without ``labels``, else classifier-free guidance at scale
-        ``guidance`` (default 1: the conditional velocity; :func:`diffvae.diffusion.guidance.guided`)."""
+        ``guidance`` (default 1: the conditional velocity; :func:`diffvae.diffusion.guidance.guided`).
+        ``labels``: int (n,) or class weights (n, K+1) (:func:`diffvae.conditioning.check_condition`)."""
         if labels is None:
             if guidance is not None and not self.num_classes:
                 raise DiffvaeError("guidance needs a conditional run (train with --conditional)")
             return self.velocity
-        labels = check_labels(labels, labels.shape[0] if n is None else n, self.num_classes)
+        labels = check_condition(labels, labels.shape[0] if n is None else n, self.num_classes)
         return guided(self.velocity, labels, self.num_classes, 1.0 if guidance is None else guidance)
 
     def loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -165,10 +166,16 @@ class VelocityField(nn.Module):
         sampler, steps = self._sampling(sampler, steps, default_steps=self.config.invert_steps)
         return samplers.generate(self.velocity, x1.float(), sampler, steps)
 
-    def bpd(self, x: torch.Tensor, generator: torch.Generator | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
-        """Bits/dim of x (8-bit grid in [-1, 1]) from the ODE likelihood (:func:`ode_likelihood.flow_bpd`)."""
+    def bpd(self, x: torch.Tensor, generator: torch.Generator | None = None, progress: bool = False,
+            labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Bits/dim of x (8-bit grid in [-1, 1]) from the ODE likelihood (:func:`ode_likelihood.flow_bpd`); with
+        ``labels`` (N,) that of the conditional field v_θ(x, t, y) — −log p(x | y), no guidance (w = 1)."""
         c = self.config
-        return ode_likelihood.flow_bpd(self.velocity, x, c.likelihood_steps, solver=c.likelihood_solver,
+        velocity = self.velocity
+        if labels is not None:
+            labels = check_labels(labels, x.shape[0], self.num_classes).to(x.device)
+            velocity = lambda z, t: self.velocity(z, t, labels)  # noqa: E731  the ODE's rows are the batch's
+        return ode_likelihood.flow_bpd(velocity, x, c.likelihood_steps, solver=c.likelihood_solver,
                                        probes=c.likelihood_probes, generator=generator, progress=progress)
 
 
@@ -218,8 +225,10 @@ class FlowMatching(nn.Module):
         return to_uint8(self.velocity.regenerate(x1, sampler, steps))
 
     def bound(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None, progress: bool = False,
-              **_) -> dict[str, torch.Tensor]:
+              labels: torch.Tensor | None = None, **_) -> dict[str, torch.Tensor]:
         """Per-example bits/dim of the dequantized ODE likelihood on the 8-bit grid (an unbiased estimate of an
         upper bound on −log₂ P(u) / D, up to the solver's error): bpd = ``prior_bpd`` (−log N(x₁)) − ``log_det_bpd``
-        (∫ div v dt) + ``dequantization_bpd`` (log₂ 127.5); see :mod:`diffvae.ode_likelihood`."""
-        return self.velocity.bpd(to_signed(x_uint8, torch.float64), generator, progress)
+        (∫ div v dt) + ``dequantization_bpd`` (log₂ 127.5); see :mod:`diffvae.ode_likelihood`. A conditional
+        model with ``labels`` (N,) gives −log p(x | y) from the conditional velocity field (no guidance: w = 1);
+        without them the null label's −log p(x)."""
+        return self.velocity.bpd(to_signed(x_uint8, torch.float64), generator, progress, labels=labels)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from diffvae.conditioning import check_labels
 from diffvae.diffusion.model import DiffusionConfig, Denoiser
 from diffvae.distributions import nats_to_bpd
 from diffvae.errors import DiffvaeError
@@ -191,20 +192,27 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def bound(self, x_uint8: Tensor, timesteps: int = 0, generator: torch.Generator | None = None,
-              progress: bool = False, fit_data: Tensor | None = None, **_) -> dict[str, Tensor | str]:
+              progress: bool = False, fit_data: Tensor | None = None, labels: Tensor | None = None,
+              **_) -> dict[str, Tensor | str]:
         """Per-example bits/dim of −log p(x) ≤ E_q[−log p(x|z)] − H[q] + E_q[−log p(z)] (one z ~ q(z|x)),
         the last term bounded by the diffusion bound on s·z with a continuous Gaussian L₀
         (all T terms, or ``timesteps`` sampled ones) plus the scale's Jacobian; parts as
         :func:`diffvae.latent.bound.latent_diffusion_bound`. With ``fit_data`` (uint8 training images)
         the latent prior's reverse variances are fitted on their latents (``Denoiser.bound_nats``):
-        ``bpd`` is the tightest choice (``variance``) and ``bpd_<choice>`` the whole bound for each."""
+        ``bpd`` is the tightest choice (``variance``) and ``bpd_<choice>`` the whole bound for each.
+
+        A conditional model with ``labels`` (N,) bounds −log p(x | y) ≤ E_q[−log p(x|z)] − H[q] + E_q[−log p(z | y)]:
+        the autoencoder takes no label (q(z|x) and p(x|z) are those of p(x)), only the latent prior is
+        conditional — the diffusion bound with ε̂(z_t, t, y), no guidance (w = 1). Without labels: the null label."""
+        if labels is not None:  # refused (one line) by an unconditional model before any work
+            labels = check_labels(labels, x_uint8.shape[0], self.denoiser.num_classes)
         mean, logvar = self.encode(x_uint8)
         z = mean + torch.exp(0.5 * logvar) * self._noise(mean, generator)
         reconstruction = -self.autoencoder.reconstruction_log_likelihood(x_uint8, z).double()
         entropy = gaussian_entropy(logvar.double()).flatten(1).sum(1)
         fit_z = self.scale * self._posterior_sample(fit_data, generator).double() if fit_data is not None else None
         prior = self.denoiser.bound_nats(self.scale * z.double(), decoder="continuous", timesteps=timesteps,
-                                         generator=generator, progress=progress, fit_x=fit_z)
+                                         generator=generator, progress=progress, fit_x=fit_z, labels=labels)
         jacobian = scale_jacobian_nats(self.scale, self.latent_dims)
         parts = {k: prior[k] for k in LATENT_PRIOR_PARTS if torch.is_tensor(prior.get(k))}
         out: dict[str, Tensor | str] = latent_diffusion_bound(reconstruction, entropy, prior["total"], jacobian, self.num_dims, parts)

@@ -206,7 +206,9 @@ class UNet(nn.Module):
     and an MLP, and every residual block adds a learned projection of that embedding.
     With ``config.num_classes = K > 0`` a learned embedding of the class label (0..K−1, or the null
     label K) is added to the time embedding before its SiLU (improved-diffusion's ``label_emb``);
-    ``labels=None`` means the null label.
+    ``labels=None`` means the null label. ``labels`` may also be float class weights w (N, K+1) (rows on the
+    simplex): the embedding is then Σ_c w_c e(c) = w @ E (interpolating between classes); a one-hot row gives
+    exactly the embedding of its int label.
     ``image_size`` is only checked (any H, W from 1 up works); it documents what the net was built for.
     """
 
@@ -305,6 +307,10 @@ class UNet(nn.Module):
             return emb
         if labels is None:
             labels = torch.full((n,), k, dtype=torch.long, device=t.device)
+        if labels.dtype.is_floating_point:  # class weights (n, K+1): the mixture Σ_c w_c e(c) of class embeddings
+            if labels.shape != (n, k + 1):
+                raise DiffvaeError(f"unet expects class weights of shape ({n}, {k + 1}), got {tuple(labels.shape)}")
+            return emb + (labels.to(t.device, torch.float32) @ self.class_embed.weight.float()).to(emb.dtype)
         if labels.shape != (n,):
             raise DiffvaeError(f"unet expects one label per image, shape ({n},), got {tuple(labels.shape)}")
         return emb + self.class_embed(labels.to(t.device)).to(emb.dtype)

@@ -31,7 +31,7 @@ from diffvae.distributions import (
     gaussian_log_density,
     nats_to_bpd,
 )
-from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
+from diffvae.conditioning import check_buildable, check_condition, check_condition_fields, check_labels, drop_labels
 from diffvae.errors import DiffvaeError
 from diffvae.images import to_signed, to_uint8
 from diffvae.nn.conv import build_decoder, build_encoder, resolve_architecture
@@ -196,10 +196,14 @@ class VAE(nn.Module):
         return images
 
     def _one_hot(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
-        """(n, K) one-hot labels on the model's device; the null label K (or None) is all zeros."""
-        labels = check_labels(labels, n, self.num_classes) if labels is not None else None
+        """(n, K) one-hot labels on the model's device; the null label K (or None) is all zeros. Class weights
+        w (n, K+1) (:func:`diffvae.conditioning.check_condition`) give the soft vector w[:, :K] (the null
+        column drops out, as the null label's all-zero row): (1−λ)·onehot(A) + λ·onehot(B) between classes."""
+        labels = check_condition(labels, n, self.num_classes) if labels is not None else None
         if labels is None:
             return torch.zeros(n, self.num_classes, device=self._device)
+        if labels.dtype.is_floating_point:
+            return labels[:, : self.num_classes].to(self._device, torch.float32)
         return F.one_hot(labels.to(self._device), self.num_classes + 1)[:, : self.num_classes].float()
 
     def _encode_prepared(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,6 +288,7 @@ class VAE(nn.Module):
         if iwae_samples < 0:
             raise DiffvaeError(f"iwae_samples must be >= 0, got {iwae_samples}")
         images = self.prepare(x_uint8).to(self._device)
+        labels = check_labels(labels, images.shape[0], self.num_classes) if labels is not None else None
         mean, logvar = self._encode_prepared(images, labels)
         std = torch.exp(0.5 * logvar)
         z = mean + std * self._gaussian_noise(tuple(mean.shape), generator)
@@ -327,10 +332,10 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None, **_) -> torch.Tensor:
         """n uint8 images (n, C, H, W): z ~ N(0, I), then :meth:`decode` (sampling options do not apply);
-        a conditional VAE decodes with ``labels`` (n,) (no guidance: one decoder pass)."""
+        a conditional VAE decodes with ``labels`` (n,) or class weights (n, K+1) (no guidance: one decoder pass)."""
         if n < 0:
             raise DiffvaeError(f"number of samples must be >= 0, got {n}")
-        labels = check_labels(labels, n, self.num_classes) if labels is not None else None
+        labels = check_condition(labels, n, self.num_classes) if labels is not None else None
         z = self._gaussian_noise((n, self.config.latent_dim), generator)
         if n == 0:
             return torch.zeros(0, *self.image_shape, dtype=torch.uint8, device=self._device)
