@@ -79,7 +79,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     name → tensor mapping, is refused in one line."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DiffvaeError(f"--features inception: weights file {path} not found")
+        raise DiffvaeError(f"--features inception: weights file {path} " + ("is not a file" if path.exists() else "not found"))
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
