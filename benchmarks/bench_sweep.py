@@ -51,6 +51,7 @@ CANDIDATES = {
         "small-lr4e-3": ({"channels": 16}, {"batch_size": 32, "lr": 4e-3}),
         "small-batch16": ({"channels": 16}, {"batch_size": 16, "lr": 2e-3}),
         "small-mult12": ({"channels": 16, "channel_mult": (1, 2)}, {"batch_size": 32, "lr": 2e-3}),
+        "small-cosine": ({"channels": 16, "schedule": "cosine"}, {"batch_size": 32, "lr": 2e-3}),
         "small-v-cosine": ({"channels": 16, "prediction": "v", "schedule": "cosine"}, {"batch_size": 32, "lr": 2e-3}),
         "small-v-cosine-minsnr": ({"channels": 16, "prediction": "v", "schedule": "cosine", "loss_weight": "min_snr"},
                                   {"batch_size": 32, "lr": 2e-3}),
@@ -63,6 +64,7 @@ CANDIDATES = {
         "ae50": ({"ae_steps_fraction": 0.5}, {}),
         "denoiser32": ({"channels": 32}, {}),
         "latent2": ({"latent_channels": 2}, {}),
+        "v-cosine": ({"prediction": "v", "schedule": "cosine"}, {}),
     },
 }
 DIFFUSION_SAMPLERS = [{"sampler": "dpm++2m", "steps": 20}, {"sampler": "ddpm", "steps": 100}, {"sampler": "ddim", "steps": 20}]

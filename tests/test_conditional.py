@@ -160,6 +160,9 @@ class _Oracle:
         self.dataset, self.ignore = dataset, ignore
         self.config = VAEConfig(conditional=True, num_classes=dataset.num_classes)
 
+    def parameters(self):  # a model without parameters samples on the cpu (diffvae.precision.model_device)
+        return iter(())
+
     def sample(self, n, generator=None, labels=None, **_):
         out = []
         for i, y in enumerate(labels.tolist()):

@@ -170,7 +170,7 @@ def test_the_flow_bound_given_y_is_the_exact_class_density():
     exact = [-DiagonalGaussian(means[c].flatten(), torch.full((dims,), var, dtype=torch.float64)).log_density(
         signed[i:i + 1].flatten(1)).item() / (dims * math.log(2)) + math.log2(127.5) for i, c in enumerate(y.tolist())]
     got = bound(model, x, y)["bpd"]
-    assert got.tolist() == pytest.approx(exact, abs=0.05)
+    assert got.tolist() == pytest.approx(exact, abs=0.01)  # measured: within 0.003
     wrong = bound(model, x, (y + 1) % K)["bpd"]
     assert bool((wrong > torch.tensor(exact) + 0.5).all())
 

@@ -203,8 +203,8 @@ def add_interpolate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=Range(int, 2, 1_000).parser(), default=8)
     p.add_argument("--path", default="slerp", help="slerp | linear")
     p.add_argument("--classes", default=None, metavar="A,B",
-                   help="from class A to class B: a conditional run moves the condition (noise fixed per strip), "
-                        "an unconditional one walks between held-out images of the two classes")
+                   help="from class A to class B: a conditional run moves the condition linearly (noise fixed per "
+                        "strip; --path does not apply), an unconditional one walks between held-out images of A and B")
     p.add_argument("--guidance", type=float, default=None, metavar="W",
                    help="with --classes on a conditional run: classifier-free guidance scale (default 1)")
     _add_sampling_arguments(p)

@@ -97,7 +97,7 @@ def check_condition(labels: torch.Tensor | None, n: int, k: int) -> torch.Tensor
     """What a sampler may follow: int64 labels (n,) (:func:`check_labels`) or **class weights**, a float
     (n, K+1) matrix whose rows lie on the simplex (column K = null) — a mixture of conditions, e.g.
     (1−λ)·onehot(A) + λ·onehot(B) for interpolating between classes. One error line otherwise."""
-    if labels is None or not torch.is_tensor(labels) or not labels.dtype.is_floating_point:
+    if labels is None or not torch.is_tensor(labels) or not labels.dtype.is_floating_point or labels.ndim != 2:
         return check_labels(labels, n, k)
     if k == 0:
         raise DiffvaeError("this run was trained unconditionally; it cannot follow a class (train with --conditional)")

@@ -495,7 +495,7 @@ def _jsonable(value):
 
 
 TABLE_ROWS = [
-    ("bpd", "bound, bits/dim"), ("iwae_bpd", "IWAE bound, bits/dim"), ("fid", "FID"), ("kid", "KID"),
+    ("bpd", "bound, bits/dim"), ("cond_bpd", "bound given the label, bits/dim"), ("iwae_bpd", "IWAE bound, bits/dim"), ("fid", "FID"), ("kid", "KID"),
     ("precision", "precision"), ("recall", "recall"), ("sharpness_ratio", "sharpness vs real"),
     ("confident_fraction", "recognisable (conf ≥ 0.9)"), ("class_entropy_bits", "class entropy, bits"),
     ("nfe", "network evaluations / sample"), ("ms_per_sample", "ms / sample"),

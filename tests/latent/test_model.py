@@ -133,7 +133,7 @@ def test_bound_combines_autoencoder_terms_with_the_scaled_latent_prior(monkeypat
     x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
     seen = {}
 
-    def fake_bound_nats(x0, decoder="discretized", timesteps=0, generator=None, progress=False, fit_x=None):
+    def fake_bound_nats(x0, decoder="discretized", timesteps=0, generator=None, progress=False, fit_x=None, labels=None):
         seen.update(x0=x0, decoder=decoder, fit_x=fit_x)
         total = torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64)
         return {"total": total, "prior": total * 0, "decoder": total / 2, "diffusion": total / 2,

@@ -192,7 +192,7 @@ def _cells(fam: str) -> dict[str, list[Part]]:
         "Interpolation": [spec.interpolation, ("; round trip PSNR ", F + "roundtrip_psnr_db", "psnr"), (", smoothness ", F + "path_smoothness"),
                           (", midpoint FID ", F + "midpoint_fid"), ci("midpoint_fid")],
         "Posterior collapse": [spec.collapse_text],
-        "Bits/dim (ELBO view)": [(spec.bound_label, F + "bpd"), ci("bpd"), *held_out,
+        "Bits/dim (ELBO view)": [(spec.bound_label, F + "bpd"), ci("bpd"), *held_out, ("; given the label ", F + "cond_bpd"), ci("cond_bpd"),
                                  *[(prefix, F + key) for prefix, key in spec.bound_extras]],
         "Representation (linear probe)": [("accuracy ", F + "probe_accuracy"), ci("probe_accuracy"), (" (chance ", F + "probe_chance"), ")"],
         **spec.report_cells(F),

@@ -55,11 +55,14 @@ class DiffusionSpec(FamilySpec):
         """Denoiser evaluations of an evaluation: sampling, DDIM inversions/regenerations (probe,
         midpoints, round trips, strips), the bound (2K per image for the K-draw estimate, else T)
         and the reverse-variance fit; a conditional model's accuracy and guidance sweep too."""
+        from diffvae.conditioning import num_classes
         from diffvae.evaluate import conditional_evaluation_cost
+
+        bounds = 2 if num_classes(model) else 1  # a conditional model's bound is also computed given the labels (cond_bpd)
 
         invert, T = model.config.invert_steps, model.denoiser.schedule.T
         return conditional_evaluation_cost(model, c) + (c.n_samples * model.nfe() + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
-                + c.strips * c.frames) * invert + c.bound_n * (2 * c.bound_timesteps or T) + c.variance_fit_n * min(T, 128)
+                + c.strips * c.frames) * invert + c.bound_n * (2 * c.bound_timesteps or T) * bounds + c.variance_fit_n * min(T, 128)
                 + self.ode_cost(model, c))
 
     def ode_cost(self, model, c) -> float:

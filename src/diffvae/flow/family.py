@@ -32,13 +32,16 @@ class FlowSpec(FamilySpec):
         """Velocity evaluations of an evaluation: sampling, ODE inversions/regenerations (probe, midpoints,
         round trips, strips) and the likelihood (each of its evaluations plus one backward pass, about two
         evaluations, per Hutchinson probe); a conditional model's accuracy and guidance sweep too."""
+        from diffvae.conditioning import num_classes
         from diffvae.evaluate import conditional_evaluation_cost
+
+        bounds = 2 if num_classes(model) else 1  # a conditional model's bound is also computed given the labels (cond_bpd)
 
         config = model.config
         invert = model.nfe(steps=config.invert_steps)
         likelihood = model.nfe(sampler=config.likelihood_solver, steps=config.likelihood_steps) * (1 + 2 * config.likelihood_probes)
         return conditional_evaluation_cost(model, c) + (c.n_samples * model.nfe() + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
-                + c.strips * c.frames) * invert + c.bound_n * likelihood)
+                + c.strips * c.frames) * invert + c.bound_n * likelihood * bounds)
 
     def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
         """The UNet for the image size (:func:`diffvae.presets.unet_preset`)."""
