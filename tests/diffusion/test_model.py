@@ -60,9 +60,10 @@ def test_samples_are_uint8_and_every_sampler_is_the_shared_function(monkeypatch)
         out = model.sample(3, generator=torch.Generator().manual_seed(0), sampler=sampler, steps=4)
         assert out.dtype == torch.uint8 and out.shape == (3, 1, 8, 8)
     assert calls == ["ddpm", "ddim", "dpm++2m"]
-    assert model.config.sampler == "ddpm" and model.nfe() == 5 and model.nfe(sampler="ddpm") == 5  # the configured steps
-    other = DDPM(DDPMConfig(**SMALL, sampler="dpm++2m"), (1, 8, 8))
-    assert other.nfe(sampler="ddpm") == 50 and other.nfe() == 5  # ancestral, not configured: every step
+    assert model.config.sampler == "dpm++2m" and model.config.prediction == "v" and model.config.schedule == "cosine"
+    assert model.nfe() == 5 and model.nfe(sampler="ddpm") == 50  # ancestral, not configured: every step
+    other = DDPM(DDPMConfig(**SMALL, sampler="ddpm"), (1, 8, 8))
+    assert other.nfe(sampler="ddpm") == 5 and other.nfe() == 5  # the configured steps
     a = model.sample(2, generator=torch.Generator().manual_seed(1))
     b = model.sample(2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
@@ -70,7 +71,7 @@ def test_samples_are_uint8_and_every_sampler_is_the_shared_function(monkeypatch)
 
 def test_inversion_round_trip_and_latent_has_the_data_dimension():
     torch.manual_seed(0)
-    model = DDPM(DDPMConfig(**SMALL), (1, 8, 8)).eval()
+    model = DDPM(DDPMConfig(**SMALL, prediction="eps"), (1, 8, 8)).eval()  # ε̂ ≡ 0 untrained (v̂ ≡ 0 is not ε̂ ≡ 0)
     x = templates(4)
     z = model.to_latent(x)
     assert z.shape == x.shape and model.latent_dims == 64

@@ -67,9 +67,10 @@ def control_sizes(spec, model, seconds: float, k: int, n_max: int) -> tuple[int,
     return min(n_max, max(2 * k, n)), min(top, max(MIN_PER_CLASS, per_class))
 
 
-def control_family(family: str, ctx, seconds: float) -> dict[str, Any]:
-    """The ``control:<family>`` stage: the guidance sweep, then per-class samples at the w of its best
-    accuracy; returns ``results["control"][family]`` (``{"conditional": False}`` for an unconditional run)."""
+def control_family(family: str, ctx, seconds: float, n_samples: int | None = None) -> dict[str, Any]:
+    """The ``control:<family>`` stage: the guidance sweep (at most ``n_samples`` per w, the evaluations' shared
+    count), then per-class samples at the w of its best accuracy; returns ``results["control"][family]``
+    (``{"conditional": False}`` for an unconditional run)."""
     from diffvae.api import load
     from diffvae.compare.stages import compare_samples
     from diffvae.conditioning import num_classes
@@ -83,7 +84,7 @@ def control_family(family: str, ctx, seconds: float) -> dict[str, Any]:
     if not k:
         return {"conditional": False}
     spec, extractor = get_family(family).spec(), ctx.extractor()
-    n, per_class = control_sizes(spec, model, 0.9 * seconds, k, compare_samples(config.budget_minutes))
+    n, per_class = control_sizes(spec, model, 0.9 * seconds, k, n_samples or compare_samples(config.budget_minutes))
     eval_config = EvalConfig(seed=config.seed, guidance_sweep=GUIDANCE_SWEEP if n else (), guidance_sweep_n=n, per_class_n=per_class)
     result: dict[str, Any] = {"conditional": True, "num_classes": k, "per_class_n": per_class}
     if n:

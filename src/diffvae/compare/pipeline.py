@@ -318,13 +318,15 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
     curves = run("curves", lambda s: learning_curves(families, dataset, out, s, ctx.extractor(), budget_minutes=config.budget_minutes,
                                                      seed=config.seed, device=config.device, quiet=config.quiet))
     results.update(curves or {})
+    if "eval_samples" not in results:  # equal for every family (kept on --resume): only equal counts compare
+        results["eval_samples"] = st.evaluation_samples(families, ctx, {f: run.allot(f"eval:{f}") for f in families})
     for fam in families:
-        _store(results, ("families", fam), run(f"eval:{fam}", lambda s, fam=fam: st.evaluate_family(fam, ctx, s)))
+        _store(results, ("families", fam), run(f"eval:{fam}", lambda s, fam=fam: st.evaluate_family(fam, ctx, s, results["eval_samples"])))
         _write_results(out, results)  # partial results survive an interruption
     for fam in families if config.conditional else ():
         from diffvae.compare.control import control_family
 
-        _store(results, ("control", fam), run(f"control:{fam}", lambda s, fam=fam: control_family(fam, ctx, s)))
+        _store(results, ("control", fam), run(f"control:{fam}", lambda s, fam=fam: control_family(fam, ctx, s, results.get("eval_samples"))))
         _write_results(out, results)
     results["stages"] = run.stages.status
     results["elapsed_minutes"] = (time.perf_counter() - run.start) / 60.0  # the report itself takes seconds

@@ -83,14 +83,18 @@ def training_summary(family: str, run_dir: Path, minutes: float, recipe_info: di
     }
 
 
+EVAL_FLOORS = {"bound_n": 16, "variance_fit_n": 16, "strips": 2, "roundtrip_n": 8, "probe_train": 100, "probe_test": 50, "ode_n": 2}
+MIN_EVAL_SAMPLES = 50  # FID/KID of fewer samples say little
+
+
 def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: int, controllability: bool = True) -> EvalConfig:
     """The largest evaluation (up to the defaults) whose estimated network evaluations
     (``spec.evaluation_cost`` × ``spec.unit_cost_seconds``) fit half of ``seconds``: the bound's, the
-    interpolation's (strips, round trips) and the probe's sizes shrink together, to floors.
+    interpolation's (strips, round trips) and the probe's sizes shrink together, to ``EVAL_FLOORS``.
 
-    ``n_samples`` is the same for every family: FID and KID are biased by the sample count, so
-    only equal counts compare. ``controllability=False`` leaves a conditional model's accuracy and guidance
-    sweep to compare's own stage (:mod:`diffvae.compare.control`).
+    ``n_samples`` is the same for every family (:func:`evaluation_samples`): FID and KID are biased by the
+    sample count, so only equal counts compare. ``controllability=False`` leaves a conditional model's
+    accuracy and guidance sweep to compare's own stage (:mod:`diffvae.compare.control`).
     """
     full = EvalConfig(seed=seed, n_samples=n_samples, midpoints=n_samples // 2,  # midpoint FID: equal counts too
                       controllability=controllability)
@@ -100,13 +104,30 @@ def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: 
         return full
     unit = spec.unit_cost_seconds(model)
     scale = min(1.0, 0.5 * seconds / max(1e-9, cost * unit))
-    floor = EvalConfig(n_samples=50, bound_n=16, variance_fit_n=16, midpoints=10, strips=2, roundtrip_n=8, probe_train=100,
-                       probe_test=50, ode_n=2)
-    sized = {}
-    for f in dataclasses.fields(EvalConfig):  # n_samples and midpoints stay: only equal sample counts compare
-        if f.name in ("bound_n", "variance_fit_n", "strips", "roundtrip_n", "probe_train", "probe_test", "ode_n"):
-            sized[f.name] = max(getattr(floor, f.name), int(getattr(full, f.name) * scale))
-    return dataclasses.replace(full, **sized)
+    return dataclasses.replace(full, **{name: max(floor, int(getattr(full, name) * scale)) for name, floor in EVAL_FLOORS.items()})
+
+
+def evaluation_samples(families: tuple[str, ...], ctx: CompareContext, seconds: dict[str, float]) -> int:
+    """The sample count every family's evaluation shares: :func:`compare_samples` of the budget, shrunk (to
+    ``MIN_EVAL_SAMPLES`` at the least) until the smallest evaluation of each trained family at that count
+    (``EVAL_FLOORS``) fits half of its main share of ``seconds[family]`` — large images and slow samplers
+    would otherwise overrun the budget."""
+    n = compare_samples(ctx.config.budget_minutes)
+    for fam in families:
+        run_dir = Path(ctx.out) / "runs" / fam
+        if not (run_dir / "config.json").exists():
+            continue
+        model, spec = load(run_dir, device="cpu"), get_family(fam).spec()
+        unit = None
+        while n > MIN_EVAL_SAMPLES:
+            floor = EvalConfig(seed=ctx.config.seed, n_samples=n, midpoints=n // 2, controllability=not ctx.config.conditional,
+                               **EVAL_FLOORS)
+            cost = spec.evaluation_cost(model, floor)
+            unit = unit if unit is not None or cost is None else spec.unit_cost_seconds(model)
+            if cost is None or cost * unit <= 0.5 * seconds[fam] * spec.eval_main_share():
+                break
+            n = max(MIN_EVAL_SAMPLES, int(0.8 * n))
+    return n
 
 
 def compare_samples(budget_minutes: float) -> int:
@@ -150,7 +171,7 @@ def _scale(images: torch.Tensor) -> int:
     return max(1, 64 // images.shape[-1])
 
 
-def evaluate_family(family: str, ctx: CompareContext, seconds: float) -> dict[str, Any]:
+def evaluate_family(family: str, ctx: CompareContext, seconds: float, n_samples: int | None = None) -> dict[str, Any]:
     """The one evaluation, sized to ``seconds``, sample and interpolation figures, and the sampler
     sweep with what is left; returns ``results["families"][family]``."""
     from diffvae.images import save_grid
@@ -162,8 +183,9 @@ def evaluate_family(family: str, ctx: CompareContext, seconds: float) -> dict[st
     model = load(out / "runs" / family, device="cpu")
     spec = get_family(family).spec()
     left = seconds - (time.perf_counter() - t_start)
+    n_samples = n_samples or compare_samples(config.budget_minutes)
     eval_config = sized_eval_config(model, family, left * spec.eval_main_share(), config.seed,
-                                    n_samples=compare_samples(config.budget_minutes), controllability=not config.conditional)
+                                    n_samples=n_samples, controllability=not config.conditional)
     result = evaluate(model, eval_config, dataset=dataset, progress=not config.quiet, extractor=extractor)
     result["eval_config"] = dataclasses.asdict(eval_config)
 
@@ -178,6 +200,6 @@ def evaluate_family(family: str, ctx: CompareContext, seconds: float) -> dict[st
     if spec.sweep:
         left = seconds - (time.perf_counter() - t_start)
         result["sweep"] = sampler_sweep(model, family, dataset, extractor, out, max(0.0, left * 0.9), config.seed,
-                                        compare_samples(config.budget_minutes))
+                                        n_samples)
     result["eval_minutes"] = (time.perf_counter() - t_start) / 60.0
     return result

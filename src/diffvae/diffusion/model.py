@@ -240,15 +240,18 @@ class DDPMConfig(DiffusionConfig):
 
     The default width is 32 (not 64): a 64-wide UNet costs 4.5 GFLOP per training image at 28×28
     and trains at about 75 images/s on a 2-core CPU, too few steps for a few-minute budget; the
-    32-wide one costs about a quarter of that. The default sampler is ancestral DDPM on 100
-    respaced steps: at the few hundred training steps a CPU budget affords, it gave a lower FID
-    than DPM-Solver++(2M) at 20 and DDIM at 20 for every recipe of the sweep (benchmarks/RESULTS.md)
-    — the ODE samplers follow an inaccurate ε̂ without the noise that corrects its drift.
+    32-wide one costs about a quarter of that. The target is v on the cosine schedule (Salimans & Ho
+    2022): on mnist after 2 CPU-minutes (the 16-wide recipe, ~1,100 steps, 200 samples) it gave FID 48.2
+    with ancestral DDPM-100 and 50.1 with DPM-Solver++(2M) on 20 steps, where ε on the linear schedule
+    gave 328 and 416, ε on the cosine schedule 302 and 358 (benchmarks/RESULTS.md, recipe sweep). An ε
+    network is poor exactly where samples are decided — at high noise, where predicting ε ≈ x_t says
+    little about x₀ — and v stays informative there. So the default sampler is DPM-Solver++(2M) on 20
+    steps: as good as ancestral sampling on 100, at a fifth of the network evaluations.
     """
 
     channels: int = 32
-    sampler: str = "ddpm"
-    sample_steps: int = 100
+    prediction: str = "v"
+    schedule: str = "cosine"
 
 
 class DDPM(nn.Module):

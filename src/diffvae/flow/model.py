@@ -54,7 +54,7 @@ class FlowConfig:
     logit_std: float = 1.0
     sampler: str = "heun"  # euler | heun | midpoint | rk4: default of sample()
     sample_steps: int = 25
-    invert_steps: int = 50  # steps of to_latent / from_latent (inversion, interpolation, round trips)
+    invert_steps: int = 25  # steps of to_latent / from_latent (inversion, interpolation, round trips): as sampling's, about 50 NFE
     likelihood_solver: str = "heun"
     likelihood_steps: int = 32
     likelihood_probes: int = 1  # Hutchinson probes per image (≥ 2 also gives each image's bpd_stderr)

@@ -1,0 +1,79 @@
+"""compare's evaluation sizing (diffvae.compare.stages): one sample count for every family, shrunk until the
+most expensive family's smallest evaluation fits its time; the rest sized per family down to the floors."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from diffvae.compare import stages
+from diffvae.compare.stages import EVAL_FLOORS, MIN_EVAL_SAMPLES, compare_samples, evaluation_samples, sized_eval_config
+
+
+class _Spec:
+    """Evaluation cost: ``per_sample`` network evaluations per sample and midpoint, plus the probe's images."""
+
+    def __init__(self, per_sample: float, unit: float = 1e-3, cheap: bool = False):
+        self.per_sample, self.unit, self.cheap, self.unit_calls = per_sample, unit, cheap, 0
+
+    def evaluation_cost(self, model, c):
+        if self.cheap:
+            return None
+        return self.per_sample * (c.n_samples + 3 * c.midpoints + c.probe_train + c.probe_test + c.bound_n + c.roundtrip_n)
+
+    def unit_cost_seconds(self, model):
+        self.unit_calls += 1
+        return self.unit
+
+    def eval_main_share(self):
+        return 0.6
+
+
+def _context(tmp_path, specs, budget=15.0):
+    for fam in specs:
+        (tmp_path / "runs" / fam).mkdir(parents=True)
+        (tmp_path / "runs" / fam / "config.json").write_text("{}")
+    return SimpleNamespace(out=tmp_path, config=SimpleNamespace(budget_minutes=budget, seed=0, conditional=False))
+
+
+@pytest.fixture
+def fake_families(monkeypatch):
+    specs = {}
+    monkeypatch.setattr(stages, "load", lambda run_dir, device="cpu": object())
+    monkeypatch.setattr(stages, "get_family", lambda fam: SimpleNamespace(spec=lambda: specs[fam]))
+    return specs
+
+
+def test_cheap_families_keep_the_budgets_sample_count(tmp_path, fake_families):
+    fake_families.update(vae=_Spec(1, cheap=True), ddpm=_Spec(1.0))
+    ctx = _context(tmp_path, fake_families)
+    assert evaluation_samples(("vae", "ddpm"), ctx, {"vae": 60.0, "ddpm": 60.0}) == compare_samples(15.0) == 200
+
+
+@pytest.mark.parametrize("seconds", [2.0, 20.0, 200.0])
+def test_the_count_shrinks_until_the_most_expensive_family_fits(tmp_path, fake_families, seconds):
+    fake_families.update(vae=_Spec(1, cheap=True), ddpm=_Spec(1.0), flow=_Spec(40.0))
+    ctx = _context(tmp_path, fake_families)
+    n = evaluation_samples(("vae", "ddpm", "flow"), ctx, {f: seconds for f in fake_families})
+    assert MIN_EVAL_SAMPLES <= n <= 200
+    spec = fake_families["flow"]
+    cost = lambda m: spec.evaluation_cost(None, SimpleNamespace(n_samples=m, midpoints=m // 2, **EVAL_FLOORS)) * spec.unit  # noqa: E731
+    limit = 0.5 * seconds * spec.eval_main_share()
+    assert cost(n) <= limit or n == MIN_EVAL_SAMPLES  # fits, or the floor of the count is reached
+    if n < 200:
+        assert cost(int(n / 0.8) + 1) > limit * 0.8  # not shrunk far past what fits
+    assert fake_families["ddpm"].unit_calls <= 1 and fake_families["flow"].unit_calls <= 1  # measured once per family
+
+
+def test_families_not_trained_are_skipped(tmp_path, fake_families):
+    fake_families.update(ddpm=_Spec(1000.0))
+    ctx = _context(tmp_path, {})
+    assert evaluation_samples(("ddpm",), ctx, {"ddpm": 1.0}) == 200
+
+
+def test_sized_config_keeps_the_shared_count_and_never_goes_below_the_floors(fake_families):
+    fake_families.update(flow=_Spec(50.0))
+    tight = sized_eval_config(None, "flow", 1.0, seed=3, n_samples=70)
+    assert tight.n_samples == 70 and tight.midpoints == 35 and tight.seed == 3
+    assert all(getattr(tight, name) == floor for name, floor in EVAL_FLOORS.items())
+    roomy = sized_eval_config(None, "flow", 1e9, seed=3, n_samples=70)
+    assert roomy.bound_n > EVAL_FLOORS["bound_n"] and roomy.probe_train > EVAL_FLOORS["probe_train"]
