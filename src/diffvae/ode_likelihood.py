@@ -34,6 +34,8 @@ interpolates the discrete schedule (:func:`continuous_sigma_bar`; t = −1 is th
 likelihood integrates the same ODE for x = x̄ √ᾱ with u = asinh(σ̄/σ̄_0) as time (:func:`probability_flow_field`,
 smooth and bounded so that fixed steps stay accurate), from the data x at σ̄ = 0 to x_T with prior N(0, I):
 the density it gives at σ̄ = 0 is a density over x itself, so the dequantization bound applies unchanged.
+A network predicting v or x₀ gives ε̂ through ᾱ(t) = 1/(1 + σ̄(t)²) at the same continuous t
+(:func:`continuous_eps_fn`), so every prediction type has the likelihood.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Callable
 import torch
 
 from diffvae.diffusion.schedule import NoiseSchedule
+from diffvae.diffusion.targets import PREDICTIONS
 from diffvae.distributions import BIN_HALF_WIDTH, gaussian_log_density, nats_to_bpd
 from diffvae.errors import DiffvaeError
 from diffvae.ode import VectorField, check_solver, integrate
@@ -207,6 +210,38 @@ def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.to(device=like.device, dtype=like.dtype).reshape(-1, *[1] * (like.ndim - 1))
 
 
+def continuous_eps_fn(output_fn, schedule: NoiseSchedule, prediction: str):
+    """ε̂(x_t, t) at continuous t from a raw network ``output_fn(x_t, t)`` of any prediction type, its
+    conversion done with the ᾱ of the very time t the network is given, ᾱ(t) = 1 / (1 + σ̄(t)²)
+    (:func:`continuous_sigma_bar`), not the integer table ``Denoiser.eps_fn`` looks up (it truncates t).
+    With √ᾱ and √(1 − ᾱ) = σ̄ √ᾱ, as :func:`diffvae.diffusion.targets.split_prediction`:
+
+    * eps: ε̂ = output
+    * v:   ε̂ = √ᾱ v̂ + √(1 − ᾱ) x_t           (v = √ᾱ ε − √(1 − ᾱ) x₀; Salimans & Ho 2022)
+    * x0:  ε̂ = (x_t − √ᾱ x̂₀) / √(1 − ᾱ)     (x_t = √ᾱ x₀ + √(1 − ᾱ) ε; needs σ̄ > 0: t > −1)
+
+    Coefficients in float64, cast to x_t's dtype, one per example (t of shape (N,)); the output in x_t's
+    dtype. :func:`probability_flow_field` calls it with the time the network is to see (clipped to t ≥ 0)."""
+    if prediction not in PREDICTIONS:
+        raise DiffvaeError(f"unknown prediction type {prediction!r}; choose one of {list(PREDICTIONS)}")
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        output = output_fn(x_t, t).to(x_t.dtype)
+        if prediction == "eps":
+            return output
+        sigma_bar = continuous_sigma_bar(schedule, torch.as_tensor(t).detach().to(torch.float64).cpu()).reshape(-1)
+        signal = torch.rsqrt(1.0 + sigma_bar**2)  # √ᾱ
+        noise = sigma_bar * signal  # √(1 − ᾱ), without the cancellation of 1 − ᾱ near ᾱ = 1
+        if prediction == "v":
+            return _per_example(signal, x_t) * output + _per_example(noise, x_t) * x_t
+        if bool((sigma_bar <= 0).any()):
+            raise DiffvaeError("an x0-predicting network gives no noise estimate at the clean level t = -1; "
+                               "clip the time to t >= 0")
+        return _per_example(1.0 / noise, x_t) * x_t - _per_example(signal / noise, x_t) * output
+
+    return eps_fn
+
+
 def ddim_field(eps_fn, schedule: NoiseSchedule, clip_timestep: bool = True) -> VectorField:
     """dx̄/dσ̄ = ε̂(x̄ / √(1 + σ̄²), t(σ̄)) with σ̄ as the ODE's time: Euler steps on it are DDIM's steps."""
 
@@ -257,9 +292,9 @@ def probability_flow_log_likelihood(eps_fn, x: torch.Tensor, schedule: NoiseSche
     :func:`probability_flow_field`), prior N(0, I) on x_T. Parts as :func:`ode_log_likelihood` (``z1`` = x_T).
 
     ``eps_fn(x_t, t)`` is called with float timesteps t (N,) in [0, T−1] (and, with ``clip_timestep=False``,
-    in [−1, 0)); it must give ε̂ at the continuous noise level ᾱ(t) = 1 / (1 + σ̄(t)²). ``Denoiser.eps_fn`` of an
-    ε-predicting model does (its UNet embeds float t); one predicting x₀ or v converts through its discrete
-    ᾱ table and needs ᾱ(t) instead."""
+    in [−1, 0)); it must give ε̂ at the continuous noise level ᾱ(t) = 1 / (1 + σ̄(t)²). A UNet embeds float t, so
+    an ε-network's output is that; an x₀- or v-network's output must be converted with ᾱ(t), which
+    :func:`continuous_eps_fn` does (``Denoiser.eps_fn`` would use its integer ᾱ table, wrong between entries)."""
     check_solver(solver, steps)
     return ode_log_likelihood(probability_flow_field(eps_fn, schedule, clip_timestep), x,
                               probability_flow_grid(schedule, steps), 0.0,

@@ -68,7 +68,8 @@ def test_ldm_config_is_a_diffusion_config_with_the_same_flat_keys_and_defaults()
     assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS | {"conditional", "num_classes", "p_uncond"}  # + issue 16's
     old = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(tiny_config()))).items() if k in OLD_LDM_KEYS}
     assert config_from_dict(LDMConfig, old) == tiny_config()  # a run saved before conditioning still loads
-    assert (config.channel_mult, config.clip_x0, config.channels, config.sampler, config.schedule) == ((1, 2), False, 64, "dpm++2m", "linear")
+    assert (config.channel_mult, config.clip_x0, config.channels, config.sampler, config.sample_steps, config.schedule,
+            config.prediction) == ((1, 2), False, 64, "ddpm", 100, "cosine", "v")  # the recipe sweep's winner (issue 13)
     saved = json.loads(json.dumps(dataclasses.asdict(tiny_config(latent_scale=0.7))))
     assert config_from_dict(LDMConfig, saved) == tiny_config(latent_scale=0.7)
     with pytest.raises(DiffvaeError, match="unknown LDMConfig field"):

@@ -72,20 +72,22 @@ class DiffusionSpec(FamilySpec):
 
 class PixelDiffusionSpec(DiffusionSpec):
     def ode_cost(self, model, c) -> float:
-        return 0.0 if model.config.prediction != "eps" else c.ode_n * 2 * c.ode_steps * 3.0
+        return c.ode_n * 2 * c.ode_steps * 3.0  # every prediction type (diffvae.ode_likelihood.continuous_eps_fn)
 
     def ode_likelihood(self, model, x_uint8: torch.Tensor, steps: int,
                        generator: torch.Generator | None = None) -> dict[str, Any] | None:
         """The probability-flow ODE's bits/dim (:func:`diffvae.ode_likelihood.probability_flow_bpd`: Heun, one
-        Hutchinson probe, uniform dequantization), for an ε-predicting network: its ε̂ at continuous t is the
-        network's own output; a v or x₀ network would need ᾱ(t) between the table's entries (not offered)."""
+        Hutchinson probe, uniform dequantization) for every prediction type: the raw network (unconditional)
+        turned into ε̂ with ᾱ at the continuous t it is given (:func:`diffvae.ode_likelihood.continuous_eps_fn`;
+        an ε-network's output as it is)."""
         from diffvae.images import to_signed
-        from diffvae.ode_likelihood import probability_flow_bpd
+        from diffvae.ode_likelihood import continuous_eps_fn, probability_flow_bpd
 
-        if model.config.prediction != "eps" or steps <= 0:
+        if steps <= 0:
             return None
-        parts = probability_flow_bpd(model.denoiser.eps_fn, to_signed(x_uint8, torch.float64), model.denoiser.schedule,
-                                     steps, generator=generator)
+        denoiser = model.denoiser
+        eps_fn = continuous_eps_fn(denoiser.network, denoiser.schedule, denoiser.config.prediction)
+        parts = probability_flow_bpd(eps_fn, to_signed(x_uint8, torch.float64), denoiser.schedule, steps, generator=generator)
         return {"ode_bpd": parts["bpd"], "ode_prior_bpd": parts["prior_bpd"], "ode_log_det_bpd": parts["log_det_bpd"]}
 
     def export_diffusers(self, model, folder, pipeline: str, run_path) -> None:
