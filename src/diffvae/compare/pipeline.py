@@ -37,9 +37,11 @@ DEFAULT_BUDGET_MINUTES = 15.0
 # Shares of the budget. Training is split among the families run (by their spec's train_share unless
 # --split says otherwise), evaluation equally; the learning curves evaluate every family's snapshots;
 # a family's own stages (spec.extra_stages, e.g. the VAE's posterior-collapse study) bring their share.
-TRAIN_SHARE = 0.54
-EVAL_SHARE = 0.26  # evaluation, sampler sweep, figures and report
-CURVES_SHARE = 0.12  # the learning curves (diffvae.compare.curves)
+# Training has the most: the diffusion families' default samplers (20 network evaluations for pixel diffusion, a
+# small latent for latent diffusion) made the evaluation and the curves' snapshots cheap.
+TRAIN_SHARE = 0.62
+EVAL_SHARE = 0.22  # evaluation, sampler sweep, figures and report
+CURVES_SHARE = 0.08  # the learning curves (diffvae.compare.curves)
 CONTROL_SHARE = 0.12  # --conditional: the controllability stages (diffvae.compare.control), shared by the families
 
 
