@@ -39,6 +39,7 @@ CANDIDATES = {
         "batch64-lr2e-3": ({}, {"batch_size": 64, "lr": 2e-3}),
         "latent32-batch64-lr2e-3": ({"latent_dim": 32}, {"batch_size": 64, "lr": 2e-3}),
         "depth1-batch64-lr2e-3": ({"depth": 1}, {"batch_size": 64, "lr": 2e-3}),
+        "beta0.5": ({"beta": 0.5}, {}),
     },
     "ddpm": {
         "default": ({}, {}),
@@ -95,7 +96,8 @@ def train_and_score(family, name, model_over, train_over, minutes, dataset, extr
         rows.append({"family": family, "recipe": name, "minutes": minutes, "steps": steps, "train_cpu_seconds": train_cpu,
                      "train_seconds": train_seconds, "sampler": sampling.get("sampler", "default"),
                      "sample_steps": sampling.get("steps"), "fid": fid(real, extractor.features(images)),
-                     "ms_per_sample": 1000 * (time.perf_counter() - t0) / samples, "model": model_over, "train": train_over})
+                     "ms_per_sample": 1000 * (time.perf_counter() - t0) / samples, "samples": samples, "model": model_over,
+                     "train": train_over})
         print(rows[-1], flush=True)
     return rows
 
@@ -107,12 +109,13 @@ def markdown(result: dict) -> str:
 
 def sweep_markdown(rows: list[dict], info: dict, samples: int) -> str:
     lines = [f"**Recipe sweep** — mnist, each recipe trained for the budget in CPU-minutes (the engine's --budget on this "
-             f"process's CPU clock), {samples} samples per row (seed 0), FID in diffvae features against the held-out split; "
-             f"ms/sample on the same thread, as busy as the machine was. {machine_line(info)}", "",
-             "| family | budget (min) | recipe | steps | sampler | FID | ms/sample |", "|---|---:|---|---:|---|---:|---:|"]
+             f"process's CPU clock), n samples per row (seed 0; {samples} unless the row says), FID in diffvae features against "
+             f"the held-out split; ms/sample on the same thread, as busy as the machine was. {machine_line(info)}", "",
+             "| family | budget (min) | recipe | steps | sampler | n | FID | ms/sample |", "|---|---:|---|---:|---|---:|---:|---:|"]
     for r in rows:
         sampler = r["sampler"] + (f":{r['sample_steps']}" if r["sample_steps"] else "")
-        lines.append(f"| {r['family']} | {r['minutes']:g} | {r['recipe']} | {r['steps']} | {sampler} | {r['fid']:.1f} | {r['ms_per_sample']:.2f} |")
+        lines.append(f"| {r['family']} | {r['minutes']:g} | {r['recipe']} | {r['steps']} | {sampler} | {r.get('samples', samples)} | "
+                     f"{r['fid']:.1f} | {r['ms_per_sample']:.2f} |")
     best = {}
     for r in rows:
         key = (r["family"], r["minutes"])

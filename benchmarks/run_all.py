@@ -257,9 +257,21 @@ def previous_sections(path: str) -> dict[str, str]:
     return sections
 
 
+PEAK_INTRO = ("Practical peak of the BLAS/oneDNN kernels (best of 5): every \"% of peak\" below divides by the larger of the two "
+              "for the same precision and thread count.")
+CHAIN_NOTE = ("The pixel DDPM's 1000-step ancestral chain is timed on the trained model under *Quality against NFE* "
+              "(network in bf16, batch 100).")
+MODEL_NOTE_START = "The model is the "  # the Quality-against-NFE section's first line, written by render()
+
+
 def _kept(previous: dict[str, str], title: str) -> str | None:
-    """The earlier body of the section named ``title`` (its title may carry a suffix such as "(added ...)")."""
-    return next((body for old, body in previous.items() if old.startswith(title)), None)
+    """The earlier body of the section named ``title`` (its title may carry a suffix such as "(added ...)"),
+    without the paragraphs :func:`render` writes around it itself (else each re-render would repeat them)."""
+    body = next((body for old, body in previous.items() if old.startswith(title)), None)
+    if body is None:
+        return None
+    paragraphs = [p for p in body.split("\n\n") if p.strip() not in (PEAK_INTRO, CHAIN_NOTE) and not p.startswith(MODEL_NOTE_START)]
+    return "\n\n".join(paragraphs)
 
 
 def _section(summary: dict, results: dict, key: str, module, previous: dict[str, str], title: str) -> str:
@@ -304,14 +316,13 @@ def render(summary: dict, results: dict, plan, out_json, args, out_md: str) -> s
         "",
         "## Targets (issues 8 and 13)",
         "",
-        targets_markdown(results) + ("" if results["train"] is not None else
-                                     "\n" + "\n".join(line for line in (_kept(previous, "Targets") or "").splitlines()
-                                                        if line.startswith("- ") and "Issue 13" not in line)),
+        "\n".join(part for part in (targets_markdown(results), "" if results["train"] is not None else "\n".join(
+            line for line in (_kept(previous, "Targets") or "").splitlines()
+            if line.startswith("- ") and ("Issue 13" not in line or results.get("vs_old") is None))) if part),
         "",
         "## Machine peak",
         "",
-        "Practical peak of the BLAS/oneDNN kernels (best of 5): every \"% of peak\" below divides by the larger of the two "
-        "for the same precision and thread count.",
+        PEAK_INTRO,
         "",
         peaks_markdown(summary["peaks"]) if summary.get("peaks") else _kept(previous, "Machine peak") or "*Not measured.*",
         "",
@@ -323,8 +334,7 @@ def render(summary: dict, results: dict, plan, out_json, args, out_md: str) -> s
         "",
         sections["sample"],
         "",
-        "The pixel DDPM's 1000-step ancestral chain is timed on the trained model under *Quality against NFE* "
-        "(network in bf16, batch 100).",
+        CHAIN_NOTE,
         "",
         "## Quality per CPU-minute: diffvae recipe vs diffusers recipe",
         "",
