@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
+from tests.test_conditional_bound import _perturbed  # random weights, class embeddings far apart
 from diffvae.api import load, run_data
 from diffvae.cli import main
 from diffvae.diffusion.model import DDPM, DDPMConfig
@@ -31,16 +31,6 @@ TINY_DDPM = ["--channels", "8", "--channel-mult", "1,2", "--timesteps", "20", "-
 SMALL_VAE = ["--width", "16", "--latent-dim", "4", "--batch", "32"]
 
 
-def _perturbed(model: nn.Module) -> nn.Module:
-    """Random weights (the UNet's zero output layer would hide the label) and class embeddings far apart."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape))
-        for m in model.modules():
-            if isinstance(m, nn.Embedding):
-                m.weight.copy_(3.0 * torch.randn(m.weight.shape))
-    return model.eval()
 
 
 def cvae() -> VAE:
