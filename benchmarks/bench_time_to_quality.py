@@ -3,12 +3,12 @@
 Contenders, each trained once for ``--minutes`` of this process's CPU time on one thread, with its EMA (or,
 for pythae, plain) weights kept when the training time first reaches 0.5, 1, 2, 4, ... minutes:
 
-* **diffvae vae / ddpm / ldm** — ``train_run`` with the family's defaults and the compute-aware recipe that
+* **diffvae vae / ddpm / ldm / flow** — ``train_run`` with the family's defaults and the compute-aware recipe that
   ``diffvae train --budget MINUTES`` picks (:mod:`diffvae.recipes`); snapshots from the engine
   (:mod:`diffvae.snapshots`; the latent model's minutes include its autoencoder stage).
 * **diffusers recipe** — ``UNet2DModel`` + ``DDPMScheduler`` with the defaults of diffusers'
   ``train_unconditional.py`` example (``bench_recipe.train_diffusers``), sampled by ``DDPMPipeline`` on
-  100 steps (the same ancestral sampler and step count as diffvae's DDPM default).
+  100 steps, as that example does (diffvae's DDPM samples with its own default, DPM-Solver++(2M) on 20 steps).
 * **pythae VAE** — ``pythae.models.VAE`` with pythae's MNIST ResNet encoder/decoder
   (``pythae.models.nn.benchmarks.mnist``), latent 16, its trainer's defaults (Adam, lr 1e-4, batch 64),
   trained by a plain loop on its own loss (pythae's trainer is epoch-based and pickles its checkpoints);
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--contenders", default="vae,ddpm,ldm,diffusers,pythae")
+    parser.add_argument("--contenders", default="vae,ddpm,ldm,flow,diffusers,pythae")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

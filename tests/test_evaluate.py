@@ -48,7 +48,7 @@ def test_every_family_reports_the_same_schema(results):
 
 
 def test_values_reflect_each_family(results):
-    vae, ddpm, ldm = results["vae"], results["ddpm"], results["ldm"]
+    vae, ddpm = results["vae"], results["ddpm"]
     assert vae["nfe"] == 1 and ddpm["nfe"] == 5
     assert vae["latent_dims"] == 16 and ddpm["latent_dims"] == 64 and ddpm["latent_ratio"] == 1.0
     assert 0 < vae["iwae_bpd"] <= vae["bpd"] + 0.05

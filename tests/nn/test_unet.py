@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from diffvae.errors import DiffvaeError
 from diffvae.nn import unet as unet_module
