@@ -28,7 +28,7 @@ def figures_line(r: dict) -> str:
 def draw(report: Path, out: Path) -> None:
     results = json.loads((report / "results.json").read_text())
     families = [f for f in results.get("families_requested", []) if f in results["families"]]
-    fig, axes = plt.subplots(1, len(families), figsize=(3.2 * len(families), 4.4))
+    fig, axes = plt.subplots(1, len(families), figsize=(3.2 * len(families), 4.9))
     for ax, fam in zip(axes, families):
         r = results["families"][fam]
         ax.imshow(Image.open(report / r["figures"]["samples"]), cmap="gray")

@@ -57,7 +57,7 @@ def test_the_count_shrinks_until_the_most_expensive_family_fits(tmp_path, fake_f
     assert MIN_EVAL_SAMPLES <= n <= 200
     spec = fake_families["flow"]
     cost = lambda m: spec.evaluation_cost(None, SimpleNamespace(n_samples=m, midpoints=m // 2, **EVAL_FLOORS)) * spec.unit  # noqa: E731
-    limit = 0.5 * seconds * spec.eval_main_share()
+    limit = seconds * spec.eval_main_share()
     assert cost(n) <= limit or n == MIN_EVAL_SAMPLES  # fits, or the floor of the count is reached
     if n < 200:
         assert cost(int(n / 0.8) + 1) > limit * 0.8  # not shrunk far past what fits

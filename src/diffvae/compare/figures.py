@@ -109,8 +109,15 @@ def draw_all(out: Path, results: dict[str, Any]) -> dict[str, str]:
         plots.append(("guidance", guidance_figure))
     for name, fn in plots:
         rel = f"figures/{name}.png"
-        if fn(results, out / rel):
-            drawn[name] = rel
+        try:
+            if fn(results, out / rel):
+                drawn[name] = rel
+        except Exception as e:  # a figure that cannot be drawn is reported; the report and the other figures are written
+            import traceback
+
+            results.setdefault("figure_errors", {})[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            with (out / "errors.log").open("a") as log:
+                log.write(f"[figure {name}]\n{traceback.format_exc()}\n")
     return drawn
 
 

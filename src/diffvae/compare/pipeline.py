@@ -311,6 +311,7 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
     the_plan = plan(config.data, config.budget_minutes, families, config.split, config.conditional)
     _log(f"diffvae compare: {the_plan.describe()}")
     run = StageRunner(the_plan, Stages(out, config.resume), out, config.budget_minutes)
+    earlier = sum(v.get("seconds", 0.0) for v in run.stages.status.values() if v.get("status") == "done")  # --resume reuses them
     results = _initial_results(ctx, the_plan)
     for fam in families:
         _store(results, ("training", fam), run(f"train:{fam}", lambda s, fam=fam: st.train_family(fam, ctx, s)))
@@ -331,7 +332,7 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
         _store(results, ("control", fam), run(f"control:{fam}", lambda s, fam=fam: control_family(fam, ctx, s, results.get("eval_samples"))))
         _write_results(out, results)
     results["stages"] = run.stages.status
-    results["elapsed_minutes"] = (time.perf_counter() - run.start) / 60.0  # the report itself takes seconds
+    results["elapsed_minutes"] = (earlier + time.perf_counter() - run.start) / 60.0  # reused stages count; the report takes seconds
     from diffvae.compare.report import write_report
 
     write_report(out, results)

@@ -607,6 +607,8 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> s
     failed = {k: v for k, v in (results.get("stages") or {}).items() if v.get("status") != "done"}
     if failed:
         lines += ["", "## Stages that did not finish", ""] + [f"- {k}: {v.get('status')} — {v.get('error', '')}" for k, v in failed.items()]
+    if results.get("figure_errors"):
+        lines += ["", "## Figures that could not be drawn", ""] + [f"- {k}: {v}" for k, v in results["figure_errors"].items()]
     lines += ["", "## Figures", ""] + [f"![{c}]({p})" for c, p in images]
     return "\n".join(lines) + "\n"
 
@@ -632,6 +634,10 @@ def render_html(results: dict[str, Any], images: list[tuple[str, str]]) -> str:
     if failed:
         parts += ["<h2>Stages that did not finish</h2>", "<ul>"]
         parts += [f"<li>{e(k)}: {e(str(v.get('status')))} — {e(str(v.get('error', '')))}</li>" for k, v in failed.items()]
+        parts.append("</ul>")
+    if results.get("figure_errors"):
+        parts += ["<h2>Figures that could not be drawn</h2>", "<ul>"]
+        parts += [f"<li>{e(k)}: {e(v)}</li>" for k, v in results["figure_errors"].items()]
         parts.append("</ul>")
     parts.append("<h2>Figures</h2>")
     parts += [f'<figure><img src="{e(p)}" alt="{e(c)}" /><figcaption>{e(c)}</figcaption></figure>' for c, p in images]

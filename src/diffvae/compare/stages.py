@@ -110,8 +110,9 @@ def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: 
 def evaluation_samples(families: tuple[str, ...], ctx: CompareContext, seconds: dict[str, float]) -> int:
     """The sample count every family's evaluation shares: :func:`compare_samples` of the budget, shrunk (to
     ``MIN_EVAL_SAMPLES`` at the least) until the smallest evaluation of each trained family at that count
-    (``EVAL_FLOORS``) fits half of its main share of ``seconds[family]`` — large images and slow samplers
-    would otherwise overrun the budget."""
+    (``EVAL_FLOORS``) fits its main share of ``seconds[family]`` — large images and slow samplers would
+    otherwise overrun the budget. (:func:`sized_eval_config` then fits the rest into half of it, as
+    the estimate is rough.)"""
     n = compare_samples(ctx.config.budget_minutes)
     for fam in families:
         run_dir = Path(ctx.out) / "runs" / fam
@@ -124,7 +125,7 @@ def evaluation_samples(families: tuple[str, ...], ctx: CompareContext, seconds: 
                                **EVAL_FLOORS)
             cost = spec.evaluation_cost(model, floor)
             unit = unit if unit is not None or cost is None else spec.unit_cost_seconds(model)
-            if cost is None or cost * unit <= 0.5 * seconds[fam] * spec.eval_main_share():
+            if cost is None or cost * unit <= seconds[fam] * spec.eval_main_share():
                 break
             n = max(MIN_EVAL_SAMPLES, int(0.8 * n))
     return n
