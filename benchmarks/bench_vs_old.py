@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> dict:
     real = extractor.features(dataset.test)
     work = Path(RESULTS_DIR) / ("vs_old_quick" if args.quick else "vs_old")
     out_json = Path(args.out or results_path("bench_vs_old", args.quick))
-    sources = {"old": export_source(args.old_rev, work / "old_src"), "new": export_source(args.new_rev, work / "new_src")}
+    new_rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.new_rev], check=True, capture_output=True,
+                             text=True).stdout.strip()  # now: HEAD may move while the compares run
+    sources = {"old": export_source(args.old_rev, work / "old_src"), "new": export_source(new_rev, work / "new_src")}
     reused = {side for side in args.reuse.split(",") if (work / side / "results.json").exists()}
     walls = run_compares({side: (src, work / side) for side, src in sources.items() if side not in reused}, data, minutes, args.threads)
     runs = {side: {"wall_seconds": walls.get(side),  # None: an earlier compare, re-scored
                    "scores": score_runs(work / side, dataset, extractor, real, 50 if args.quick else args.samples)}
             for side in sources}
-    new_rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.new_rev], check=True, capture_output=True,
-                             text=True).stdout.strip()
     result = {"machine": machine_info(), "old_rev": args.old_rev, "new_rev": new_rev, "data": data, "minutes": minutes, "threads": args.threads,
               "samples": 50 if args.quick else args.samples, "runs": runs}
     result["markdown"] = vs_markdown(result)
