@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from diffvae.compare import stages
-from diffvae.compare.stages import EVAL_FLOORS, MIN_EVAL_SAMPLES, compare_samples, evaluation_samples, sized_eval_config
+from diffvae.compare.stages import EVAL_FLOORS, MIN_EVAL_SAMPLES, MIN_MIDPOINTS, compare_samples, evaluation_sizes, sized_eval_config
 
 
 class _Spec:
@@ -46,34 +46,39 @@ def fake_families(monkeypatch):
 def test_cheap_families_keep_the_budgets_sample_count(tmp_path, fake_families):
     fake_families.update(vae=_Spec(1, cheap=True), ddpm=_Spec(1.0))
     ctx = _context(tmp_path, fake_families)
-    assert evaluation_samples(("vae", "ddpm"), ctx, {"vae": 60.0, "ddpm": 60.0}) == compare_samples(15.0) == 200
+    assert evaluation_sizes(("vae", "ddpm"), ctx, {"vae": 60.0, "ddpm": 60.0}) == (compare_samples(15.0), 100) == (200, 100)
 
 
-@pytest.mark.parametrize("seconds", [2.0, 20.0, 200.0])
-def test_the_count_shrinks_until_the_most_expensive_family_fits(tmp_path, fake_families, seconds):
+def _floor_cost(spec, n, pairs):
+    return spec.evaluation_cost(None, SimpleNamespace(n_samples=n, midpoints=pairs, **EVAL_FLOORS)) * spec.unit
+
+
+@pytest.mark.parametrize("seconds", [2.0, 20.0, 30.0, 200.0])
+def test_pairs_shrink_first_then_samples_until_the_most_expensive_family_fits(tmp_path, fake_families, seconds):
     fake_families.update(vae=_Spec(1, cheap=True), ddpm=_Spec(1.0), flow=_Spec(40.0))
     ctx = _context(tmp_path, fake_families)
-    n = evaluation_samples(("vae", "ddpm", "flow"), ctx, {f: seconds for f in fake_families})
-    assert MIN_EVAL_SAMPLES <= n <= 200
+    n, pairs = evaluation_sizes(("vae", "ddpm", "flow"), ctx, {f: seconds for f in fake_families})
+    assert MIN_EVAL_SAMPLES <= n <= 200 and MIN_MIDPOINTS <= pairs <= n // 2
+    assert n == 200 or pairs == MIN_MIDPOINTS  # the samples shrink only once the pairs are at their floor
     spec = fake_families["flow"]
-    cost = lambda m: spec.evaluation_cost(None, SimpleNamespace(n_samples=m, midpoints=m // 2, **EVAL_FLOORS)) * spec.unit  # noqa: E731
     limit = seconds * spec.eval_main_share()
-    assert cost(n) <= limit or n == MIN_EVAL_SAMPLES  # fits, or the floor of the count is reached
-    if n < 200:
-        assert cost(int(n / 0.8) + 1) > limit * 0.8  # not shrunk far past what fits
+    assert _floor_cost(spec, n, pairs) <= limit or (n, pairs) == (MIN_EVAL_SAMPLES, MIN_MIDPOINTS)  # fits, or at the floors
+    if pairs < 100 and n == 200:
+        assert _floor_cost(spec, n, int(pairs / 0.7) + 1) > limit * 0.7  # not shrunk far past what fits
     assert fake_families["ddpm"].unit_calls <= 1 and fake_families["flow"].unit_calls <= 1  # measured once per family
 
 
 def test_families_not_trained_are_skipped(tmp_path, fake_families):
     fake_families.update(ddpm=_Spec(1000.0))
     ctx = _context(tmp_path, {})
-    assert evaluation_samples(("ddpm",), ctx, {"ddpm": 1.0}) == 200
+    assert evaluation_sizes(("ddpm",), ctx, {"ddpm": 1.0}) == (200, 100)
 
 
 def test_sized_config_keeps_the_shared_count_and_never_goes_below_the_floors(fake_families):
     fake_families.update(flow=_Spec(50.0))
     tight = sized_eval_config(None, "flow", 1.0, seed=3, n_samples=70)
     assert tight.n_samples == 70 and tight.midpoints == 35 and tight.seed == 3
+    assert sized_eval_config(None, "flow", 1.0, seed=3, n_samples=70, midpoints=25).midpoints == 25
     assert all(getattr(tight, name) == floor for name, floor in EVAL_FLOORS.items())
     roomy = sized_eval_config(None, "flow", 1e9, seed=3, n_samples=70)
     assert roomy.bound_n > EVAL_FLOORS["bound_n"] and roomy.probe_train > EVAL_FLOORS["probe_train"]

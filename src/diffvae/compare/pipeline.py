@@ -322,9 +322,10 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
                                                      seed=config.seed, device=config.device, quiet=config.quiet))
     results.update(curves or {})
     if "eval_samples" not in results:  # equal for every family (kept on --resume): only equal counts compare
-        results["eval_samples"] = st.evaluation_samples(families, ctx, {f: run.allot(f"eval:{f}") for f in families})
+        results["eval_samples"], results["eval_midpoints"] = st.evaluation_sizes(families, ctx, {f: run.allot(f"eval:{f}") for f in families})
     for fam in families:
-        _store(results, ("families", fam), run(f"eval:{fam}", lambda s, fam=fam: st.evaluate_family(fam, ctx, s, results["eval_samples"])))
+        _store(results, ("families", fam), run(f"eval:{fam}", lambda s, fam=fam: st.evaluate_family(
+            fam, ctx, s, results["eval_samples"], results.get("eval_midpoints"))))
         _write_results(out, results)  # partial results survive an interruption
     for fam in families if config.conditional else ():
         from diffvae.compare.control import control_family

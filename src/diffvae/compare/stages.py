@@ -85,18 +85,20 @@ def training_summary(family: str, run_dir: Path, minutes: float, recipe_info: di
 
 EVAL_FLOORS = {"bound_n": 16, "variance_fit_n": 16, "strips": 2, "roundtrip_n": 8, "probe_train": 100, "probe_test": 50, "ode_n": 2}
 MIN_EVAL_SAMPLES = 50  # FID/KID of fewer samples say little
+MIN_MIDPOINTS = 25  # midpoint pairs: each costs three inversions or regenerations, so they shrink first
 
 
-def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: int, controllability: bool = True) -> EvalConfig:
+def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: int, controllability: bool = True,
+                      midpoints: int | None = None) -> EvalConfig:
     """The largest evaluation (up to the defaults) whose estimated network evaluations
     (``spec.evaluation_cost`` × ``spec.unit_cost_seconds``) fit half of ``seconds``: the bound's, the
     interpolation's (strips, round trips) and the probe's sizes shrink together, to ``EVAL_FLOORS``.
 
-    ``n_samples`` is the same for every family (:func:`evaluation_samples`): FID and KID are biased by the
-    sample count, so only equal counts compare. ``controllability=False`` leaves a conditional model's
+    ``n_samples`` and ``midpoints`` (default n/2) are the same for every family (:func:`evaluation_sizes`): FID
+    and KID are biased by the sample count, so only equal counts compare. ``controllability=False`` leaves a conditional model's
     accuracy and guidance sweep to compare's own stage (:mod:`diffvae.compare.control`).
     """
-    full = EvalConfig(seed=seed, n_samples=n_samples, midpoints=n_samples // 2,  # midpoint FID: equal counts too
+    full = EvalConfig(seed=seed, n_samples=n_samples, midpoints=n_samples // 2 if midpoints is None else midpoints,
                       controllability=controllability)
     spec = get_family(family).spec()
     cost = spec.evaluation_cost(model, full)
@@ -107,28 +109,33 @@ def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: 
     return dataclasses.replace(full, **{name: max(floor, int(getattr(full, name) * scale)) for name, floor in EVAL_FLOORS.items()})
 
 
-def evaluation_samples(families: tuple[str, ...], ctx: CompareContext, seconds: dict[str, float]) -> int:
-    """The sample count every family's evaluation shares: :func:`compare_samples` of the budget, shrunk (to
-    ``MIN_EVAL_SAMPLES`` at the least) until the smallest evaluation of each trained family at that count
+def evaluation_sizes(families: tuple[str, ...], ctx: CompareContext, seconds: dict[str, float]) -> tuple[int, int]:
+    """The sample count and midpoint pairs every family's evaluation shares: :func:`compare_samples` of the
+    budget and half as many pairs, shrunk until the smallest evaluation of each trained family at those sizes
     (``EVAL_FLOORS``) fits its main share of ``seconds[family]`` — large images and slow samplers would
-    otherwise overrun the budget. (:func:`sized_eval_config` then fits the rest into half of it, as
-    the estimate is rough.)"""
+    otherwise overrun the budget. The pairs shrink first (to ``MIN_MIDPOINTS``; three inversions or
+    regenerations each), then the samples (to ``MIN_EVAL_SAMPLES``). :func:`sized_eval_config` then fits the
+    rest into half of the share, as the estimate is rough."""
     n = compare_samples(ctx.config.budget_minutes)
+    pairs = n // 2
     for fam in families:
         run_dir = Path(ctx.out) / "runs" / fam
         if not (run_dir / "config.json").exists():
             continue
         model, spec = load(run_dir, device="cpu"), get_family(fam).spec()
         unit = None
-        while n > MIN_EVAL_SAMPLES:
-            floor = EvalConfig(seed=ctx.config.seed, n_samples=n, midpoints=n // 2, controllability=not ctx.config.conditional,
+        while n > MIN_EVAL_SAMPLES or pairs > MIN_MIDPOINTS:
+            floor = EvalConfig(seed=ctx.config.seed, n_samples=n, midpoints=pairs, controllability=not ctx.config.conditional,
                                **EVAL_FLOORS)
             cost = spec.evaluation_cost(model, floor)
             unit = unit if unit is not None or cost is None else spec.unit_cost_seconds(model)
             if cost is None or cost * unit <= seconds[fam] * spec.eval_main_share():
                 break
-            n = max(MIN_EVAL_SAMPLES, int(0.8 * n))
-    return n
+            if pairs > MIN_MIDPOINTS:
+                pairs = max(MIN_MIDPOINTS, int(0.7 * pairs))
+            else:
+                n = max(MIN_EVAL_SAMPLES, int(0.8 * n))
+    return n, min(pairs, n // 2)
 
 
 def compare_samples(budget_minutes: float) -> int:
@@ -172,7 +179,8 @@ def _scale(images: torch.Tensor) -> int:
     return max(1, 64 // images.shape[-1])
 
 
-def evaluate_family(family: str, ctx: CompareContext, seconds: float, n_samples: int | None = None) -> dict[str, Any]:
+def evaluate_family(family: str, ctx: CompareContext, seconds: float, n_samples: int | None = None,
+                    midpoints: int | None = None) -> dict[str, Any]:
     """The one evaluation, sized to ``seconds``, sample and interpolation figures, and the sampler
     sweep with what is left; returns ``results["families"][family]``."""
     from diffvae.images import save_grid
@@ -186,7 +194,7 @@ def evaluate_family(family: str, ctx: CompareContext, seconds: float, n_samples:
     left = seconds - (time.perf_counter() - t_start)
     n_samples = n_samples or compare_samples(config.budget_minutes)
     eval_config = sized_eval_config(model, family, left * spec.eval_main_share(), config.seed,
-                                    n_samples=n_samples, controllability=not config.conditional)
+                                    n_samples=n_samples, controllability=not config.conditional, midpoints=midpoints)
     result = evaluate(model, eval_config, dataset=dataset, progress=not config.quiet, extractor=extractor)
     result["eval_config"] = dataclasses.asdict(eval_config)
 
