@@ -72,7 +72,9 @@ def test_the_writer_lock_refuses_a_second_writer_naming_the_first(tmp_path):
 
 def test_two_concurrent_resumes_one_is_refused_and_no_step_is_logged_twice(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    interrupted_run(run, steps=100_000, at_step_call=25, monkeypatch=monkeypatch)  # a long run, checkpoint at 20
+    # a run that cannot finish before the signal however fast the machine (a VAE step takes ~3 ms: 100,000 steps
+    # once ended before a loaded CI machine refused the second process), checkpoint at 20
+    interrupted_run(run, steps=10**9, at_step_call=25, monkeypatch=monkeypatch)
     first = start(["train", "vae", "--resume", "--out", str(run)])
     try:
         wait_until(lambda: (run / LOCK).is_file() and (run / LOCK).read_text().strip() == str(first.pid), first,
@@ -96,7 +98,7 @@ def test_two_concurrent_resumes_one_is_refused_and_no_step_is_logged_twice(tmp_p
 def test_a_signal_closes_the_bar_prints_one_line_of_its_own_and_keeps_the_checkpoint(sig, code, word, tmp_path):
     out = tmp_path / "run"
     args = [a for a in SMALL_VAE if a != "--quiet"]  # with the progress bar
-    proc = start(["train", "vae", *args, "--steps", "100000", "--checkpoint-every", "20", "--out", str(out)])
+    proc = start(["train", "vae", *args, "--steps", str(10**9), "--checkpoint-every", "20", "--out", str(out)])
     wait_until((out / "checkpoint.safetensors").exists, proc, "the first checkpoint appeared")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=BACKSTOP_S)
