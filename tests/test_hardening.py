@@ -30,7 +30,13 @@ def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("DIFFVAE_DEBUG", None)
     return subprocess.Popen([sys.executable, "-m", "diffvae", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_interrupt)
+
+
+def _default_interrupt() -> None:
+    """The child's SIGINT back to the default: a test suite started in the background (``pytest &``) runs with
+    SIGINT ignored, which children inherit — and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until(condition, proc: subprocess.Popen, what: str) -> None:
