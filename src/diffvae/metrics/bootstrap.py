@@ -235,7 +235,8 @@ def wilson_interval(proportion: float, n: int, level: float = 0.95) -> tuple[flo
     z = NormalDist().inv_cdf(0.5 + level / 2.0)
     centre = proportion + z * z / (2 * n)
     half = z * math.sqrt(max(proportion * (1 - proportion), 0.0) / n + z * z / (4 * n * n))
-    return ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
+    low, high = (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+    return (max(0.0, min(low, proportion)), min(1.0, max(high, proportion)))  # exactly so: rounding at p̂ = 0 or 1 passes them
 
 
 def bootstrap_ci(statistic: Callable[[torch.Tensor, torch.Tensor], float], a: ArrayLike, b: ArrayLike,
