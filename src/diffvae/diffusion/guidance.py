@@ -21,13 +21,13 @@ from typing import Callable
 
 import torch
 
-from diffvae.conditioning import null_condition
+from diffvae.conditioning import check_condition, null_condition
 from diffvae.errors import DiffvaeError
 
 ConditionalFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["guided", "check_guidance"]
+__all__ = ["guided", "check_guidance", "sampling_fn"]
 
 
 def check_guidance(guidance: float) -> float:
@@ -59,3 +59,16 @@ def guided(fn: ConditionalFn, labels: torch.Tensor, null_label: int, guidance: f
         return torch.lerp(unconditional, conditional, w)
 
     return model_fn
+
+
+def sampling_fn(fn: ConditionalFn, num_classes: int, labels: torch.Tensor | None = None, guidance: float | None = None,
+                n: int | None = None) -> ModelFn | ConditionalFn:
+    """The ``model_fn(x, t)`` a sampler takes from a network ``fn``: ``fn`` itself without ``labels`` (guidance
+    is refused for an unconditional model), else :func:`guided` at ``guidance`` (default 1: the conditional
+    prediction). ``labels``: int (n,) or class weights (n, K+1) (:func:`diffvae.conditioning.check_condition`)."""
+    if labels is None:
+        if guidance is not None and not num_classes:
+            raise DiffvaeError("guidance needs a conditional run (train with --conditional)")
+        return fn
+    labels = check_condition(labels, labels.shape[0] if n is None else n, num_classes)
+    return guided(fn, labels, num_classes, 1.0 if guidance is None else guidance)

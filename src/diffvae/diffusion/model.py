@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffvae.conditioning import check_buildable, check_condition, check_condition_fields, check_labels, drop_labels
+from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
 from diffvae.distributions import nats_to_bpd
 from diffvae.errors import DiffvaeError
 from diffvae.diffusion import likelihood, samplers, targets, variance
-from diffvae.diffusion.guidance import guided
+from diffvae.diffusion.guidance import sampling_fn
 from diffvae.diffusion.schedule import NoiseSchedule
 from diffvae.images import to_signed, to_uint8
 from diffvae.nn.unet import UNet, UNetConfig
@@ -131,12 +131,7 @@ class Denoiser(nn.Module):
         """The ε̂(x_t, t) the samplers take: unconditional without ``labels``, else classifier-free
         guidance at scale ``guidance`` (default 1: the conditional prediction; :mod:`~diffvae.diffusion.guidance`).
         ``labels``: int (n,) or class weights (n, K+1) (:func:`diffvae.conditioning.check_condition`)."""
-        if labels is None:
-            if guidance is not None and not self.num_classes:
-                raise DiffvaeError("guidance needs a conditional run (train with --conditional)")
-            return self.eps_fn
-        labels = check_condition(labels, labels.shape[0] if n is None else n, self.num_classes)
-        return guided(self.eps_fn, labels, self.num_classes, 1.0 if guidance is None else guidance)
+        return sampling_fn(self.eps_fn, self.num_classes, labels, guidance, n)
 
     def loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss: a uniform t, x_t ~ q(x_t|x₀), the weighted squared error of the target;

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from diffvae import ode_likelihood
-from diffvae.conditioning import check_buildable, check_condition, check_condition_fields, check_labels, drop_labels
-from diffvae.diffusion.guidance import guided
+from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
+from diffvae.diffusion.guidance import sampling_fn
 from diffvae.diffusion.model import _groups_for
 from diffvae.errors import DiffvaeError
 from diffvae.flow import paths, samplers
@@ -115,12 +115,7 @@ class VelocityField(nn.Module):
         """The v(x, t) the samplers take: unconditional without ``labels``, else classifier-free guidance at scale
         ``guidance`` (default 1: the conditional velocity; :func:`diffvae.diffusion.guidance.guided`).
         ``labels``: int (n,) or class weights (n, K+1) (:func:`diffvae.conditioning.check_condition`)."""
-        if labels is None:
-            if guidance is not None and not self.num_classes:
-                raise DiffvaeError("guidance needs a conditional run (train with --conditional)")
-            return self.velocity
-        labels = check_condition(labels, labels.shape[0] if n is None else n, self.num_classes)
-        return guided(self.velocity, labels, self.num_classes, 1.0 if guidance is None else guidance)
+        return sampling_fn(self.velocity, self.num_classes, labels, guidance, n)
 
     def loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Conditional flow matching: t from the configured law, x_t on the line, ‖v_θ − (ε − x₀)‖²; a
