@@ -192,8 +192,8 @@ def guidance_figure(results: dict[str, Any], path: Path) -> bool:
         if rows:
             ws = [row["guidance"] for row in rows]
             cis = [wilson_interval(row["accuracy"], r["guidance_sweep_n"]) for row in rows]
-            below = [max(0.0, row["accuracy"] - c[0]) for row, c in zip(rows, cis)]  # ≥ 0: p̂ = 1 rounds past the upper end
-            above = [max(0.0, c[1] - row["accuracy"]) for row, c in zip(rows, cis)]
+            below = [row["accuracy"] - c[0] for row, c in zip(rows, cis)]  # ≥ 0: the Wilson interval contains p̂
+            above = [c[1] - row["accuracy"] for row, c in zip(rows, cis)]
             acc_ax.errorbar(ws, [row["accuracy"] for row in rows], yerr=[below, above], marker="o", capsize=3, label=title(fam),
                             color=color(fam))
             fid_ax.plot(ws, [row["fid"] for row in rows], marker="o", label=title(fam), color=color(fam))
