@@ -22,9 +22,9 @@ DESIGN = SRC.parent.parent / "DESIGN.md"
 ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 
 # What is left to do; each number may only go down (issue 26 ends with all three at 0).
-REMAINING_CYCLE_MODULES = 23
-REMAINING_UPWARD = 27
-REMAINING_FUNCTION_LEVEL = 259
+REMAINING_CYCLE_MODULES = 20
+REMAINING_UPWARD = 23
+REMAINING_FUNCTION_LEVEL = 247
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -131,7 +131,7 @@ def layer_of(module: str, table: dict[str, tuple[int, str]]) -> int | None:
 
 def upward(edges, table) -> list[str]:
     return [f"{a} (layer {layer_of(a, table)}) imports {b} (layer {layer_of(b, table)}), line {line}"
-            for a, b, _, line in edges if layer_of(b, table) > layer_of(a, table)]
+            for a, b, _, line in edges if (layer_of(b, table) or 0) > (layer_of(a, table) or 0)]
 
 
 def function_level(edges) -> list[str]:

@@ -1,7 +1,7 @@
 """Training batches for data bigger than memory: the engine's batch order through a torch DataLoader.
 
 :func:`training_batches` yields, for steps ``start_step, start_step + 1, ...``, exactly the images the
-engine indexes today — ``images[batch_indices(step, n, batch_size, seed)]`` (:func:`diffvae.train.batch_indices`)
+engine indexes today — ``images[batch_indices(step, n, batch_size, seed)]`` (:func:`batch_indices`)
 — and under torchrun only this rank's slice of each global batch:
 
     local = min(batch_size, n) // world
@@ -23,13 +23,26 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from diffvae.colour import hflip, hflip_generator
 from diffvae.errors import DiffvaeError
+from diffvae.pack import shard_of
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The dataset indices of global batch ``step``: a pure function of (seed, step).
+
+    Each epoch is a permutation drawn from a generator seeded by (seed, epoch); batches never
+    straddle epochs (the last partial batch of an epoch is dropped when n ≥ batch_size).
+    """
+    batch_size = min(batch_size, n)
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)[k * batch_size:(k + 1) * batch_size]
 
 
 def rank_batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     """The indices ``rank`` of ``world`` trains on at ``step``: its contiguous slice of the global batch."""
-    from diffvae.train import batch_indices
-
     local = min(batch_size, n) // world
     return batch_indices(step, n, batch_size, seed)[rank * local:(rank + 1) * local]
 
@@ -39,8 +52,6 @@ class _StepBatches(Dataset):
 
     def __init__(self, images: torch.Tensor, batch_size: int, seed: int, rank: int, world: int,
                  labels: torch.Tensor | None = None):
-        from diffvae.pack import shard_of
-
         self.images, self.n, self.shard, self.labels = images, images.shape[0], shard_of(images), labels
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
 
@@ -88,7 +99,6 @@ def training_batches(images: torch.Tensor, *, batch_size: int, seed: int, start_
     ``device`` is CUDA; move them with ``batch.to(device, non_blocking=True)``. Equal for any
     ``workers``: the batches are a pure function of (seed, step, rank, world), :func:`rank_batch_indices`.
     """
-    from diffvae.pack import shard_of
 
     if workers is None:
         workers = 2 if isinstance(images, torch.Tensor) and shard_of(images) is not None else 0
@@ -131,7 +141,6 @@ class LoaderSource:
     def __init__(self, inputs: torch.Tensor, batch_size: int, seed: int, labels: torch.Tensor | None = None,
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu", hflip: bool = False,
                  workers: int | None = None):
-        from diffvae.pack import shard_of
 
         self.inputs, self.labels, self.n = inputs, labels, inputs.shape[0]
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
@@ -156,7 +165,6 @@ class LoaderSource:
     def _flipped(self, step: int) -> torch.Tensor:
         """Which images of this rank's slice :func:`diffvae.colour.hflip` flips in the global batch of ``step``
         (found by flipping one 1×2 marker per image of the global batch, so the rule lives in colour.py only)."""
-        from diffvae.colour import hflip, hflip_generator
 
         marker = torch.tensor([0, 1], dtype=torch.uint8).view(1, 1, 1, 2).repeat(min(self.batch_size, self.n), 1, 1, 1)
         flipped = hflip(marker, 0.5, hflip_generator(self.seed, step))[:, 0, 0, 0] == 1

@@ -16,6 +16,7 @@ import contextlib
 
 import torch
 
+from diffvae.device import resolve_precision
 from diffvae.errors import DiffvaeError
 
 SAMPLING_PRECISIONS = ("auto", "bf16", "fp32")
@@ -31,8 +32,6 @@ def check_sampling_precision(precision: str) -> str:
 
 def sampling_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of sampling on ``device`` (None = fp32)."""
-    from diffvae.train import resolve_precision
-
     device = torch.device(device)
     if check_sampling_precision(precision) == "auto" and device.type not in ("cpu", "cuda"):
         return None

@@ -14,10 +14,11 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # torch is imported where it is used: the registry (families.py) stays light to import
-    import torch
+import torch
+
+from diffvae.device import resolve_device, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,6 @@ class Recipe:
 def machine_gflops(device: str = "cpu", dtype: torch.dtype | None = None, threads: int | None = None) -> float:
     """GFLOP/s of a 3×3, 64→64 convolution on a batch of 16 28×28 maps (best of 5 calls after a
     warm-up) on ``device`` in ``dtype`` (None = fp32): the reference speed of :func:`compute_gflop`."""
-    import torch
-
     dev = torch.device(device)
     kind = dtype or torch.float32
     g = torch.Generator().manual_seed(0)
@@ -57,8 +56,6 @@ def machine_gflops(device: str = "cpu", dtype: torch.dtype | None = None, thread
 
 def compute_gflop(budget_minutes: float, device: str = "cpu", dtype: torch.dtype | None = None) -> float:
     """C = 60 · budget · S: the reference GFLOP that ``budget_minutes`` buy on this machine."""
-    import torch
-
     return 60.0 * budget_minutes * machine_gflops(device, dtype, torch.get_num_threads())
 
 
@@ -83,10 +80,6 @@ def for_budget(recipes: tuple[Recipe, ...], budget_minutes: float, device: str =
                precision: str = "auto") -> tuple[Recipe | None, dict[str, Any]]:
     """The recipe :func:`choose` picks for ``budget_minutes`` on this machine at the training precision,
     and what it was picked from (for the log line and the run's record)."""
-    import torch
-
-    from diffvae.train import resolve_device, resolve_precision
-
     if not recipes:
         return None, {}
     dev = resolve_device(device)

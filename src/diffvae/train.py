@@ -28,7 +28,6 @@ from the same seeded initialisation; rank r draws its training noise from its ow
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import os
 import time
@@ -38,8 +37,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from diffvae.colour import hflip, hflip_generator
 from diffvae.conditioning import is_conditional
+from diffvae.device import (autocast, collective_device, cpu_supports_bf16, distributed_context,  # noqa: F401 (re-exported)
+                            fused_adamw_available, launched_world_size, on_rank_zero, rank_seed, resolve_device,
+                            resolve_precision)
 from diffvae.errors import DiffvaeError
+from diffvae.loader import LoaderSource, batch_indices
 from diffvae.pack import shard_of
 from diffvae.ranges import TRAIN_RANGES, train_flag
 from diffvae.runs import RunDir, add_prefix, split_prefixed, state_dict_mismatch
@@ -114,44 +118,6 @@ TRAIN_CLI_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("
 
 # ----------------------------------------------------------------------------- device & precision
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda if available, else mps (Apple) if available, else cpu; validates explicit names."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_available = bool(mps is not None and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "mps":
-        if not mps_available:
-            raise DiffvaeError("--device mps: Apple's MPS backend is not available in this torch build or machine (use --device cpu)")
-        return torch.device("mps")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DiffvaeError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        try:
-            dev = torch.device(name)
-        except RuntimeError:
-            raise DiffvaeError(f"--device {name!r} is not a valid device") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DiffvaeError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    raise DiffvaeError(f"--device must be auto, cpu, cuda[:N] or mps, got {name!r}")
-
-
-@functools.lru_cache(maxsize=None)
-def fused_adamw_available(device: torch.device) -> bool:
-    """True where ``torch.optim.AdamW(fused=True)`` runs on ``device`` (CUDA; CPU from torch 2.4). Its
-    optimizer step is 25× faster than the default one on a CPU (benchmarks/bench_speed_defaults.py) and it
-    resumes bit-exactly; its updates differ from the default's by float rounding (~1e-5 after 6 steps)."""
-    try:
-        param = torch.zeros(1, device=device, requires_grad=True)
-        torch.optim.AdamW([param], fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return False
-    return True
-
-
 def _grad_scaler(device: torch.device):
     """fp16 loss scaling (torch.amp.GradScaler; torch.cuda.amp's before torch 2.3)."""
     scaler_class = getattr(torch.amp, "GradScaler", None)
@@ -162,33 +128,6 @@ def adamw(model: nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Ada
     """The engine's optimizer: AdamW (β = 0.9, 0.99), fused or PyTorch's default (foreach) implementation."""
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99),
                              fused=fused or None)
-
-
-def cpu_supports_bf16() -> bool:
-    """True where bf16 matmuls run natively (AVX-512 bf16 or AMX)."""
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). ``auto`` picks bf16 where the hardware does it natively."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "mps":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_supports_bf16() else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """A bf16/fp16 autocast context, or a no-op one for fp32."""
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 # ----------------------------------------------------------------------------- schedule, data order, EMA
@@ -204,19 +143,6 @@ def learning_rate(step: int, total_steps: int, base_lr: float, warmup_steps: int
         return base_lr * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
-    """The dataset indices of global batch ``step``: a pure function of (seed, step).
-
-    Each epoch is a permutation drawn from a generator seeded by (seed, epoch); batches never
-    straddle epochs (the last partial batch of an epoch is dropped when n ≥ batch_size).
-    """
-    batch_size = min(batch_size, n)
-    per_epoch = n // batch_size
-    epoch, k = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)[k * batch_size:(k + 1) * batch_size]
 
 
 @torch.no_grad()
@@ -256,73 +182,6 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 
 # ----------------------------------------------------------------------------- distributed
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world_size); initialises torch.distributed when launched by torchrun."""
-    world = launched_world_size()
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DIFFVAE_BACKEND", "") != "gloo" else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def launched_world_size() -> int:
-    """WORLD_SIZE as torchrun sets it (1 when unset); refused in one line when it is not a positive
-    integer or when the other variables a launcher sets (RANK, MASTER_ADDR, MASTER_PORT) are missing."""
-    text = os.environ.get("WORLD_SIZE", "1").strip()
-    if not text.isdigit() or int(text) < 1:
-        raise DiffvaeError(f"WORLD_SIZE must be a positive integer, got {text!r}; unset it or launch with torchrun")
-    world = int(text)
-    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if world > 1 and name not in os.environ]
-    if missing:
-        raise DiffvaeError(f"WORLD_SIZE={world} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                           "not: launch with torchrun, or unset WORLD_SIZE for one process")
-    return world
-
-
-def _collective_device() -> torch.device:
-    """Where tensors for a collective must live: the rank's GPU under NCCL, else the CPU (gloo)."""
-    import torch.distributed as dist
-
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def on_rank_zero(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0 only while the other ranks wait; if it raised, every rank raises.
-
-    Used to create the run directory and write its config.json exactly once. No rank hangs
-    on a failure and no rank sees rank 0's freshly created folder as someone else's run.
-    """
-    rank, world = distributed_context()
-    result, error = None, None
-    if rank == 0:
-        try:
-            result = fn()
-        except DiffvaeError as e:
-            error = e
-    if world > 1:
-        import torch.distributed as dist
-
-        failed = torch.tensor([int(error is not None)], device=_collective_device())
-        dist.broadcast(failed, src=0)
-        if rank != 0 and failed.item():
-            raise DiffvaeError("rank 0 could not prepare the run (see its error)")
-    if error is not None:
-        raise error
-    return result
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The global-RNG seed of ``rank``: ``seed`` on rank 0 (so a 1-process run uses the same
-    stream), a distinct stream on every other rank so ranks never draw the same noise."""
-    return seed + rank * 2**32
-
-
 def _gather_rng_states(device: torch.device, world: int) -> list[dict[str, torch.Tensor]]:
     """Every rank's RNG state (CPU, and CUDA when training there), gathered on all ranks."""
     import torch.distributed as dist
@@ -330,7 +189,7 @@ def _gather_rng_states(device: torch.device, world: int) -> list[dict[str, torch
     local = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         local["cuda"] = torch.cuda.get_rng_state(device)
-    comm = _collective_device()
+    comm = collective_device()
     states: list[dict[str, torch.Tensor]] = [{} for _ in range(world)]
     for name, value in local.items():
         parts = [torch.empty_like(value, device=comm) for _ in range(world)]
@@ -396,7 +255,6 @@ class BatchSource:
         labels = self.labels[idx[mine]] if self.labels is not None else None
         if not self.hflip:
             return self.inputs[idx[mine]], labels
-        from diffvae.colour import hflip, hflip_generator
 
         return hflip(self.inputs[idx], 0.5, hflip_generator(self.seed, step))[mine], labels
 
@@ -637,8 +495,6 @@ def train(
     if _start(state, run, config, rank, device, resume):
         return state.ema.eval(), TrainResult(state.step, state.elapsed_before, state.loss, 0.0)
     if source is None and shard_of(images) is not None:  # a packed split (diffvae.pack): read batches, never map it all
-        from diffvae.loader import LoaderSource
-
         source = LoaderSource(images, config.batch_size, config.seed, labels, rank, world, device, hflip=config.hflip)
     source = source or BatchSource(images, config.batch_size, config.seed, labels, rank, world, device, hflip=config.hflip)
     settings = StepSettings(device, resolve_precision(config.precision, device), config.grad_clip, config.ema_decay, world)
@@ -776,7 +632,7 @@ def _finite_on_every_rank(value: torch.Tensor, world: int) -> bool:
         return finite
     import torch.distributed as dist
 
-    flag = torch.tensor([int(not finite)], device=_collective_device())
+    flag = torch.tensor([int(not finite)], device=collective_device())
     dist.all_reduce(flag)
     return flag.item() == 0
 
