@@ -22,9 +22,9 @@ DESIGN = SRC.parent.parent / "DESIGN.md"
 ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 
 # What is left to do; each number may only go down (issue 26 ends with all three at 0).
-REMAINING_CYCLE_MODULES = 20
-REMAINING_UPWARD = 23
-REMAINING_FUNCTION_LEVEL = 247
+REMAINING_CYCLE_MODULES = 19
+REMAINING_UPWARD = 15
+REMAINING_FUNCTION_LEVEL = 170
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -55,7 +55,7 @@ def _target(node: ast.ImportFrom | ast.Import, alias: ast.alias, importer: str, 
 
 
 def import_graph(root: Path) -> list[tuple[str, str, bool, int]]:
-    """(importer, imported, inside a function?, line) for every import of a diffvae module under ``root``."""
+    """(importer, imported, inside a function?, line) for every statement importing a diffvae module under ``root``."""
     paths = {module_name(p, root): p for p in root.rglob("*.py")}
     edges = []
     for importer, path in sorted(paths.items()):
@@ -64,7 +64,7 @@ def import_graph(root: Path) -> list[tuple[str, str, bool, int]]:
                 if isinstance(child, (ast.Import, ast.ImportFrom)):
                     for alias in child.names:
                         target = _target(child, alias, importer, set(paths))
-                        if target and target != importer:
+                        if target and target != importer and (importer, target, in_function, child.lineno) not in edges:
                             edges.append((importer, target, in_function, child.lineno))
                 visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 

@@ -15,7 +15,8 @@ import torch
 from diffvae.data import load_data
 from diffvae.errors import DiffvaeError
 from diffvae.loader import training_batches
-from diffvae.pack import PackWriter, pack
+from diffvae.data import pack
+from diffvae.pack import PackWriter
 from diffvae.train import batch_indices
 
 

@@ -16,7 +16,9 @@ from PIL import Image
 import diffvae.data as data_module
 from diffvae.data import describe, load_data
 from diffvae.errors import DiffvaeError
-from diffvae.pack import MANIFEST, add_arguments, pack, run, shard_of
+from diffvae.commands.pack import add_arguments, run
+from diffvae.data import pack
+from diffvae.pack import MANIFEST, shard_of
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,8 @@ import torch
 
 from diffvae.cli import main
 from diffvae.data import load_data
-from diffvae.pack import pack, shard_of
+from diffvae.data import pack
+from diffvae.pack import shard_of
 from diffvae.runs import load_tensors
 
 COMMON = ["--batch", "16", "--precision", "fp32", "--device", "cpu", "--seed", "2", "--quiet", "--checkpoint-every", "2",

@@ -707,7 +707,7 @@ def _run_data(args) -> int:
 
 DATA_SUBCOMMANDS: list[Subcommand] = [
     Subcommand("info", "print what a data spec yields", add_data_info_parser, cmd_data),
-    Subcommand("pack", "decode a data spec once into memory-mapped shards; read it back as packed:DIR", module="diffvae.pack"),
+    Subcommand("pack", "decode a data spec once into memory-mapped shards; read it back as packed:DIR", module="diffvae.commands.pack"),
 ]
 
 # One line per subcommand. A command written in its own module (add_arguments(parser) + run(args)):

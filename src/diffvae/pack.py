@@ -1,8 +1,8 @@
 """Packed data sets: a data spec decoded once into memory-mapped uint8 shards.
 
-``pack(spec, DIR)`` (CLI: ``diffvae data pack SPEC --out DIR``) decodes any data spec once, makes its
+``diffvae.data.pack(spec, DIR)`` (CLI: ``diffvae data pack SPEC --out DIR``) decodes any data spec once, makes its
 fixed held-out split, and writes ``DIR``; the data spec ``packed:DIR`` then yields the same
-:class:`~diffvae.data.ImageDataset` as the source (same images, labels, split and content hash)
+:class:`~diffvae.sources.ImageDataset` as the source (same images, labels, split and content hash)
 whose image tensors are ``np.memmap`` views of the shards: nothing is decoded and the images are not
 copied into memory, so a data set larger than RAM trains with the page cache as its only cache.
 
@@ -50,6 +50,9 @@ import numpy as np
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.runs import _fsync_dir, load_tensors, read_json, save_tensors, write_json
+from diffvae.schema import check_fields
+from diffvae.sources import ImageDataset, hash_header
 
 FORMAT = "diffvae-pack"
 VERSION = 1
@@ -85,24 +88,17 @@ MANIFEST_FIELDS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------
 
 
-def pack(source, out_dir: str | Path, *, size: int | None = None, key: str | None = None, binarize: bool = False,
-         test_fraction: float = 0.1, seed: int = 0, limit: int | None = None, force: bool = False,
-         fingerprint: str | None = None) -> Path:
-    """Decode ``source`` (a data spec, or an :class:`~diffvae.data.ImageDataset`) once and write it as a
-    pack at ``out_dir``; returns the pack's path. The options are :func:`diffvae.data.load_data`'s; for
-    a dataset they only record how its split was made (``packed:DIR`` then refuses another split).
+def pack_dataset(dataset, out_dir: str | Path, *, spec: str | None = None, size: int | None = None,
+                 key: str | None = None, binarize: bool = False, test_fraction: float = 0.1, seed: int = 0,
+                 limit: int | None = None, force: bool = False, fingerprint: str | None = None) -> Path:
+    """Write ``dataset`` (an :class:`~diffvae.sources.ImageDataset`) as a pack at ``out_dir``; returns the
+    pack's path. ``spec`` and the options record how it was loaded (:func:`diffvae.data.pack` loads a spec
+    and calls this); ``test_fraction`` and ``seed`` record how its split was made (``packed:DIR`` then
+    refuses another split).
     """
-    from diffvae.data import ImageDataset, _check_options, load_data
-
+    if not isinstance(dataset, ImageDataset):
+        raise DiffvaeError(f"pack needs a data spec or an ImageDataset, got {type(dataset).__name__}")
     out = check_out_dir(out_dir, force=force)
-    if isinstance(source, ImageDataset):
-        dataset, spec = source, None
-    elif isinstance(source, str):
-        _check_options(source, size, key, test_fraction, seed, limit)
-        dataset, spec = load_data(source, size=size, key=key, binarize=binarize, test_fraction=test_fraction,
-                                  seed=seed, limit=limit), source.strip()
-    else:
-        raise DiffvaeError(f"pack needs a data spec or an ImageDataset, got {type(source).__name__}")
     options = {"size": size, "key": key, "binarize": binarize, "limit": limit}
     with PackWriter(out, dataset.image_shape, dataset.train.shape[0], dataset.test.shape[0], name=dataset.name,
                     spec=spec, options=options, split_seed=seed, test_fraction=test_fraction, force=force,
@@ -168,8 +164,6 @@ class PackWriter:
                  spec: str | None = None, options: dict | None = None, split_seed: int | None = None,
                  test_fraction: float | None = None, force: bool = False, fingerprint: str | None = None,
                  durable: bool = True):
-        from diffvae.data import hash_header
-
         self.out = check_out_dir(out, force=force)
         shape = tuple(int(v) for v in image_shape)
         if len(shape) != 3 or min(shape) < 1 or min(train_size, test_size) < 1:
@@ -196,8 +190,6 @@ class PackWriter:
 
     def write(self, part: str, images) -> None:
         """Append a chunk of uint8 images (k, C, H, W) (tensor or array) to split ``part``."""
-        from diffvae.data import hash_header
-
         array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         if array.dtype != np.uint8 or tuple(array.shape[1:]) != self.shape:
             raise DiffvaeError(f"pack: expected uint8 images of shape (k, {', '.join(map(str, self.shape))}), "
@@ -221,8 +213,6 @@ class PackWriter:
     def finish(self, *, train_labels=None, test_labels=None, num_classes=None, class_names=None,
                attributes=None) -> Path:
         """Write labels and manifest, then move the pack into place; returns its path."""
-        from diffvae.runs import save_tensors, write_json
-
         self._check_complete("train")
         self._check_complete("test")
         for handle in self.files.values():
@@ -271,8 +261,6 @@ def _label_tensors(train_labels, test_labels, attributes: dict, sizes: dict[str,
 
 def _install(tmp: Path, out: Path) -> None:
     """Rename the finished folder ``tmp`` onto ``out`` (an old pack there is moved aside, then removed)."""
-    from diffvae.runs import _fsync_dir
-
     _fsync_dir(tmp)
     old = None
     if out.exists():
@@ -296,8 +284,6 @@ def _install(tmp: Path, out: Path) -> None:
 
 def check_manifest(manifest: Any, path: Path) -> None:
     """The pack manifest's schema: every field present with its type, sizes and shape positive."""
-    from diffvae.schema import check_fields
-
     check_fields(manifest, MANIFEST_FIELDS, path, "manifest", known_only=False)
     if manifest.get("format") != FORMAT:
         raise DiffvaeError(f"{path} is not a diffvae pack manifest (field 'format' is {manifest.get('format')!r})")
@@ -320,8 +306,6 @@ def check_manifest(manifest: Any, path: Path) -> None:
 
 def read_manifest(root: Path) -> dict[str, Any]:
     """``root/pack.json``, checked by :func:`check_manifest`."""
-    from diffvae.runs import read_json
-
     path = root / MANIFEST
     if not path.is_file():
         raise DiffvaeError(f"{root} is not a diffvae pack (no {MANIFEST}); create one with: diffvae data pack SPEC --out {root}")
@@ -359,8 +343,6 @@ class PackBacking:
 
 def hash_shards(root: Path, shapes: dict[str, tuple[int, ...]]) -> str:
     """The content hash of the shard files: ImageDataset.content_hash's digest, read with plain reads."""
-    from diffvae.data import hash_header
-
     digest = hashlib.sha256()
     buffer = bytearray(READ_CHUNK)
     for part in ("train", "test"):
@@ -376,13 +358,11 @@ def hash_shards(root: Path, shapes: dict[str, tuple[int, ...]]) -> str:
 
 def open_pack(path: str | Path, *, size: int | None = None, key: str | None = None,
               test_fraction: float | None = None, seed: int | None = None):
-    """The :class:`~diffvae.data.ImageDataset` stored at ``path``, its images memory-mapped (read-only).
+    """The :class:`~diffvae.sources.ImageDataset` stored at ``path``, its images memory-mapped (read-only).
 
     ``size`` must be the packed size (or None); ``test_fraction`` and ``seed``, when given, must be the
     split the pack was made with (a pack cannot re-split without copying the data).
     """
-    from diffvae.data import ImageDataset
-
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DiffvaeError(f"packed:{path}: {'no such directory' if not root.exists() else 'not a directory'}")
@@ -518,8 +498,6 @@ def shard_of(images: torch.Tensor) -> ShardFile | None:
 
 
 def _read_labels(root: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
-    from diffvae.runs import load_tensors
-
     wanted = {f"attr/{name}": manifest["train_size"] + manifest["test_size"] for name in manifest["attributes"]}
     if manifest["labels"]:
         wanted.update(train_labels=manifest["train_size"], test_labels=manifest["test_size"])
@@ -580,7 +558,7 @@ def cached_folder(root: Path, files: list[Path], size: int, test_fraction: float
     dataset = decode()
     try:
         shutil.rmtree(entry, ignore_errors=True)
-        pack(dataset, entry, size=size, test_fraction=test_fraction, seed=seed, fingerprint=fingerprint)
+        pack_dataset(dataset, entry, size=size, test_fraction=test_fraction, seed=seed, fingerprint=fingerprint)
     except (OSError, DiffvaeError):  # another process installed it first, or the cache is not writable
         return dataset
     return _usable_entry(entry, fingerprint, test_fraction, seed) or dataset
@@ -598,33 +576,3 @@ def _usable_entry(entry: Path, fingerprint: str, test_fraction: float, seed: int
     except DiffvaeError:
         return None
     return dataset
-
-
-# --------------------------------------------------------------------------------------------
-# The CLI command: diffvae data pack SPEC --out DIR
-# --------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    """The flags of ``diffvae data pack``."""
-    from diffvae.ranges import MAX_SIZE, Range
-
-    parser.add_argument("spec", help="the data spec to decode (mnist, folder:PATH, npz:PATH, ...)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="the pack directory to write")
-    parser.add_argument("--size", type=Range(int, 1, MAX_SIZE).parser(), default=None, help="resize images to SIZE×SIZE")
-    parser.add_argument("--key", default=None, help="array name inside an .npz")
-    parser.add_argument("--binarize", action="store_true", help="threshold the images to {0, 255}")
-    parser.add_argument("--limit", type=Range(int, 1, 10**9).parser(), default=None,
-                        help="keep only the first N training images")
-    parser.add_argument("--force", action="store_true", help="replace an existing pack at --out")
-
-
-def run(args) -> int:
-    """``diffvae data pack``: write the pack, print one line saying what it holds."""
-    out = pack(args.spec, args.out, size=args.size, key=args.key, binarize=args.binarize, limit=args.limit,
-               force=args.force)
-    manifest = read_manifest(out)
-    c, h, w = manifest["image_shape"]
-    print(f"packed {manifest['train_size']} train + {manifest['test_size']} test images ({c}×{h}×{w} uint8) "
-          f"of {args.spec} into {out}, content hash {manifest['content_hash']}; use it as --data packed:{out}")
-    return 0
