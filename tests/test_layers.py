@@ -22,9 +22,9 @@ DESIGN = SRC.parent.parent / "DESIGN.md"
 ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 
 # What is left to do; each number may only go down (issue 26 ends with all three at 0).
-REMAINING_CYCLE_MODULES = 19
-REMAINING_UPWARD = 15
-REMAINING_FUNCTION_LEVEL = 170
+REMAINING_CYCLE_MODULES = 4
+REMAINING_UPWARD = 3
+REMAINING_FUNCTION_LEVEL = 103
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -5,47 +5,25 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from diffvae import __version__
+from diffvae.conditioning import conditioned_config, is_conditional
+from diffvae.configs import config_from_dict
+from diffvae.data import DataConfig, data_config_from_dict, run_data  # noqa: F401 (DataConfig, run_data: re-exported)
+from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
-from diffvae.families import config_from_dict, get_family
+from diffvae.families import get_family
+from diffvae.presets import preset_config
 from diffvae.runs import RunDir, WriterLock, split_prefixed, state_dict_mismatch
-from diffvae.train import TrainConfig, on_rank_zero, train_config_from_dict
-
-
-@dataclass
-class DataConfig:
-    """How a run's data was loaded: enough to load the same images again."""
-
-    spec: str
-    size: int | None = None
-    key: str | None = None
-    binarize: bool = False
-    limit: int | None = None
-    split_seed: int = 0
-
-    def load(self):
-        from diffvae.data import load_data
-
-        return load_data(self.spec, size=self.size, key=self.key, binarize=self.binarize, seed=self.split_seed, limit=self.limit)
-
-
-def data_config_from_dict(values: dict[str, Any]) -> DataConfig:
-    """The DataConfig of a run's config.json "data" section (which also records what
-    ``diffvae.schema.DATA_EXTRA_FIELDS`` names), refusing unknown keys (one error line)."""
-    from diffvae.schema import DATA_EXTRA_FIELDS
-
-    return config_from_dict(DataConfig, {k: v for k, v in values.items() if k not in DATA_EXTRA_FIELDS})
+from diffvae.train import TrainConfig, on_rank_zero, train, train_config_from_dict
 
 
 def run_config(family: str, model_config, train_config: TrainConfig, data_config: DataConfig, dataset) -> dict[str, Any]:
     """The JSON document written as a run's config.json."""
-    from diffvae import __version__
-
     return {
         "family": family,
         "model": dataclasses.asdict(model_config),
@@ -91,10 +69,7 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     train_config.validate()
     dataset = dataset or data.load()
     if given_model is not None:
-        from diffvae.presets import preset_config
-
         model_config = preset_config(fam.spec(), model_config, dataset.image_shape, given_model)
-    from diffvae.conditioning import conditioned_config
 
     model_config = conditioned_config(model_config, dataset, fam.spec())  # --conditional: K from the labels
     torch.manual_seed(train_config.seed)  # the initialisation is part of the seeded run
@@ -104,10 +79,20 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     make_config = lambda: run_config(family, model_config, train_config, data, dataset)  # noqa: E731
     lock = on_rank_zero(lambda: open_run(out, resume=resume, force=force, make_config=make_config))
     try:  # under torchrun only rank 0 creates the run and holds its lock; the other ranks wait for it
-        return spec.fit(model, dataset, train_config, RunDir(out), resume=resume, progress=progress)
+        fit = spec.fit or fit_once  # a family with stages fits itself; the others are one engine run
+        return fit(model, dataset, train_config, RunDir(out), resume=resume, progress=progress)
     finally:
         if lock is not None:
             lock.release()
+
+
+def fit_once(model, dataset, train_config, run, *, resume: bool, progress: bool):
+    """The default fit of a family (:attr:`diffvae.contract.FamilySpec.fit` None): one engine run on the training
+    images (and their labels, for a conditional model); returns the EMA model."""
+    labels = dataset.train_labels if is_conditional(model) else None
+    ema, _ = train(model, dataset.train, train_config, run, resume=resume, progress=progress, description=model.family,
+                   labels=labels)
+    return ema
 
 
 def open_run(out: str | Path, *, resume: bool, force: bool, make_config) -> WriterLock:
@@ -188,17 +173,7 @@ def load(run_path: str | Path, device: str = "cpu", weights: str = "ema"):
     model.run_config = config
     model.run_dir = run.path
     model.trained_steps = int(meta.get("step", 0))
-    from diffvae.train import resolve_device
 
     return model.to(resolve_device(device)).eval()
 
 
-def run_data(model_or_config) -> "Any":
-    """The dataset a loaded run was trained on (loaded again from its spec), checked by content hash."""
-    config = getattr(model_or_config, "run_config", model_or_config)
-    data = config["data"]
-    dc = data_config_from_dict(data)
-    dataset = dc.load()
-    if data.get("content_hash") and dataset.content_hash() != data["content_hash"]:
-        raise DiffvaeError(f"the data {dc.spec!r} has changed since the run was trained (content hash differs)")
-    return dataset

@@ -445,7 +445,8 @@ NEW_RUN_DEFAULTS = {"precision": "auto", "seed": 0, "device": "auto"}
 
 def cmd_train(args) -> int:
     from diffvae.api import DataConfig, train_run
-    from diffvae.families import config_from_dict, get_family
+    from diffvae.configs import config_from_dict
+    from diffvae.families import get_family
     from diffvae.train import TrainConfig
 
     fam = get_family(args.family)

@@ -19,6 +19,7 @@ import math
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.families import get_family
 
 __all__ = ["CONDITION_FIELDS", "check_condition_fields", "is_conditional", "num_classes", "conditioned_config",
            "null_labels", "drop_labels", "check_labels", "check_condition", "null_condition", "sampling_labels",
@@ -133,10 +134,9 @@ def sampling_labels(model, n: int, class_: int | None = None, classes: str | tup
         raise DiffvaeError("give --class K or --classes A,B,..., not both")
     out: dict = {}
     if guidance is not None:
-        from diffvae.contract import spec_of
-
-        if not spec_of(model).iterative:
-            raise DiffvaeError(f"--guidance applies to iterative samplers; a {spec_of(model).short} run decodes in one step")
+        spec = get_family(model.family).spec()
+        if not spec.iterative:
+            raise DiffvaeError(f"--guidance applies to iterative samplers; a {spec.short} run decodes in one step")
         if not (guidance >= 0 and math.isfinite(guidance)):
             raise DiffvaeError(f"--guidance must be a finite number >= 0, got {guidance}")
         out["guidance"] = float(guidance)

@@ -18,11 +18,16 @@ and one registry line in :mod:`diffvae.families`. Nothing outside the family's p
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
+
+from diffvae.conditioning import is_conditional
+from diffvae.errors import DiffvaeError
+from diffvae.families import get_family
 
 
 @runtime_checkable
@@ -124,6 +129,17 @@ class FamilySpec:
     extra_stages: tuple[ExtraStage, ...] = field(default=())
     extra_figures: tuple[ExtraFigure, ...] = field(default=())
     conditional: bool = False  # the family can be trained --conditional (its config has diffvae.conditioning's fields)
+    config_class: Any = None  # the config dataclass (plain fields with defaults; validate() raises DiffvaeError)
+    model_class: Any = None  # the FamilyModel class, built as model_class(config, image_shape)
+    summary: str = ""  # one line for ``diffvae train --help``
+    train_defaults: dict[str, Any] = field(default_factory=dict, compare=False)  # TrainConfig fields it changes
+    recipes: tuple = ()  # compute-aware defaults for --budget runs, small to large (diffvae.recipes.Recipe)
+
+    # ------------------------------------------------------------------ a new run's config
+    def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        """Config fields for images of ``image_shape`` (C, H, W) that differ from the defaults
+        (:mod:`diffvae.presets` applies them under the flags given). Default: none."""
+        return {}
 
     # ------------------------------------------------------------------ sampling and evaluation
     def sampler_name(self, model, sampling: dict[str, Any]) -> str | None:
@@ -194,68 +210,47 @@ class FamilySpec:
     def export(self, model, target: str, folder, **options: Any) -> None:
         """Write ``model`` in another library's format (``target``, e.g. "diffusers") into ``folder``.
         Default: refused. A family that can be exported overrides this in its package."""
-        from diffvae.errors import DiffvaeError
-
         raise DiffvaeError(f"export --to {target} does not support {self.short} runs")
 
     # ------------------------------------------------------------------ fitting
     def check_fit(self, model, train_config, dataset) -> None:
-        """Refuse, before the run exists, what :meth:`fit` would refuse. Default: one loss evaluation
+        """Refuse, before the run exists, what fitting would refuse. Default: one loss evaluation
         on two training images, on a copy, with the RNG state put back."""
-        import copy
-
-        from diffvae.conditioning import is_conditional
-
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             if is_conditional(model):
                 copy.deepcopy(model).training_loss(dataset.train[:2], labels=dataset.train_labels[:2])
             else:
                 copy.deepcopy(model).training_loss(dataset.train[:2])
 
-    def fit(self, model, dataset, train_config, run, *, resume: bool, progress: bool):
-        """Train ``model`` into the run directory ``run``; returns the EMA model. Default: one engine run
-        on the training images. A family with several stages runs the engine once per stage."""
-        from diffvae.conditioning import is_conditional
-        from diffvae.train import train
-
-        labels = dataset.train_labels if is_conditional(model) else None
-        ema, _ = train(model, dataset.train, train_config, run, resume=resume, progress=progress, description=model.family,
-                       labels=labels)
-        return ema
+    # How the family is trained into a run directory: None (the default) is one engine run on the training
+    # images (:func:`diffvae.api.fit_once`). A family with several stages defines
+    # ``fit(model, dataset, train_config, run, *, resume, progress) -> EMA model``, running the engine once per stage.
+    fit = None
 
 
-@dataclass
-class CompareContext:
-    """What a family's own compare stage (:class:`ExtraStage`) is given."""
+class CompareContext(Protocol):
+    """What ``compare`` hands a family's own stage (:class:`ExtraStage`); :class:`diffvae.compare.stages.StageInputs`
+    is the one implementation."""
 
     config: Any  # diffvae.compare.pipeline.CompareConfig: budget_minutes, seed, device, quiet, ...
-    data_config: Any  # diffvae.api.DataConfig
-    dataset: Any  # diffvae.data.ImageDataset
+    data_config: Any  # diffvae.data.DataConfig
+    dataset: Any  # diffvae.sources.ImageDataset
     out: Any  # pathlib.Path of the compare folder; runs go under out / "runs"
 
     def model_config(self, family: str, **overrides: Any):
         """The family's config for compare on this data (its ``compare_model_overrides``), then ``overrides``."""
-        from diffvae.compare.stages import model_config_for
-
-        return model_config_for(family, self.dataset.image_shape, **overrides)
 
     def train_config(self, family: str, seconds: float, **overrides: Any):
         """A TrainConfig for ``seconds`` of training of ``family`` under compare's seed and device."""
-        from diffvae.compare.stages import compare_train_config
-
-        return compare_train_config(family, seconds, self.config, **overrides)
 
     def train(self, family: str, run_dir, model_config, train_config):
         """Train into ``run_dir`` (replaced if it exists); returns the EMA model."""
-        from diffvae.api import train_run
 
-        return train_run(family, self.data_config, model_config, train_config, out=run_dir, force=run_dir.exists(),
-                         progress=not self.config.quiet, dataset=self.dataset)
+    def load(self, run_dir):
+        """The trained model of ``run_dir``, on the CPU."""
 
 
 def spec_of(model_or_name) -> FamilySpec:
     """The spec of a family, from its name or a model (its ``family`` attribute)."""
-    from diffvae.families import get_family
-
     name = model_or_name if isinstance(model_or_name, str) else model_or_name.family
     return get_family(name).spec()

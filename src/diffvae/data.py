@@ -36,15 +36,18 @@ import gzip
 import math
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffvae.colour import read_colour_source
+from diffvae.configs import DataFields, config_from_dict
 from diffvae.errors import DiffvaeError
 from diffvae.pack import cached_folder, check_out_dir, open_pack, pack_dataset, shard_of
-from diffvae.sources import ImageDataset, Source, VALID_SPECS, check_fits_in_memory, check_options, package_file
+from diffvae.schema import DATA_EXTRA_FIELDS
+from diffvae.sources import VALID_SPECS, ImageDataset, Source, check_fits_in_memory, check_options, package_file
 
 BUILTIN_SOURCES = ("mnist", "digits", "shapes", "colours", "photos")
 PATH_SOURCES = ("folder", "npz", "idx")
@@ -109,6 +112,31 @@ def pack(source, out_dir: str | Path, *, size: int | None = None, key: str | Non
         dataset, spec = source, None
     return pack_dataset(dataset, out_dir, spec=spec, size=size, key=key, binarize=binarize,
                         test_fraction=test_fraction, seed=seed, limit=limit, force=force, fingerprint=fingerprint)
+
+
+@dataclass
+class DataConfig(DataFields):
+    """How a run's data was loaded (:class:`diffvae.configs.DataFields`), and :meth:`load` to load it again."""
+
+    def load(self) -> ImageDataset:
+        return load_data(self.spec, size=self.size, key=self.key, binarize=self.binarize, seed=self.split_seed, limit=self.limit)
+
+
+def data_config_from_dict(values: dict[str, Any]) -> DataConfig:
+    """The DataConfig of a run's config.json "data" section (which also records what
+    ``diffvae.schema.DATA_EXTRA_FIELDS`` names), refusing unknown keys (one error line)."""
+    return config_from_dict(DataConfig, {k: v for k, v in values.items() if k not in DATA_EXTRA_FIELDS})
+
+
+def run_data(model_or_config) -> ImageDataset:
+    """The dataset a loaded run was trained on (loaded again from its spec), checked by content hash."""
+    config = getattr(model_or_config, "run_config", model_or_config)
+    data = config["data"]
+    dc = data_config_from_dict(data)
+    dataset = dc.load()
+    if data.get("content_hash") and dataset.content_hash() != data["content_hash"]:
+        raise DiffvaeError(f"the data {dc.spec!r} has changed since the run was trained (content hash differs)")
+    return dataset
 
 
 def split_source(source: Source, size: int | None, test_fraction: float, seed: int) -> ImageDataset:

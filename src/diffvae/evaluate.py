@@ -38,9 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffvae.conditioning import num_classes
+from diffvae.conditioning import num_classes, sampling_labels
+from diffvae.contract import BoundOptions, spec_of
+from diffvae.data import run_data
+from diffvae.errors import DiffvaeError
+from diffvae.interpolation import latent_path, roundtrip
 from diffvae.metrics.bootstrap import fid_ci, kid_ci, precision_recall_ci, wilson_interval
 from diffvae.metrics.distances import fid, kid, precision_recall
+from diffvae.metrics.features import get_feature_extractor, recognisability
 from diffvae.metrics.interpolation import path_smoothness
 from diffvae.metrics.probe import linear_probe
 from diffvae.metrics.sharpness import laplacian_variance, sharpness
@@ -88,10 +93,6 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
     """The full evaluation of a loaded family model (see the module docstring): sampling speed,
     :func:`sample_quality`, :func:`likelihood`, :func:`interpolation_quality`, :func:`representation`
     and the family's diagnostics, in that order (the generator ``seed`` is shared in that order)."""
-    from diffvae.api import run_data
-    from diffvae.contract import spec_of
-    from diffvae.metrics.features import get_feature_extractor
-
     config = config or EvalConfig()
     dataset = dataset or run_data(model)
     extractor = extractor or get_feature_extractor(dataset, progress=progress)
@@ -158,9 +159,6 @@ def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | No
     FID, KID, precision/recall (with bootstrap 95% intervals when ``config.bootstrap``), sharpness and
     its ratio to real data, and where labels exist recognisability and class coverage. The keys are
     those of ``diffvae eval --json``; ``generator`` draws the KID subsets (default: ``config.seed``)."""
-    from diffvae.errors import DiffvaeError
-    from diffvae.metrics.features import get_feature_extractor, recognisability
-
     config = config or EvalConfig()
     if samples_uint8.dtype != torch.uint8 or samples_uint8.dim() != 4 or tuple(samples_uint8.shape[1:]) != tuple(dataset.image_shape):
         raise DiffvaeError(f"samples must be uint8 images of shape (N, {', '.join(map(str, dataset.image_shape))}), "
@@ -204,8 +202,6 @@ def likelihood(model, dataset, config: EvalConfig) -> dict[str, Any]:
     model's null label); a conditional model on labelled data also gets ``cond_bpd`` (with ``cond_bpd_sem``,
     ``cond_bpd_ci95``, ``cond_bpd_n``): the bound on −log p(x | y) of the same images given their true labels
     (no guidance), from the same seed."""
-    from diffvae.contract import BoundOptions, spec_of
-
     fit = dataset.train[: config.variance_fit_n] if config.variance_fit_n else None
     options = BoundOptions(importance_samples=config.iwae_samples, timesteps=config.bound_timesteps, fit_data=fit)
     spec = spec_of(model)
@@ -227,8 +223,6 @@ def interpolation_quality(model, dataset, config: EvalConfig, extractor, generat
                           real_features: torch.Tensor | None = None) -> dict[str, Any]:
     """Round-trip error through the latent, the latent's std, midpoint FID of held-out pairs (spherical
     paths, with its bootstrap interval) and path smoothness of ``config.strips`` strips."""
-    from diffvae.interpolation import latent_path, roundtrip
-
     kw = dict(config.sampler_kwargs)
     real = dataset.test
     g = generator or torch.Generator().manual_seed(config.seed)
@@ -347,9 +341,20 @@ def check_eval_guidance(model, guidance: float | None) -> float | None:
     """``eval --guidance W``: a finite W ≥ 0 for a conditional iterative run, else one error line."""
     if guidance is None:
         return None
-    from diffvae.conditioning import sampling_labels
 
     return sampling_labels(model, 0, guidance=guidance)["guidance"]
+
+
+def evaluation_cost(model, config: EvalConfig, invert: float, bound: float, extra: float = 0.0) -> float:
+    """Network evaluations of :func:`evaluate` (``config``) of an iterative family whose spec supplies its per-call
+    costs (``spec.evaluation_cost``): ``invert`` evaluations per inversion or regeneration of an image, ``bound``
+    per image of the bound, ``extra`` for the rest (e.g. a reverse-variance fit, an ODE likelihood). Counted:
+    sampling, the paths (probe, midpoints, round trips, strips), the bound (twice for a conditional model: also
+    given the labels, ``cond_bpd``) and a conditional model's controllability (:func:`conditional_evaluation_cost`)."""
+    c = config
+    bounds = 2 if num_classes(model) else 1
+    paths = c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n + c.strips * c.frames
+    return conditional_evaluation_cost(model, c) + (c.n_samples * model.nfe() + paths * invert + c.bound_n * bound * bounds + extra)
 
 
 def conditional_evaluation_cost(model, config: EvalConfig, iterative: bool = True) -> float:

@@ -26,21 +26,19 @@ from typing import Any
 
 import torch
 
-from diffvae.errors import DiffvaeError
+from diffvae.configs import check_tensorboard
+from diffvae.contract import BoundOptions, spec_of
+from diffvae.data import data_config_from_dict
+from diffvae.evaluate import EvalConfig, sample_quality
+from diffvae.images import make_grid
+from diffvae.metrics.features import get_feature_extractor
+from diffvae.runs import atomic_write_bytes
 
 GRID_SAMPLES = 16
 EVAL_IMAGES = 64
 EVAL_BOUND_TIMESTEPS = 2
 SAMPLES_FOLDER = "samples"
 TENSORBOARD_FOLDER = "tensorboard"
-
-
-def check_tensorboard() -> None:
-    """One line if the optional tensorboard package is missing (checked before the run is written)."""
-    import importlib.util
-
-    if importlib.util.find_spec("tensorboard") is None:
-        raise DiffvaeError("--tensorboard needs the tensorboard package: pip install 'diffvae[tensorboard]'")
 
 
 class Monitor:
@@ -87,9 +85,6 @@ class Monitor:
     def write_grid(self, step: int, ema) -> None:
         from PIL import Image
 
-        from diffvae.images import make_grid
-        from diffvae.runs import atomic_write_bytes
-
         images = ema.sample(GRID_SAMPLES, generator=self._generator()).cpu()
         grid = make_grid(images)
         buf = io.BytesIO()
@@ -112,9 +107,6 @@ class Monitor:
 
     def eval_figures(self, ema) -> dict[str, float]:
         """The cheap held-out figures (module docstring)."""
-        from diffvae.contract import BoundOptions, spec_of
-        from diffvae.evaluate import EvalConfig, sample_quality
-
         dataset = self._dataset()
         held_out = dataset.test[:EVAL_IMAGES].to(self.device)
         kwargs = spec_of(ema).bound_kwargs(BoundOptions(timesteps=EVAL_BOUND_TIMESTEPS))
@@ -128,9 +120,6 @@ class Monitor:
     def _dataset(self):
         """The run's data (from its config.json) and its feature network, loaded once."""
         if self.dataset is None:
-            from diffvae.api import data_config_from_dict
-            from diffvae.metrics.features import get_feature_extractor
-
             self.dataset = data_config_from_dict(self.run.read_config()["data"]).load()
             self.extractor = get_feature_extractor(self.dataset)
             self.real_features = self.extractor.features(self.dataset.test)

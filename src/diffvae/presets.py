@@ -21,9 +21,8 @@ from typing import Any
 
 
 def preset_values(spec, image_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """The family's preset for ``image_shape`` (``{}`` for a spec without one)."""
-    preset_for = getattr(spec, "preset_for", None)
-    return dict(preset_for(tuple(int(s) for s in image_shape))) if preset_for is not None else {}
+    """The family's preset for ``image_shape`` (``spec.preset_for``; the contract's default is none)."""
+    return dict(spec.preset_for(tuple(int(s) for s in image_shape)))
 
 
 def preset_config(spec, config, image_shape: tuple[int, int, int], given: set[str] | frozenset[str] = frozenset()):

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.schema import check_checkpoint_metadata, check_metrics_row, check_run_config
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -276,7 +277,6 @@ class RunDir:
             raise DiffvaeError(f"run {self.path} not found")
         if not self.exists():
             raise DiffvaeError(f"{self.path} is not a diffvae run (no {CONFIG})")
-        from diffvae.schema import check_run_config
 
         config = read_json(self.config_path)
         check_run_config(config, self.config_path)
@@ -285,8 +285,6 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         """All complete rows of metrics.jsonl. A torn last line from a crash (no newline) is skipped;
         any other damage is a DiffvaeError naming the file and the line."""
-        from diffvae.schema import check_metrics_row
-
         if not self.metrics_path.is_file():
             return []
         try:
@@ -313,8 +311,6 @@ class RunDir:
         save_tensors(self.checkpoint_path, tensors, metadata)
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        from diffvae.schema import check_checkpoint_metadata
-
         if not self.checkpoint_path.is_file():
             raise DiffvaeError(f"run {self.path} has no checkpoint yet ({CHECKPOINT} missing)")
         tensors, meta = load_tensors(self.checkpoint_path)

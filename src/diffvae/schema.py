@@ -16,7 +16,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from diffvae.configs import DataFields, TrainConfig
 from diffvae.errors import DiffvaeError
+from diffvae.families import FAMILIES
 
 # Checkpoint metadata written by diffvae.train (plus the ldm stage fields): field -> expected type.
 CHECKPOINT_FIELDS: dict[str, Any] = {
@@ -95,10 +97,6 @@ def dataclass_hints(cls) -> dict[str, Any]:
 
 def check_run_config(config: Any, path: Path) -> None:
     """A run's config.json: family, model (the family's config class), train, data, versions."""
-    from diffvae.api import DataConfig
-    from diffvae.families import FAMILIES
-    from diffvae.train import TrainConfig
-
     if not isinstance(config, dict):
         raise DiffvaeError(f"{path} is not a diffvae run config (not a JSON object)")
     family = config.get("family")
@@ -110,7 +108,7 @@ def check_run_config(config: Any, path: Path) -> None:
     config_class, _ = FAMILIES[family].load()
     check_fields(config["model"], dataclass_hints(config_class), path, "model", known_only=True)
     check_fields(config["train"], dataclass_hints(TrainConfig), path, "train", known_only=False)
-    check_fields(config["data"], {**dataclass_hints(DataConfig), **DATA_EXTRA_FIELDS}, path, "data", known_only=False)
+    check_fields(config["data"], {**dataclass_hints(DataFields), **DATA_EXTRA_FIELDS}, path, "data", known_only=False)
     _check_data_section(config["data"], path)
     for name in VERSION_FIELDS:
         if name in config and not isinstance(config[name], str):
@@ -170,15 +168,13 @@ def check_stages(status: Any, path: Path) -> None:
 
 def check_compare_settings(settings: Any, path: Path, family_order: tuple[str, ...]) -> None:
     """``compare.json``: the data spec and content hash, families, budget, split and seed of a compare run."""
-    from diffvae.api import DataConfig
-
     hints = {"data": dict, "content_hash": str, "families": list[str], "budget_minutes": float,
              "split": dict | None, "seed": int}
     check_fields(settings, hints, path, "settings", known_only=False)
     missing = [name for name in hints if name not in settings]
     if missing:
         raise DiffvaeError(f"{path}: field {missing[0]!r} is missing")
-    check_fields(settings["data"], dataclass_hints(DataConfig), path, "data", known_only=False)
+    check_fields(settings["data"], dataclass_hints(DataFields), path, "data", known_only=False)
     if not settings["families"] or any(f not in family_order for f in settings["families"]):
         raise DiffvaeError(f"{path}: field 'families' must list some of {', '.join(family_order)}, "
                            f"got {_show(settings['families'])}")

@@ -31,89 +31,24 @@ import copy
 import math
 import os
 import time
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from diffvae.colour import hflip, hflip_generator
 from diffvae.conditioning import is_conditional
-from diffvae.device import (autocast, collective_device, cpu_supports_bf16, distributed_context,  # noqa: F401 (re-exported)
+from diffvae.configs import TRAIN_CLI_FIELDS, TrainConfig, train_config_from_dict
+from diffvae.device import (autocast, collective_device, cpu_supports_bf16, distributed_context,
                             fused_adamw_available, launched_world_size, on_rank_zero, rank_seed, resolve_device,
                             resolve_precision)
 from diffvae.errors import DiffvaeError
 from diffvae.loader import LoaderSource, batch_indices
+from diffvae.monitor import Monitor
 from diffvae.pack import shard_of
-from diffvae.ranges import TRAIN_RANGES, train_flag
 from diffvae.runs import RunDir, add_prefix, split_prefixed, state_dict_mismatch
 from diffvae.snapshots import Compute, SnapshotRecorder, training_gflop_per_image
-
-
-def _cli(help_text: str | None = None, metavar: str | None = None) -> dict[str, Any]:
-    """Field metadata of a TrainConfig field that is a ``diffvae train`` flag (see TRAIN_CLI_FIELDS)."""
-    return {"cli": True, "help": help_text, "metavar": metavar}
-
-
-@dataclass
-class TrainConfig:
-    steps: int | None = field(default=None, metadata=_cli("optimizer steps"))  # train this many optimizer steps ...
-    budget_minutes: float | None = field(default=None, metadata=_cli("wall-clock budget; the LR schedule is fitted to it",
-                                                                     "MINUTES"))  # ... or as many as fit this budget
-    batch_size: int = field(default=128, metadata=_cli())
-    lr: float = field(default=1e-3, metadata=_cli(f"in {TRAIN_RANGES['lr'].text()}"))
-    weight_decay: float = field(default=0.0, metadata=_cli())
-    warmup_steps: int = field(default=100, metadata=_cli("LR warm-up steps"))
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = field(default=1.0, metadata=_cli())
-    ema_decay: float = field(default=0.999, metadata=_cli())
-    precision: str = field(default="auto", metadata=_cli("auto | bf16 | fp16 (CUDA, loss scaling) | fp32 (default auto)"))
-    seed: int = field(default=0, metadata=_cli("(default 0)"))
-    device: str = field(default="auto", metadata=_cli("auto | cpu | cuda[:N] | mps (default auto)"))  # auto | cpu | cuda | cuda:N | mps
-    checkpoint_every: int = field(default=500, metadata=_cli())
-    log_every: int = field(default=10, metadata=_cli())
-    snapshot_first_minutes: float | None = None  # EMA snapshots after this many training minutes ... (None/0 = off)
-    snapshot_factor: float = 2.0  # ... then each time the training minutes grow by this factor (diffvae.snapshots)
-    sample_every: int = field(default=0, metadata=_cli("write samples/step_N.png every N steps (0 = never)", "N"))
-    eval_every: int = field(default=0, metadata=_cli("append a cheap held-out bound/FID row to metrics.jsonl every N steps (0 = never)", "N"))
-    tensorboard: bool = field(default=False, metadata=_cli("also write TensorBoard event files into RUN/tensorboard"))
-    hflip: bool = field(default=False, metadata=_cli("mirror each training image left-right with probability 1/2"))
-    recipe: str | None = None  # the compute-aware recipe a --budget run was given (diffvae.recipes), for the record
-    fused_adamw: bool | None = None  # None: fused AdamW where torch has it for the device, resolved by validate() (config.json keeps it)
-
-    def validate(self) -> None:
-        if self.steps is None and self.budget_minutes is None:
-            raise DiffvaeError("give --steps N or --budget MINUTES")
-        for name, allowed in TRAIN_RANGES.items():  # every number within its range (diffvae.ranges)
-            value = getattr(self, name)
-            if value is not None or name not in ("steps", "budget_minutes"):
-                allowed.check(value, train_flag(name))
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise DiffvaeError(f"--precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
-        if not isinstance(self.device, str):
-            raise DiffvaeError(f"--device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
-        for name in ("sample_every", "eval_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
-                raise DiffvaeError(f"--{name.replace('_', '-')} must be a whole number of steps >= 0 (0 = never), got {value!r}")
-        first = self.snapshot_first_minutes
-        if first is not None and not (first >= 0 and math.isfinite(first)):
-            raise DiffvaeError(f"snapshot_first_minutes must be a number of minutes >= 0, got {first}")
-        if not (self.snapshot_factor > 1 and math.isfinite(self.snapshot_factor)):
-            raise DiffvaeError(f"snapshot_factor must be a number > 1, got {self.snapshot_factor}")
-        if self.tensorboard:
-            from diffvae.monitor import check_tensorboard
-
-            check_tensorboard()
-        if self.precision == "fp16" and resolve_device(self.device).type != "cuda":
-            raise DiffvaeError(f"--precision fp16 (with loss scaling) needs a CUDA device, not {self.device}; use bf16 or fp32")
-        device = resolve_device(self.device)
-        if self.fused_adamw is None:  # decided once, before config.json is written, so a resume uses the same optimizer
-            self.fused_adamw = fused_adamw_available(device)
-
-
-# the TrainConfig fields that are ``diffvae train`` flags (flag names: diffvae.ranges.train_flag)
-TRAIN_CLI_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("cli"))
 
 
 # ----------------------------------------------------------------------------- device & precision
@@ -550,7 +485,6 @@ class TrainLoop:
                                                    measure=lambda: training_gflop_per_image(state.model, source.probe()))
         self.schedule = BudgetSchedule(config, state.total_steps, state.step)
         self.first_step = state.step
-        from diffvae.monitor import Monitor
 
         self.monitor = Monitor.open(run, config, state, device=settings.device, rank=rank, resume=resume)
         self.bar = _progress_bar(state.total_steps, state.step, description, enabled=progress and rank == 0)
@@ -656,10 +590,4 @@ def _progress_bar(total: int | None, initial: int, description: str, enabled: bo
 
     return tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True, leave=True)
 
-
-def train_config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from JSON values, refusing unknown keys (one error line)."""
-    from diffvae.families import config_from_dict
-
-    return config_from_dict(TrainConfig, d)
 

@@ -61,7 +61,7 @@ OLD_LDM_KEYS = {"downsample", "latent_channels", "ae_width", "ae_res_blocks", "k
 
 def test_ldm_config_is_a_diffusion_config_with_the_same_flat_keys_and_defaults():
     """LDMConfig reuses DiffusionConfig; config.json keeps its flat keys, so existing runs still load."""
-    from diffvae.families import config_from_dict
+    from diffvae.configs import config_from_dict
 
     config = LDMConfig()
     assert isinstance(config, DiffusionConfig)

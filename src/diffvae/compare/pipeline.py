@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from diffvae.contract import CompareContext
+from diffvae.compare.stages import StageInputs
 from diffvae.errors import DiffvaeError
 from diffvae.runs import LOCK, WriterLock, atomic_write_text, read_json, write_json
 
@@ -246,7 +246,7 @@ def _check_same_settings(stored: dict[str, Any], settings: dict[str, Any], out: 
 
 
 @dataclass
-class StageContext(CompareContext):
+class StageContext(StageInputs):
     """The stages' shared inputs, and the feature network, trained once and shared by every stage."""
 
     _extractor: Any = None

@@ -8,21 +8,54 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffvae.api import load
+from diffvae.api import load, train_run
 from diffvae.contract import CompareContext
 from diffvae.evaluate import EvalConfig, evaluate
 from diffvae.families import get_family
+from diffvae.images import save_grid
+from diffvae.interpolation import interpolation_strip
+from diffvae.metrics.distances import fid
+from diffvae.metrics.sharpness import sharpness
 from diffvae.precision import sampling_precision
+from diffvae.recipes import describe, for_budget
 from diffvae.runs import RunDir
 from diffvae.snapshots import read_index
 from diffvae.train import TrainConfig
 
 SNAPSHOT_FIRST_FRACTION = 1 / 32  # first snapshot after this share of a family's training time, then every doubling
+
+
+@dataclass
+class StageInputs:
+    """What a stage of compare is given (:class:`diffvae.contract.CompareContext`, also a family's own stage's)."""
+
+    config: Any  # diffvae.compare.pipeline.CompareConfig: budget_minutes, seed, device, quiet, ...
+    data_config: Any  # diffvae.data.DataConfig
+    dataset: Any  # diffvae.sources.ImageDataset
+    out: Any  # pathlib.Path of the compare folder; runs go under out / "runs"
+
+    def model_config(self, family: str, **overrides: Any):
+        """The family's config for compare on this data (its ``compare_model_overrides``), then ``overrides``."""
+        return model_config_for(family, self.dataset.image_shape, **overrides)
+
+    def train_config(self, family: str, seconds: float, **overrides: Any):
+        """A TrainConfig for ``seconds`` of training of ``family`` under compare's seed and device."""
+        return compare_train_config(family, seconds, self.config, **overrides)
+
+    def train(self, family: str, run_dir, model_config, train_config):
+        """Train into ``run_dir`` (replaced if it exists); returns the EMA model."""
+        return train_run(family, self.data_config, model_config, train_config, out=run_dir, force=run_dir.exists(),
+                         progress=not self.config.quiet, dataset=self.dataset)
+
+    def load(self, run_dir):
+        """The trained model of ``run_dir``, on the CPU."""
+        return load(run_dir, device="cpu")
 
 
 def compare_train_config(family: str, seconds: float, config, **overrides) -> TrainConfig:
@@ -48,8 +81,6 @@ def model_config_for(family: str, image_shape: tuple[int, int, int], seconds: fl
 def train_family(family: str, ctx: CompareContext, seconds: float) -> dict[str, Any]:
     """Train ``family`` for ``seconds`` (its --budget recipe, if any) into runs/<family>; returns
     ``results["training"][family]``."""
-    from diffvae.recipes import describe, for_budget
-
     run_dir = Path(ctx.out) / "runs" / family
     fam = get_family(family)
     recipe, recipe_info = for_budget(fam.recipes, seconds / 60.0, ctx.config.device)
@@ -146,10 +177,6 @@ def compare_samples(budget_minutes: float) -> int:
 def sampler_sweep(model, family: str, dataset, extractor, out: Path, seconds: float, seed: int,
                   n_samples: int) -> list[dict[str, Any]]:
     """FID and ms/sample against NFE for each of the family's sweep settings, as many as fit ``seconds``."""
-    from diffvae.images import save_grid
-    from diffvae.metrics.distances import fid
-    from diffvae.metrics.sharpness import sharpness
-
     spec = get_family(family).spec()
     real_features = extractor.features(dataset.test)
     unit = spec.unit_cost_seconds(model)
@@ -183,9 +210,6 @@ def evaluate_family(family: str, ctx: CompareContext, seconds: float, n_samples:
                     midpoints: int | None = None) -> dict[str, Any]:
     """The one evaluation, sized to ``seconds``, sample and interpolation figures, and the sampler
     sweep with what is left; returns ``results["families"][family]``."""
-    from diffvae.images import save_grid
-    from diffvae.interpolation import interpolation_strip
-
     t_start = time.perf_counter()
     out, dataset, config = Path(ctx.out), ctx.dataset, ctx.config
     extractor = ctx.extractor()

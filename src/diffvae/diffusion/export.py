@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.nn.unet import Attention, Downsample, ResBlock, Upsample
 
 PIPELINES = ("ddim", "ddpm")
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -93,8 +94,6 @@ def diffusers_parts(denoiser, pipeline: str = "ddim"):
 def attention_head_dim(unet) -> int | None:
     """The ``attention_head_dim`` that gives every diffvae attention layer its head count, or an error:
     None when every layer has one head (diffusers then uses each layer's width), else the common width."""
-    from diffvae.nn.unet import Attention
-
     layers = [m for m in unet.modules() if isinstance(m, Attention)]
     widths = {m.qkv.in_features // m.heads for m in layers}
     if all(m.heads == 1 for m in layers):
@@ -148,8 +147,6 @@ def _attention(block, prefix: str) -> dict[str, torch.Tensor]:
 
 def diffusers_state_dict(unet) -> dict[str, torch.Tensor]:
     """diffvae UNet weights under ``UNet2DModel``'s parameter names (module docstring), cloned and contiguous."""
-    from diffvae.nn.unet import Attention, Downsample, ResBlock, Upsample
-
     out = {"conv_in.weight": unet.conv_in.weight, "conv_in.bias": unet.conv_in.bias,
            "time_embedding.linear_1.weight": unet.time_embed[0].weight, "time_embedding.linear_1.bias": unet.time_embed[0].bias,
            "time_embedding.linear_2.weight": unet.time_embed[2].weight, "time_embedding.linear_2.bias": unet.time_embed[2].bias,

@@ -9,9 +9,25 @@ from typing import Any
 import torch
 
 from diffvae.contract import BoundOptions, FamilySpec
-from diffvae.diffusion.model import DDPMConfig
+from diffvae.diffusion.export import check_pipeline, export_pipeline
+from diffvae.diffusion.model import DDPM, DDPMConfig
+from diffvae.evaluate import evaluation_cost
+from diffvae.images import to_signed
+from diffvae.ode_likelihood import continuous_eps_fn, probability_flow_bpd
 from diffvae.presets import unet_compare_overrides, unet_preset
+from diffvae.recipes import Recipe
 
+# Compute-aware defaults (diffvae.recipes). Swept on mnist at 2 CPU-minutes on one core (bf16 on AMX, about
+# 56,000 reference GFLOP: 120 s at 470 GFLOP/s): the 16-wide UNet at batch 32, lr 2e-3 trained 866 steps to
+# the 32-wide default's 284 and reached FID 347 against 440, both with ancestral sampling on 100 steps
+# (benchmarks/RESULTS.md). Where the 32-wide UNet overtakes it was not measured: its threshold assumes it
+# needs the 4× compute that gives it as many optimizer steps.
+DDPM_RECIPES = (
+    Recipe("ddpm-small", 0.0, {"channels": 16}, {"batch_size": 32, "lr": 2e-3},
+           "16-wide UNet, batch 32: more steps win at a few CPU-minutes"),
+    Recipe("ddpm-default", 225_000.0, {}, {}, "32-wide UNet, batch 64"),
+)
+UNET_TRAIN_DEFAULTS = {"lr": 1e-3, "batch_size": 64, "ema_decay": 0.995, "warmup_steps": 200}  # also ldm's and flow's
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 # compare's sampler sweep: (sampler, steps), cheapest first; settings with steps > T are skipped
 SWEEP = (("ddim", 10), ("dpm++2m", 10), ("ddim", 20), ("dpm++2m", 20), ("ddim", 50), ("ddpm", 100), ("ddpm", 250), ("ddpm", 1000))
@@ -30,7 +46,6 @@ class DiffusionSpec(FamilySpec):
         """``--to diffusers`` (``--pipeline ddim|ddpm``, checked here), written by :meth:`export_diffusers`."""
         if target != "diffusers":
             return super().export(model, target, folder, **options)
-        from diffvae.diffusion.export import check_pipeline
 
         pipeline = options.get("pipeline", "ddim")
         check_pipeline(pipeline)
@@ -52,18 +67,12 @@ class DiffusionSpec(FamilySpec):
             return (time.perf_counter() - t0) / batch
 
     def evaluation_cost(self, model, c) -> float:
-        """Denoiser evaluations of an evaluation: sampling, DDIM inversions/regenerations (probe,
-        midpoints, round trips, strips), the bound (2K per image for the K-draw estimate, else T)
-        and the reverse-variance fit; a conditional model's accuracy and guidance sweep too."""
-        from diffvae.conditioning import num_classes
-        from diffvae.evaluate import conditional_evaluation_cost
-
-        bounds = 2 if num_classes(model) else 1  # a conditional model's bound is also computed given the labels (cond_bpd)
-
-        invert, T = model.config.invert_steps, model.denoiser.schedule.T
-        return conditional_evaluation_cost(model, c) + (c.n_samples * model.nfe() + (c.probe_train + c.probe_test + 3 * c.midpoints + 2 * c.roundtrip_n
-                + c.strips * c.frames) * invert + c.bound_n * (2 * c.bound_timesteps or T) * bounds + c.variance_fit_n * min(T, 128)
-                + self.ode_cost(model, c))
+        """Denoiser evaluations of an evaluation (:func:`diffvae.evaluate.evaluation_cost`): a DDIM inversion or
+        regeneration takes ``invert_steps``, the bound 2K per image for the K-draw estimate (else T), plus the
+        reverse-variance fit and the probability-flow likelihood."""
+        T = model.denoiser.schedule.T
+        return evaluation_cost(model, c, invert=model.config.invert_steps, bound=2 * c.bound_timesteps or T,
+                               extra=c.variance_fit_n * min(T, 128) + self.ode_cost(model, c))
 
     def ode_cost(self, model, c) -> float:
         """The probability-flow likelihood's evaluations: two per Heun step, each with a backward pass (~3×)."""
@@ -80,9 +89,6 @@ class PixelDiffusionSpec(DiffusionSpec):
         Hutchinson probe, uniform dequantization) for every prediction type: the raw network (unconditional)
         turned into ε̂ with ᾱ at the continuous t it is given (:func:`diffvae.ode_likelihood.continuous_eps_fn`;
         an ε-network's output as it is)."""
-        from diffvae.images import to_signed
-        from diffvae.ode_likelihood import continuous_eps_fn, probability_flow_bpd
-
         if steps <= 0:
             return None
         denoiser = model.denoiser
@@ -92,8 +98,6 @@ class PixelDiffusionSpec(DiffusionSpec):
 
     def export_diffusers(self, model, folder, pipeline: str, run_path) -> None:
         """A DDIMPipeline / DDPMPipeline folder (:mod:`diffvae.diffusion.export`)."""
-        from diffvae.diffusion.export import export_pipeline
-
         export_pipeline(model, folder, pipeline, run_path)
 
     def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -123,4 +127,9 @@ SPEC = PixelDiffusionSpec(
     conditional=True,
     color="#d62728",
     collapse_text="not applicable: the forward process is a fixed encoder",
+    config_class=DDPMConfig,
+    model_class=DDPM,
+    summary="pixel-space diffusion: fixed Gaussian forward process, iterative denoising",
+    train_defaults=UNET_TRAIN_DEFAULTS,
+    recipes=DDPM_RECIPES,
 )

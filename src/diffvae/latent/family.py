@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffvae.diffusion.family import SAMPLERS, SWEEP, DiffusionSpec
-from diffvae.latent.model import LDMConfig
+from diffvae.diffusion.family import SAMPLERS, SWEEP, UNET_TRAIN_DEFAULTS, DiffusionSpec
+from diffvae.latent.export import export_denoiser
+from diffvae.latent import fit as stages
+from diffvae.latent.model import LDMConfig, LatentDiffusion
 from diffvae.presets import unet_channel_mult
 
 
 class LatentDiffusionSpec(DiffusionSpec):
     def export_diffusers(self, model, folder, pipeline: str, run_path) -> None:
         """The denoiser only: ``unet/`` + ``scheduler/`` + ``latent.json`` (:mod:`diffvae.latent.export`)."""
-        from diffvae.latent.export import export_denoiser
-
         export_denoiser(model, folder, pipeline, run_path)
 
     def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -36,14 +36,10 @@ class LatentDiffusionSpec(DiffusionSpec):
                                        ("", prefix + "ae_psnr_db"), " dB"]}
 
     def check_fit(self, model, train_config, dataset) -> None:
-        from diffvae.latent.fit import check_fit
-
-        check_fit(model, train_config, dataset)
+        stages.check_fit(model, train_config, dataset)
 
     def fit(self, model, dataset, train_config, run, *, resume: bool, progress: bool):
-        from diffvae.latent.fit import fit
-
-        return fit(model, dataset, train_config, run, resume=resume, progress=progress)
+        return stages.fit(model, dataset, train_config, run, resume=resume, progress=progress)
 
 
 SPEC = LatentDiffusionSpec(
@@ -65,4 +61,8 @@ SPEC = LatentDiffusionSpec(
     sweep=SWEEP,
     conditional=True,
     color="#2ca02c",
+    config_class=LDMConfig,
+    model_class=LatentDiffusion,
+    summary="latent diffusion: a KL autoencoder compresses, diffusion models its latent",
+    train_defaults=UNET_TRAIN_DEFAULTS,
 )

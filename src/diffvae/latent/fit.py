@@ -18,11 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffvae.configs import config_from_dict
 from diffvae.errors import DiffvaeError
 from diffvae.latent.autoencoder import latent_scale_from
-from diffvae.latent.model import LatentDiffusion, LDMConfig
+from diffvae.latent.model import LDMConfig, LatentDiffusion
+from diffvae.metrics.features import get_feature_extractor
 from diffvae.runs import RunDir, split_prefixed
 from diffvae.snapshots import Compute, count_gflop, training_gflop_per_image
+from diffvae.train import distributed_context, resolve_device, train, wall_clock
 
 AUTOENCODER_STAGE = "autoencoder"  # file stem of stage 1's checkpoint and metrics
 AUTOENCODER_SHAPE_FIELDS = ("downsample", "latent_channels", "ae_width", "ae_res_blocks")
@@ -91,8 +94,6 @@ def fit(model: LatentDiffusion, dataset, train_config, run: RunDir, *, resume: b
     returns the model with EMA weights. ``resume`` continues whichever stage was interrupted.
     Snapshots are taken in stage 2; their minutes and GFLOP include what stage 1 and the encoder
     pass over the training set cost (``compute_before``)."""
-    from diffvae.train import distributed_context, resolve_device, train, wall_clock
-
     rank, _ = distributed_context()
     model.to(resolve_device(train_config.device))
     reuse = model.config.ae_run
@@ -131,8 +132,6 @@ def fit(model: LatentDiffusion, dataset, train_config, run: RunDir, *, resume: b
 
 def _dataset_feature_network(dataset, progress: bool) -> nn.Module:
     """The dataset's feature network (:mod:`diffvae.metrics.features`), the default perceptual network."""
-    from diffvae.metrics.features import get_feature_extractor
-
     return get_feature_extractor(dataset, progress=progress).net
 
 
@@ -140,8 +139,6 @@ def fit_autoencoder(model: LatentDiffusion, dataset, ae_config, run: RunDir, *, 
                     count_cost: bool, perceptual_network: nn.Module | None = None):
     """Stage 1 into ``run``'s autoencoder files; loads its EMA weights into ``model``. Returns the
     engine's TrainResult and, with ``count_cost``, what the stage cost (seconds, GFLOP)."""
-    from diffvae.train import train
-
     model.autoencoder.set_perceptual_network(perceptual_network if model.config.perceptual_weight > 0 else None)
     stage_run = StageRunDir(run.path, AUTOENCODER_STAGE)
     ema_autoencoder, result = train(model.autoencoder, dataset.train, ae_config, stage_run,
@@ -174,8 +171,6 @@ def record_scale(model: LatentDiffusion, run: RunDir, scale: float, rank: int) -
 
 def load_autoencoder_run(model: LatentDiffusion, path: str) -> float:
     """Load the EMA autoencoder of the ldm run at ``path`` into ``model``; returns its scale."""
-    from diffvae.families import config_from_dict
-
     other_run = RunDir(path)
     saved = other_run.read_config()
     if saved.get("family") != model.family:

@@ -31,11 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from diffvae.conditioning import check_labels
-from diffvae.diffusion.model import DiffusionConfig, Denoiser
-from diffvae.distributions import nats_to_bpd
+from diffvae.diffusion.model import Denoiser, DiffusionConfig
+from diffvae.distributions import nats_to_bpd, normal_kl
 from diffvae.errors import DiffvaeError
 from diffvae.latent.autoencoder import AutoencoderKL
 from diffvae.latent.bound import LATENT_PRIOR_PARTS, gaussian_entropy, latent_diffusion_bound, scale_jacobian_nats
+from diffvae.metrics.interpolation import roundtrip_error
 from diffvae.nn.autoencoder import DOWNSAMPLE_FACTORS, GROUPS
 
 __all__ = ["LDMConfig", "LatentDiffusion"]
@@ -241,9 +242,6 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def diagnostics(self, x_uint8: Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
         """The autoencoder alone: −log p(x|z) in bits/dim (z ~ q), PSNR of decode(mean), KL to N(0, I), s."""
-        from diffvae.distributions import normal_kl
-        from diffvae.metrics.interpolation import roundtrip_error
-
         mean, logvar = self.encode(x_uint8)
         z = mean + torch.exp(0.5 * logvar) * self._noise(mean, generator)
         reconstruction = -self.autoencoder.reconstruction_log_likelihood(x_uint8, z)

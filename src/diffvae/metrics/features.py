@@ -41,6 +41,7 @@ from torch import nn
 
 from diffvae.errors import DiffvaeError
 from diffvae.images import to_signed
+from diffvae.runs import load_tensors, save_tensors
 
 FORMAT_VERSION = 1
 FEATURE_DIM = 128
@@ -275,8 +276,6 @@ def _held_out_score(net: FeatureNet, test: torch.Tensor, test_labels: torch.Tens
 def _load_cached(path: Path, config: FeatureNetConfig) -> tuple[FeatureNet, dict] | None:
     """The cached network if ``path`` holds one for exactly ``config``; None (with a warning if a
     file was there) otherwise."""
-    from diffvae.runs import load_tensors
-
     if not path.is_file():
         return None
     try:
@@ -304,8 +303,6 @@ def get_feature_extractor(
     scored on ``dataset.test``) and cache it. A classifier when the dataset has labels, else
     the autoencoder fallback (see the module docstring). ``dataset`` is a
     :class:`diffvae.data.ImageDataset`; ``steps`` shortens training (tests only)."""
-    from diffvae.runs import save_tensors
-
     if steps < 1:
         raise DiffvaeError(f"the feature network needs at least one training step, got steps={steps}")
     train_labels, test_labels, num_classes = _labels_of(dataset)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.metrics.features import _as_uint8_images, get_feature_extractor
 
 INCEPTION_DIM = 2048
 INCEPTION_BATCH = 16
@@ -142,8 +143,6 @@ class InceptionExtractor:
     def features(self, images_uint8: np.ndarray | torch.Tensor) -> np.ndarray:
         """(N, 2048) float64 pool3 features of uint8 (N, C, H, W) images, C = 1 (replicated to RGB) or 3,
         any H×W (resized to 299×299 inside the network), in batches of ``INCEPTION_BATCH``."""
-        from diffvae.metrics.features import _as_uint8_images
-
         images = _as_uint8_images(images_uint8)
         if images.shape[1] not in (1, 3):
             raise DiffvaeError(f"Inception-v3 takes greyscale or RGB images, got {images.shape[1]} channels")
@@ -168,6 +167,5 @@ def feature_extractor_for(spec: FeatureSpaceSpec, dataset, device: str | torch.d
     or Inception-v3 from the weights file."""
     if spec.kind == "inception":
         return load_inception(spec.path, device)
-    from diffvae.metrics.features import get_feature_extractor
 
     return get_feature_extractor(dataset)

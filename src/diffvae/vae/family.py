@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from diffvae.contract import BoundOptions, CompareContext, ExtraFigure, ExtraStage, FamilySpec
-from diffvae.vae.model import VAEConfig
+from diffvae.vae.model import VAE, VAEConfig
 
 COLLAPSE_FREE_BITS = 0.5  # nats per latent dimension for the cured run
 COLLAPSE_TRAIN_SHARE = 0.45  # of the collapse stage's time, for each of its two runs
@@ -21,14 +21,12 @@ COLLAPSE_SHARE = 0.08  # of the compare budget
 def collapse_study(ctx: CompareContext, seconds: float) -> dict[str, Any]:
     """A VAE with a powerful autoregressive (PixelCNN) decoder, without and with free bits:
     collapse diagnostics and the bound of each (``results["collapse"]``)."""
-    from diffvae.api import load
-
     study: dict[str, Any] = {"decoder": "pixelcnn", "free_bits": COLLAPSE_FREE_BITS}
     for name, free_bits in (("without_free_bits", 0.0), ("with_free_bits", COLLAPSE_FREE_BITS)):
         run_dir = Path(ctx.out) / "runs" / f"collapse-{name}"
         config = ctx.model_config("vae", decoder="pixelcnn", free_bits=free_bits)
         ctx.train("vae", run_dir, config, ctx.train_config("vae", seconds * COLLAPSE_TRAIN_SHARE))
-        model = load(run_dir, device="cpu")
+        model = ctx.load(run_dir)
         x = ctx.dataset.test[:500]
         with torch.no_grad():
             diag = model.diagnostics(x, generator=torch.Generator().manual_seed(ctx.config.seed))
@@ -153,4 +151,8 @@ SPEC = VAESpec(
     extra_stages=(ExtraStage("collapse", COLLAPSE_SHARE, collapse_study),),
     extra_figures=(ExtraFigure("kl_per_dim", "VAE KL per latent dimension", draw_kl_per_dim),
                    ExtraFigure("collapse", "Posterior-collapse study", draw_collapse)),
+    config_class=VAEConfig,
+    model_class=VAE,
+    summary="variational autoencoder: learned encoder, compressed latent, single decode",
+    train_defaults={"lr": 2e-3, "batch_size": 64, "ema_decay": 0.995},  # swept: benchmarks/RESULTS.md, recipe sweep
 )
