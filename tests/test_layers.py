@@ -24,7 +24,7 @@ ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 # What is left to do; each number may only go down (issue 26 ends with all three at 0).
 REMAINING_CYCLE_MODULES = 4
 REMAINING_UPWARD = 3
-REMAINING_FUNCTION_LEVEL = 103
+REMAINING_FUNCTION_LEVEL = 72
 
 
 def module_name(path: Path, root: Path) -> str:

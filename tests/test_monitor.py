@@ -114,7 +114,7 @@ def test_missing_tensorboard_is_one_line_before_the_run_is_written(tmp_path, mon
 def test_plot_draws_the_loss_and_eval_curves(reference, tmp_path, capsys):
     from PIL import Image
 
-    from diffvae.plot import read_curves
+    from diffvae.commands.plot import read_curves
 
     curves = read_curves(reference / "watched")
     assert [s for s, _ in curves["loss"]["loss"]] == list(range(10, STEPS + 1, 10))

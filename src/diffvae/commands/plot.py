@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 from diffvae.errors import DiffvaeError
+from diffvae.outputs import check_output
+from diffvae.runs import RunDir, atomic_write_bytes
+from diffvae.schema import check_metrics_row
 
 EVAL_PANELS = (("eval_bpd", "held-out bits/dim (cheap bound)"), ("eval_fid", "FID (few samples)"))
 
@@ -21,10 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffvae.cli import _check_output
-    from diffvae.runs import RunDir, atomic_write_bytes
-
-    out = _check_output(args.out, args.force, (".png",))
+    out = check_output(args.out, args.force, (".png",))
     run_dir = RunDir(args.run)
     run_dir.read_config()  # one line if RUN is not a run
     curves = read_curves(Path(args.run))
@@ -37,8 +37,6 @@ def run(args: argparse.Namespace) -> int:
 
 def read_curves(path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """{"loss": {label: [(step, loss)]}, "eval": {key: [(step, value)]}} of a run's metrics files."""
-    from diffvae.runs import RunDir
-
     rows = RunDir(path).read_metrics()
     loss = {"loss": [(r["step"], r["loss"]) for r in rows if "loss" in r]}
     for stage_file in sorted(path.glob("*_metrics.jsonl")):
@@ -49,8 +47,6 @@ def read_curves(path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    from diffvae.schema import check_metrics_row
-
     lines = path.read_text(encoding="utf-8").split("\n")
     return [check_metrics_row(line, path, i) for i, line in enumerate(lines[:-1], start=1) if line.strip()]
 

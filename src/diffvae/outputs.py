@@ -1,0 +1,56 @@
+"""Where a command may write a file, in one place: the right extension, a writable folder outside every run,
+never an existing file unless ``--force``; and how images are written there (a PNG grid or the raw uint8 array)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from diffvae.errors import DiffvaeError
+from diffvae.images import make_grid
+from diffvae.runs import CONFIG, atomic_write_bytes
+
+OUTPUT_SUFFIXES = (".png", ".npz")
+
+
+def check_output(path: str, force: bool, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> Path:
+    """An output file: the right extension, a writable folder outside every run, and not an existing
+    file unless ``force`` (never a folder)."""
+    out = Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise DiffvaeError(f"--out must end in {' or '.join(suffixes)}, got {out.name}")
+    if out.is_dir():
+        raise DiffvaeError(f"--out {out} is a folder; give a file name")
+    if out.exists() and not force:
+        raise DiffvaeError(f"{out} already exists; use --force to overwrite it")
+    if not out.parent.is_dir():
+        raise DiffvaeError(f"the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise DiffvaeError(f"cannot write in {out.parent}")
+    run = enclosing_run(out.parent)
+    if run is not None:
+        raise DiffvaeError(f"--out {out} is inside the run {run}; write outputs outside run folders")
+    return out
+
+
+def enclosing_run(folder: Path) -> Path | None:
+    """The run folder (one holding config.json) that ``folder`` is or lies in, if any."""
+    folder = folder.resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / CONFIG).is_file():
+            return candidate
+    return None
+
+
+def write_images(images, out: Path, nrow: int | None = None) -> None:
+    buf = io.BytesIO()
+    if out.suffix.lower() == ".npz":
+        np.savez_compressed(buf, images=images.cpu().numpy())
+    else:
+        grid = make_grid(images, nrow=nrow)
+        Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
