@@ -210,3 +210,44 @@ def test_sample_validates_its_input_and_honours_dtype_and_generator(optimal_eps)
     again = sample(eps_fn, (3, 2), schedule, "ddpm", generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert first.dtype == torch.float64
     torch.testing.assert_close(first, again, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- a new sampler is one function + one entry
+
+
+def sample_euler(eps_fn, x, schedule, timestep_grid, progress=False, **_):
+    """Euler on the probability-flow ODE in Karras et al.'s coordinates y = x/√ᾱ, σ = √((1 − ᾱ)/ᾱ), where
+    dy/dσ = ε̂: y ← y + (σ_next − σ) ε̂, down the grid and then to the clean level (σ = 0)."""
+    levels = timestep_grid.tolist() + [-1]
+    for t, s in zip(levels[:-1], levels[1:]):
+        a_t = schedule.alphas_cumprod[t].item()
+        a_s = 1.0 if s < 0 else schedule.alphas_cumprod[s].item()
+        sigma_t, sigma_s = math.sqrt((1 - a_t) / a_t), math.sqrt((1 - a_s) / a_s)
+        eps = eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.long))
+        x = (x / math.sqrt(a_t) + (sigma_s - sigma_t) * eps) * math.sqrt(a_s)
+    return x
+
+
+def test_a_sampler_added_to_the_table_is_used_by_sample_and_by_the_models(monkeypatch, optimal_eps):
+    """Registering one function in ``SAMPLERS`` is all a new sampler needs: ``sample``, the model's sampling,
+    its NFE and its checks take it. Euler in Karras' coordinates is DDIM with η = 0 (Song et al. 2021, §4.3;
+    Karras et al. 2022, Tab. 1), an independent reference."""
+    from diffvae.diffusion import samplers
+    from diffvae.diffusion.model import DDPM, DDPMConfig
+
+    monkeypatch.setitem(samplers.SAMPLERS, "euler", samplers.Sampler(sample_euler, "leading", 10, evaluations_per_step=1))
+    schedule = NoiseSchedule.linear(1000)
+    eps_fn = optimal_eps(schedule, SIGMA)
+    shape = (64, 2)
+    euler = sample(eps_fn, shape, schedule, "euler", generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ddim = sample(eps_fn, shape, schedule, "ddim", steps=10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.allclose(euler, ddim, atol=1e-10)
+    with pytest.raises(DiffvaeError, match="eta applies to the ddim sampler only"):
+        sample(eps_fn, shape, schedule, "euler", eta=0.5)
+    model = DDPM(DDPMConfig(channels=8, channel_mult=(1,), num_res_blocks=1, attention_levels=(), timesteps=50), (1, 8, 8))
+    assert model.nfe(sampler="euler", steps=7) == 7
+    with torch.no_grad():
+        images = model.sample(2, generator=torch.Generator().manual_seed(0), sampler="euler", steps=3)
+    assert images.dtype == torch.uint8 and images.shape == (2, 1, 8, 8)
+    with pytest.raises(DiffvaeError, match="unknown sampler 'heun'"):
+        model.nfe(sampler="heun", steps=3)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from diffvae.contract import BoundOptions, FamilySpec
+from diffvae.diffusion import samplers
 from diffvae.diffusion.export import check_pipeline, export_pipeline
 from diffvae.diffusion.model import DDPM, DDPMConfig
 from diffvae.evaluate import evaluation_cost
@@ -28,7 +29,8 @@ DDPM_RECIPES = (
     Recipe("ddpm-default", 225_000.0, {}, {}, "32-wide UNet, batch 64"),
 )
 UNET_TRAIN_DEFAULTS = {"lr": 1e-3, "batch_size": 64, "ema_decay": 0.995, "warmup_steps": 200}  # also ldm's and flow's
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+SAMPLERS = tuple(samplers.SAMPLERS)  # the table of diffvae.diffusion.samplers
+STOCHASTIC_SAMPLERS = tuple(name for name, s in samplers.SAMPLERS.items() if s.stochastic)  # dotted in plots
 # compare's sampler sweep: (sampler, steps), cheapest first; settings with steps > T are skipped
 SWEEP = (("ddim", 10), ("dpm++2m", 10), ("ddim", 20), ("dpm++2m", 20), ("ddim", 50), ("ddpm", 100), ("ddpm", 250), ("ddpm", 1000))
 
@@ -122,7 +124,7 @@ SPEC = PixelDiffusionSpec(
     invertible=True,
     has_encoder=False,
     samplers=SAMPLERS,
-    stochastic_samplers=("ddpm",),
+    stochastic_samplers=STOCHASTIC_SAMPLERS,
     sweep=SWEEP,
     conditional=True,
     color="#d62728",

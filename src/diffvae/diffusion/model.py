@@ -25,7 +25,6 @@ from diffvae.diffusion.schedule import NoiseSchedule
 from diffvae.images import to_signed, to_uint8
 from diffvae.nn.unet import UNet, UNetConfig
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 
 
 @dataclass
@@ -93,8 +92,8 @@ def _groups_for(channels: int, channel_mult: tuple[int, ...]) -> int:
 
 
 def check_sampling(sampler: str, steps: int, T: int, eta: float) -> None:
-    if sampler not in SAMPLERS:
-        raise DiffvaeError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler not in samplers.SAMPLERS:
+        raise DiffvaeError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     if not isinstance(steps, int) or steps < 1:
         raise DiffvaeError(f"--steps must be a positive integer, got {steps}")
     if steps > T:
@@ -172,8 +171,9 @@ class Denoiser(nn.Module):
                                clip_x0=self.config.clip_x0 if clip_x0 is None else clip_x0).float()
 
     def nfe(self, sampler: str | None = None, steps: int | None = None, **_) -> int:
-        """Network evaluations per sample (every sampler here makes one per step)."""
-        return self._sampling(sampler, steps, None)[1]
+        """Network evaluations per sample: steps × the sampler's evaluations per step."""
+        sampler, steps, _ = self._sampling(sampler, steps, None)
+        return steps * samplers.SAMPLERS[sampler].evaluations_per_step
 
     def invert(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """x_T from x₀ by running the deterministic DDIM step backwards (``samplers.ddim_invert``)."""

@@ -4,7 +4,8 @@ Every sampler takes ``eps_fn(x_t, t) -> ε̂`` — a batch and an int64 tensor (
 {0, …, T−1}, returning the predicted noise in x_t's dtype — and a descending grid of timesteps
 from :func:`timesteps`. Each ends at the clean level ``t = −1`` (ᾱ = 1; diffusers'
 ``set_alpha_to_one=True`` / ``final_sigmas_type="zero"``). One short function per sampler holds
-its update rule (k-diffusion style); :func:`sample` draws x_T and dispatches.
+its update rule (k-diffusion style), and one line of :data:`SAMPLERS` its defaults; :func:`sample` draws x_T
+and dispatches through that table.
 
 Timestep grids (``spacing``; diffusers' names, ``steps_offset = 0``):
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -37,10 +39,7 @@ from diffvae.errors import DiffvaeError
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
 SPACINGS = ("leading", "trailing", "linspace", "linspace_exclusive")
-DEFAULT_SPACING = {"ddpm": "leading", "ddim": "leading", "dpm++2m": "linspace_exclusive"}
-DEFAULT_STEPS = {"ddim": 50, "dpm++2m": 20}  # ddpm: all T steps
 
 
 def timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "leading") -> torch.Tensor:
@@ -133,6 +132,7 @@ def sample_ddpm(
     generator: torch.Generator | None = None,
     clip_x0: bool = False,
     progress: bool = False,
+    **_,
 ) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Alg. 2) with the fixed-small variance β̃, on the schedule
     respaced to the grid (improved-diffusion; with all T steps it is the original chain):
@@ -160,6 +160,7 @@ def sample_ddim(
     clip_x0: bool = False,
     progress: bool = False,
     rederive_eps: bool = True,
+    **_,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021): :func:`ddim_step` from each grid level to the next, then to clean.
     For η > 0 noise is drawn on every step (as diffusers), including the last, where σ = 0."""
@@ -180,6 +181,7 @@ def sample_dpmpp_2m(
     timestep_grid: torch.Tensor,
     clip_x0: bool = False,
     progress: bool = False,
+    **_,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; k-diffusion ``sample_dpmpp_2m``), multistep in
     data prediction. With α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t / σ_t), h = λ_next − λ_t:
@@ -211,6 +213,29 @@ def sample_dpmpp_2m(
     return x
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """A sampler of the table: ``run(eps_fn, x_T, schedule, grid, *, generator, clip_x0, progress, eta, rederive_eps)``
+    returns x₀ (each takes the options it uses and ignores the rest); ``spacing`` is its default timestep grid
+    (diffusers' default for it), ``steps`` its default number of steps (None: all T), ``eta`` whether DDIM's η
+    applies, ``stochastic`` whether it draws noise on the way, ``evaluations_per_step`` its network calls per step."""
+
+    run: Callable[..., torch.Tensor]
+    spacing: str
+    steps: int | None = None
+    eta: bool = False
+    stochastic: bool = False
+    evaluations_per_step: int = 1
+
+
+# The diffusion samplers: a new one is its function above plus one line here.
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(sample_ddpm, "leading", stochastic=True),
+    "ddim": Sampler(sample_ddim, "leading", 50, eta=True),
+    "dpm++2m": Sampler(sample_dpmpp_2m, "linspace_exclusive", 20),
+}
+
+
 def sample(
     eps_fn: EpsFn,
     shape: tuple[int, ...],
@@ -227,28 +252,25 @@ def sample(
     spacing: str | None = None,
     rederive_eps: bool = True,
 ) -> torch.Tensor:
-    """Draw samples of ``shape`` (N, ...) with ``sampler`` ∈ {"ddpm", "ddim", "dpm++2m"}.
+    """Draw samples of ``shape`` (N, ...) with ``sampler``, a name in :data:`SAMPLERS` ("ddpm", "ddim", "dpm++2m").
 
-    ``steps`` defaults to T for ddpm, 50 for ddim and 20 for dpm++2m; ``spacing`` to the sampler's
-    diffusers default (module docstring). x_T ~ N(0, I) is drawn from ``generator`` unless given;
+    ``steps`` and ``spacing`` default to the sampler's (T for ddpm, 50 for ddim and 20 for dpm++2m; the
+    diffusers default spacing, module docstring). x_T ~ N(0, I) is drawn from ``generator`` unless given;
     ``eta`` is used by ddim only, and so is ``rederive_eps`` (ε̂ from the clipped x̂₀; :func:`ddim_step`).
     """
     if sampler not in SAMPLERS:
         raise DiffvaeError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
-    if eta != 0 and sampler != "ddim":
+    chosen = SAMPLERS[sampler]
+    if eta != 0 and not chosen.eta:
         raise DiffvaeError(f"eta applies to the ddim sampler only, not {sampler!r}")
     if x_T is None:
         x_T = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=generator.device if generator else device)
     elif tuple(x_T.shape) != tuple(shape):
         raise DiffvaeError(f"x_T has shape {tuple(x_T.shape)} but samples of shape {tuple(shape)} were asked for")
     x = x_T.to(dtype=dtype, device=device if device is not None else x_T.device)
-    grid = timesteps(schedule, steps if steps is not None else DEFAULT_STEPS.get(sampler, schedule.T),
-                     spacing or DEFAULT_SPACING[sampler])
-    if sampler == "ddpm":
-        return sample_ddpm(eps_fn, x, schedule, grid, generator, clip_x0, progress)
-    if sampler == "ddim":
-        return sample_ddim(eps_fn, x, schedule, grid, eta, generator, clip_x0, progress, rederive_eps)
-    return sample_dpmpp_2m(eps_fn, x, schedule, grid, clip_x0, progress)
+    grid = timesteps(schedule, steps if steps is not None else chosen.steps or schedule.T, spacing or chosen.spacing)
+    return chosen.run(eps_fn, x, schedule, grid, generator=generator, clip_x0=clip_x0, progress=progress, eta=eta,
+                      rederive_eps=rederive_eps)
 
 
 def ddim_invert(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffvae.diffusion.family import SAMPLERS, SWEEP, UNET_TRAIN_DEFAULTS, DiffusionSpec
+from diffvae.diffusion.family import SAMPLERS, STOCHASTIC_SAMPLERS, SWEEP, UNET_TRAIN_DEFAULTS, DiffusionSpec
 from diffvae.latent.export import export_denoiser
 from diffvae.latent import fit as stages
 from diffvae.latent.model import LDMConfig, LatentDiffusion
@@ -57,7 +57,7 @@ SPEC = LatentDiffusionSpec(
     invertible=True,
     has_encoder=True,
     samplers=SAMPLERS,
-    stochastic_samplers=("ddpm",),
+    stochastic_samplers=STOCHASTIC_SAMPLERS,
     sweep=SWEEP,
     conditional=True,
     color="#2ca02c",
