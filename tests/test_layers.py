@@ -8,12 +8,14 @@ level or inside a function); nothing is imported to build it."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
 import diffvae
+from diffvae.families import FAMILIES
 
 SRC = Path(diffvae.__file__).parent
 DESIGN = SRC.parent.parent / "DESIGN.md"
@@ -209,3 +211,42 @@ def test_no_module_imports_from_a_higher_layer():
 @pytest.mark.xfail(strict=True, reason="issue 26 in progress: see REMAINING_* above")
 def test_function_level_imports_of_diffvae_modules_only_on_the_allow_list():
     assert function_level(EDGES) == []
+
+
+# ---------------------------------------------------------------- configs declare each field once
+
+
+def _declared(cls) -> set[str]:
+    return set(cls.__dict__.get("__annotations__", {}))
+
+
+def copied_fields(classes) -> list[str]:
+    """Fields declared by two config classes that do not inherit them from a class they share (a copy; an
+    override restates an inherited field to give it another default)."""
+    every = {base for cls in classes for base in cls.__mro__ if dataclasses.is_dataclass(base)}
+    return sorted(f"{a.__name__}.{name} = {b.__name__}.{name}" for a in every for b in every if a.__name__ < b.__name__
+                  for name in _declared(a) & _declared(b)
+                  if not any(name in _declared(c) for c in set(a.__mro__) & set(b.__mro__)))
+
+
+def test_the_copy_check_finds_a_copied_field_and_allows_an_override():
+    @dataclasses.dataclass
+    class Base:
+        width: int = 1
+
+    @dataclasses.dataclass
+    class Override(Base):
+        width: int = 2  # another default for the inherited field
+
+    @dataclasses.dataclass
+    class Copy:
+        width: int = 1
+
+    assert copied_fields([Override]) == []
+    assert copied_fields([Override, Copy]) == ["Base.width = Copy.width", "Copy.width = Override.width"]
+
+
+def test_no_family_config_copies_another_ones_fields():
+    """The UNet families share diffvae.diffusion.model.UNetFamilyConfig and every conditional family
+    diffvae.conditioning.ConditionFields: each field is declared once (a subclass may give it another default)."""
+    assert copied_fields([fam.load()[0] for fam in FAMILIES.values()]) == []

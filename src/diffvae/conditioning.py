@@ -15,17 +15,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass, fields
 
 import torch
 
 from diffvae.errors import DiffvaeError
 from diffvae.families import get_family
 
-__all__ = ["CONDITION_FIELDS", "check_condition_fields", "is_conditional", "num_classes", "conditioned_config",
+__all__ = ["ConditionFields", "CONDITION_FIELDS", "check_condition_fields", "is_conditional", "num_classes", "conditioned_config",
            "null_labels", "drop_labels", "check_labels", "check_condition", "null_condition", "sampling_labels",
            "check_buildable"]
 
-CONDITION_FIELDS = ("conditional", "num_classes", "p_uncond")
+@dataclass
+class ConditionFields:
+    """The conditioning fields of every conditional family's config, declared once (its config inherits them)."""
+
+    conditional: bool = False  # class-conditional model (labels from the data; diffvae.conditioning)
+    num_classes: int = 0  # K, set from the data's labels when conditional
+    p_uncond: float = 0.1  # label dropout to the null label (classifier-free guidance; a VAE's all-zero one-hot)
+
+
+CONDITION_FIELDS = tuple(f.name for f in fields(ConditionFields))
 
 
 def check_condition_fields(config) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
+from diffvae.conditioning import ConditionFields, check_buildable, check_condition_fields, check_labels, drop_labels
 from diffvae.distributions import nats_to_bpd
 from diffvae.errors import DiffvaeError
 from diffvae.diffusion import likelihood, samplers, targets, variance
@@ -28,14 +28,11 @@ from diffvae.nn.unet import UNet, UNetConfig
 
 
 @dataclass
-class DiffusionConfig:
-    """A diffusion model: its forward process, training target and network, and sampling defaults."""
+class UNetFamilyConfig(ConditionFields):
+    """What the config of every UNet family (pixel and latent diffusion, flow matching) holds: the network, the
+    sampling defaults and the conditioning fields (:class:`diffvae.conditioning.ConditionFields`). A family's config
+    adds its own fields and may restate one of these to give it another default."""
 
-    schedule: str = "linear"  # linear | cosine (cosine's last β = 0.999 inflates the fixed-variance bound)
-    timesteps: int = 1000
-    prediction: str = "eps"  # eps | x0 | v
-    loss_weight: str = "uniform"  # uniform | min_snr
-    min_snr_gamma: float = 5.0
     channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
@@ -43,17 +40,34 @@ class DiffusionConfig:
     dropout: float = 0.0
     sampler: str = "dpm++2m"  # default sampler for sample()
     sample_steps: int = 20
-    eta: float = 0.0  # DDIM η
-    invert_steps: int = 50  # DDIM steps for inversion / regeneration (interpolation, round trips)
-    clip_x0: bool = True  # clamp x̂₀ to [-1, 1] while sampling (data on [-1, 1]; off for latents)
-    conditional: bool = False  # class-conditional UNet (labels from the data; diffvae.conditioning)
-    num_classes: int = 0  # K, set from the data's labels when conditional
-    p_uncond: float = 0.1  # label dropout to the null label (classifier-free guidance)
+    invert_steps: int = 50  # steps for inversion / regeneration (interpolation, round trips)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_levels = tuple(int(i) for i in self.attention_levels)
         self.validate()
+
+    def validate(self) -> None:
+        check_condition_fields(self)
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(channels=self.channels, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
+                          attention_levels=self.attention_levels, dropout=self.dropout,
+                          groups=_groups_for(self.channels, self.channel_mult),
+                          num_classes=self.num_classes if self.conditional else 0)
+
+
+@dataclass
+class DiffusionConfig(UNetFamilyConfig):
+    """A diffusion model: its forward process, training target and network, and sampling defaults."""
+
+    schedule: str = "linear"  # linear | cosine (cosine's last β = 0.999 inflates the fixed-variance bound)
+    timesteps: int = 1000
+    prediction: str = "eps"  # eps | x0 | v
+    loss_weight: str = "uniform"  # uniform | min_snr
+    min_snr_gamma: float = 5.0
+    eta: float = 0.0  # DDIM η
+    clip_x0: bool = True  # clamp x̂₀ to [-1, 1] while sampling (data on [-1, 1]; off for latents)
 
     def validate(self) -> None:
         """Raise DiffvaeError on a setting that cannot work (every check of this config is here).
@@ -77,12 +91,6 @@ class DiffusionConfig:
         check_sampling(self.sampler, self.sample_steps, self.timesteps, self.eta)
         check_sampling("ddim", self.invert_steps, self.timesteps, 0.0)
         check_condition_fields(self)
-
-    def unet_config(self) -> UNetConfig:
-        return UNetConfig(channels=self.channels, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
-                          attention_levels=self.attention_levels, dropout=self.dropout,
-                          groups=_groups_for(self.channels, self.channel_mult),
-                          num_classes=self.num_classes if self.conditional else 0)
 
 
 def _groups_for(channels: int, channel_mult: tuple[int, ...]) -> int:

@@ -20,18 +20,18 @@ from torch import nn
 from diffvae import ode_likelihood
 from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
 from diffvae.diffusion.guidance import sampling_fn
-from diffvae.diffusion.model import _groups_for
+from diffvae.diffusion.model import UNetFamilyConfig
 from diffvae.errors import DiffvaeError
 from diffvae.flow import paths, samplers
 from diffvae.images import to_signed, to_uint8
-from diffvae.nn.unet import UNet, UNetConfig
+from diffvae.nn.unet import UNet
 from diffvae.ode import check_solver
 
 TIME_SCALE = 1000.0  # network time = t · 1000
 
 
 @dataclass
-class FlowConfig:
+class FlowConfig(UNetFamilyConfig):
     """A flow-matching model: its network, training-time law, and sampling and likelihood defaults.
 
     Defaults follow the DDPM's 32-wide UNet (the cost per network call is the same) and Heun's method on
@@ -44,28 +44,16 @@ class FlowConfig:
     [74.9, 105.0], Euler 50 98.6 [77.6, 108.3], Heun 10 96.7 [76.1, 106.0]; ODE likelihood 3.58 ± 0.04 bits/dim.
     """
 
-    channels: int = 32
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
-    attention_levels: tuple[int, ...] = (-1,)
-    dropout: float = 0.0
-    time_sampling: str = "logit_normal"  # logit_normal | uniform
-    logit_mean: float = 0.0  # the logit-normal's m and s (Esser et al. 2024: 0, 1)
-    logit_std: float = 1.0
+    channels: int = 32  # UNetFamilyConfig's fields, with these defaults
     sampler: str = "heun"  # euler | heun | midpoint | rk4: default of sample()
     sample_steps: int = 25
     invert_steps: int = 25  # steps of to_latent / from_latent (inversion, interpolation, round trips): as sampling's, about 50 NFE
+    time_sampling: str = "logit_normal"  # logit_normal | uniform
+    logit_mean: float = 0.0  # the logit-normal's m and s (Esser et al. 2024: 0, 1)
+    logit_std: float = 1.0
     likelihood_solver: str = "heun"
     likelihood_steps: int = 32
     likelihood_probes: int = 1  # Hutchinson probes per image (≥ 2 also gives each image's bpd_stderr)
-    conditional: bool = False  # class-conditional UNet (labels from the data; diffvae.conditioning)
-    num_classes: int = 0  # K, set from the data's labels when conditional
-    p_uncond: float = 0.1  # label dropout to the null label (classifier-free guidance)
-
-    def __post_init__(self) -> None:
-        self.channel_mult = tuple(int(m) for m in self.channel_mult)
-        self.attention_levels = tuple(int(i) for i in self.attention_levels)
-        self.validate()
 
     def validate(self) -> None:
         """Every field's check, one error line each."""
@@ -77,12 +65,6 @@ class FlowConfig:
         if not isinstance(probes, numbers.Integral) or isinstance(probes, bool) or probes < 1:
             raise DiffvaeError(f"--likelihood-probes must be a positive integer, got {probes!r}")
         check_condition_fields(self)
-
-    def unet_config(self) -> UNetConfig:
-        return UNetConfig(channels=self.channels, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
-                          attention_levels=self.attention_levels, dropout=self.dropout,
-                          groups=_groups_for(self.channels, self.channel_mult),
-                          num_classes=self.num_classes if self.conditional else 0)
 
 
 def check_sampling(sampler: str, steps: int, eta: float | None = None) -> None:

@@ -31,7 +31,7 @@ from diffvae.distributions import (
     gaussian_log_density,
     nats_to_bpd,
 )
-from diffvae.conditioning import check_buildable, check_condition, check_condition_fields, check_labels, drop_labels
+from diffvae.conditioning import ConditionFields, check_buildable, check_condition, check_condition_fields, check_labels, drop_labels
 from diffvae.errors import DiffvaeError
 from diffvae.images import to_signed, to_uint8
 from diffvae.nn.conv import build_decoder, build_encoder, resolve_architecture
@@ -47,7 +47,10 @@ DECODE_BATCH = 512  # images per decoder pass in sample(), through a channels_la
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(ConditionFields):
+    """A VAE; conditional (ConditionFields): the label (one-hot) enters encoder and decoder, the prior stays
+    N(0, I), and label dropout to the null label (all-zero one-hot) makes one model of p(x|y) and p(x)."""
+
     latent_dim: int = 16
     architecture: str = "auto"  # "conv" | "mlp" | "auto" (mlp when H*W <= 144)
     width: int = 64
@@ -58,9 +61,6 @@ class VAEConfig:
     free_bits: float = 0.0  # nats per latent dimension (0 = off)
     binarize: bool = False  # threshold images at 128 to {0, 255}; bernoulli needs binary data
     pixelcnn_layers: int = 5
-    conditional: bool = False  # conditional VAE: the label (one-hot) enters encoder and decoder; prior stays N(0, I)
-    num_classes: int = 0  # K, set from the data's labels when conditional
-    p_uncond: float = 0.1  # label dropout to the null label (all-zero one-hot): one model of p(x|y) and p(x)
 
     def validate(self) -> None:
         """Raise DiffvaeError on a setting that cannot work."""
