@@ -26,7 +26,7 @@ ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {}
 # What is left to do; each number may only go down (issue 26 ends with all three at 0).
 REMAINING_CYCLE_MODULES = 4
 REMAINING_UPWARD = 3
-REMAINING_FUNCTION_LEVEL = 72
+REMAINING_FUNCTION_LEVEL = 24
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -17,7 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from diffvae.api import load
+from diffvae.contract import spec_of
 from diffvae.errors import DiffvaeError
+from diffvae.runs import CONFIG
 
 TARGETS = ("diffusers",)
 
@@ -41,9 +44,6 @@ def run(args: argparse.Namespace) -> int:
 def export_diffusers(run_path: str | Path, out: str | Path, pipeline: str = "ddim", force: bool = False) -> Path:
     """Write the diffusers folder ``out`` for the run ``run_path``; returns its path. OUT is checked
     first, then the family writes into a folder next to ``out`` that is renamed into place."""
-    from diffvae.api import load
-    from diffvae.contract import spec_of
-
     out = _check_out(Path(out), force)
     _diffusers()
     model = load(run_path, device="cpu")
@@ -61,8 +61,6 @@ def _diffusers():
 
 
 def _check_out(out: Path, force: bool) -> Path:
-    from diffvae.runs import CONFIG
-
     if out.exists() and not out.is_dir():
         raise DiffvaeError(f"{out} exists and is not a folder")
     if out.exists() and not force:

@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
+from diffvae.api import load
+from diffvae.contract import spec_of
+from diffvae.data import IMAGE_SUFFIXES, _read_source, check_fits_in_memory, load_data, run_data
+from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
+from diffvae.evaluate import EvalConfig, format_table, sample_quality, sampling_speed
+from diffvae.metrics.inception import feature_extractor_for, load_inception, parse_features
+from diffvae.runs import CONFIG
 
 SAMPLE_PREFIXES = ("folder", "npz", "idx")
 
@@ -70,9 +77,6 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
           device: str = "auto", progress: bool = False, features: str | None = "local") -> dict[str, Any]:
     """The sample-quality figures of ``samples`` against ``data``'s held-out split (module docstring), in the
     feature space ``features`` names (:func:`diffvae.metrics.inception.parse_features`)."""
-    from diffvae.evaluate import sample_quality
-    from diffvae.metrics.inception import feature_extractor_for, parse_features
-
     config = _eval_config(seed, bootstrap, n)
     space = parse_features(features)
     extractor = _inception_extractor(space, device) if space.kind == "inception" else None
@@ -102,15 +106,10 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
 
 def _inception_extractor(space, device: str):
     """Inception-v3 from the weights file, checked before any sample is read or drawn."""
-    from diffvae.metrics.inception import load_inception
-    from diffvae.train import resolve_device
-
     return load_inception(space.path, resolve_device(device))
 
 
 def _eval_config(seed: int, bootstrap: int | None, n: int | None):
-    from diffvae.evaluate import EvalConfig
-
     config = EvalConfig(seed=seed)
     for name, value, low in (("--seed", seed, 0), ("--bootstrap", bootstrap, 0), ("--n", n, 2)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
@@ -128,8 +127,6 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_directory(samples: str) -> Path | None:
     """The run directory SAMPLES names, None for a data spec; anything else is refused in one line."""
-    from diffvae.runs import CONFIG
-
     if not isinstance(samples, str) or not samples.strip():
         raise DiffvaeError("SAMPLES must be folder:PATH, npz:PATH, idx:PATH or a run directory")
     kind, sep, _ = samples.strip().partition(":")
@@ -143,16 +140,12 @@ def _run_directory(samples: str) -> Path | None:
 
 
 def _reference(spec: str, size: int | None, key: str | None, binarize: bool):
-    from diffvae.data import load_data
-
     return load_data(spec, size=size, key=key, binarize=binarize)
 
 
 def read_samples(spec: str, image_shape: tuple[int, int, int], key: str | None = None) -> torch.Tensor:
     """All images of a ``folder:``/``npz:``/``idx:`` spec in file order, uint8 (N, C, H, W), checked
     against the reference ``image_shape`` (a folder's images must already be H×W: none is resized)."""
-    from diffvae.data import _read_source
-
     kind, _, argument = spec.strip().partition(":")
     kind = kind.lower()
     c, h, w = image_shape
@@ -175,8 +168,6 @@ def _check_folder_sizes(argument: str, h: int, w: int) -> None:
     """Every PNG/JPEG under the folder is h×w (read from the file headers only)."""
     from PIL import Image
 
-    from diffvae.data import IMAGE_SUFFIXES
-
     root = Path(argument.strip()).expanduser()
     if not root.is_dir():
         return  # the reader says what is wrong
@@ -193,10 +184,6 @@ def _check_folder_sizes(argument: str, h: int, w: int) -> None:
 
 
 def _load_run(path: Path, device: str, sampling: dict[str, Any]):
-    from diffvae.api import load
-    from diffvae.contract import spec_of
-    from diffvae.train import resolve_device
-
     model = load(path, device=str(resolve_device(device)))
     if sampling and not spec_of(model).samplers:
         raise DiffvaeError(f"{'/'.join('--' + k for k in sampling)} apply to iterative families; "
@@ -205,16 +192,11 @@ def _load_run(path: Path, device: str, sampling: dict[str, Any]):
 
 
 def _run_dataset(model):
-    from diffvae.api import run_data
-
     return run_data(model)
 
 
 def _run_samples(model, dataset, config, sampling: dict[str, Any], progress: bool) -> torch.Tensor:
     """The run's samples, drawn exactly as ``eval`` draws them (:func:`diffvae.evaluate.sampling_speed`)."""
-    from diffvae.data import check_fits_in_memory
-    from diffvae.evaluate import sampling_speed
-
     if tuple(model.image_shape) != tuple(dataset.image_shape):
         raise DiffvaeError(f"the run makes {'×'.join(map(str, model.image_shape))} images but the reference data is "
                            f"{'×'.join(map(str, dataset.image_shape))}")
@@ -226,6 +208,4 @@ def _run_samples(model, dataset, config, sampling: dict[str, Any], progress: boo
 
 def format_score(results: dict[str, Any]) -> str:
     """The table ``diffvae score`` prints: eval's table rows that apply to samples."""
-    from diffvae.evaluate import format_table
-
     return format_table({**results, "family": f"samples {results.get('samples', '?')}"})

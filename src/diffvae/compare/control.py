@@ -27,7 +27,14 @@ from typing import Any
 
 import torch
 
+from diffvae.api import load
+from diffvae.compare.stages import compare_samples
+from diffvae.conditioning import num_classes
 from diffvae.errors import DiffvaeError
+from diffvae.evaluate import EvalConfig, class_samples, conditional_scores, guidance_sweep
+from diffvae.families import get_family
+from diffvae.images import save_grid
+from diffvae.metrics.bootstrap import wilson_interval
 
 GUIDANCE_SWEEP = (0.0, 1.0, 2.0, 3.0, 5.0)
 GRID_COLUMNS = 8  # samples per class in the per-class grid
@@ -38,8 +45,6 @@ MIN_PER_CLASS = 4
 def check_conditional(dataset, families: tuple[str, ...]) -> None:
     """``--conditional`` needs labelled data and at least one family that takes labels (one line otherwise);
     called before anything is written."""
-    from diffvae.families import get_family
-
     if getattr(dataset, "train_labels", None) is None or not getattr(dataset, "num_classes", 0):
         raise DiffvaeError(f"--conditional needs labelled data, but {dataset.name} has no labels "
                            "(use a built-in data set, folder: with class subfolders, or an npz with y)")
@@ -71,12 +76,6 @@ def control_family(family: str, ctx, seconds: float, n_samples: int | None = Non
     """The ``control:<family>`` stage: the guidance sweep (at most ``n_samples`` per w, the evaluations' shared
     count), then per-class samples at the w of its best accuracy; returns ``results["control"][family]``
     (``{"conditional": False}`` for an unconditional run)."""
-    from diffvae.api import load
-    from diffvae.compare.stages import compare_samples
-    from diffvae.conditioning import num_classes
-    from diffvae.evaluate import EvalConfig, class_samples, conditional_scores, guidance_sweep
-    from diffvae.families import get_family
-
     t0 = time.perf_counter()
     out_dir, dataset, config = Path(ctx.out), ctx.dataset, ctx.config
     model = load(out_dir / "runs" / family, device="cpu")
@@ -105,8 +104,6 @@ def _sweep_row(result: dict[str, Any], w: float) -> dict[str, Any] | None:
 
 def save_class_grid(samples: torch.Tensor, k: int, per_class: int, path: Path, out_dir: Path) -> str:
     """A row per class (the first ``GRID_COLUMNS`` samples asked for it); the path relative to ``out_dir``."""
-    from diffvae.images import save_grid
-
     columns = min(GRID_COLUMNS, per_class)
     rows = samples.reshape(k, per_class, *samples.shape[1:])[:, :columns]
     save_grid(rows.flatten(0, 1), path, nrow=columns, scale=max(1, 64 // samples.shape[-1]))
@@ -180,7 +177,6 @@ def guidance_figure(results: dict[str, Any], path: Path) -> bool:
     family; a one-pass family's accuracy as a dashed level."""
     from diffvae.compare.figures import color, pyplot, save_figure
     from diffvae.compare.report import title
-    from diffvae.metrics.bootstrap import wilson_interval
 
     control = {f: r for f, r in (results.get("control") or {}).items() if r.get("conditional")}
     if not control:

@@ -28,7 +28,12 @@ from typing import Any, Sequence
 
 import torch
 
+from diffvae.api import load
+from diffvae.contract import BoundOptions, spec_of
+from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
+from diffvae.metrics.bootstrap import fid_ci
+from diffvae.metrics.distances import fid
 from diffvae.runs import load_tensors, split_prefixed
 from diffvae.snapshots import read_index, snapshot_folder
 
@@ -65,8 +70,6 @@ def learning_curves(families: Sequence[str], dataset, out: Path, seconds: float,
 
     The final weights of every family first (cheapest family first), then each family in turn gets an
     equal share of the time left, what one family does not use going to the next."""
-    from diffvae.train import resolve_device
-
     started = time.perf_counter()
     settings = CurveSettings(n_samples=curve_samples(budget_minutes), seed=seed,
                              clock="CPU-minutes" if resolve_device(device).type == "cpu" else "GPU-minutes")
@@ -104,8 +107,6 @@ class FamilyCurve:
     point has cost (before the first, an estimate from a pilot batch of samples)."""
 
     def __init__(self, run_path: Path, measure: SnapshotMeasure):
-        from diffvae.api import load
-
         self.run_path, self.measure = run_path, measure
         self.model = load(run_path, device="cpu")
         self.entries = read_index(run_path)["snapshots"]
@@ -159,8 +160,6 @@ def _pilot_seconds(model, seed: int) -> float:
 def evaluate_snapshot(model, path: Path, entry: dict[str, Any], extractor, reference,
                       bound_data: tuple[torch.Tensor, torch.Tensor], settings: CurveSettings) -> dict[str, Any]:
     """One point of a learning curve: the snapshot's weights loaded into ``model``, then FID and bits/dim."""
-    from diffvae.metrics.distances import fid
-
     tensors, _ = load_tensors(path)
     model.load_state_dict(split_prefixed(tensors, "ema"), strict=True)
     model.eval()
@@ -182,8 +181,6 @@ def evaluate_snapshot(model, path: Path, entry: dict[str, Any], extractor, refer
 
 def _fid_interval(reference, features, seed: int) -> list[float] | None:
     """The bootstrap 95% interval of the FID (:func:`diffvae.metrics.bootstrap.fid_ci`)."""
-    from diffvae.metrics.bootstrap import fid_ci
-
     low, high = fid_ci(reference, features, generator=torch.Generator().manual_seed(seed))
     return [low, high] if math.isfinite(low) and math.isfinite(high) else None
 
@@ -192,8 +189,6 @@ def _bound_bpd(model, held_out: torch.Tensor, fit_images: torch.Tensor, settings
     """``bpd``: the mean bits/dim of the family's bound on ``held_out`` with the cheap options its
     ``bound`` accepts (a K-draw estimate; reverse variances fitted on ``fit_images``), and the
     ``bpd_variance`` it chose where it names one."""
-    from diffvae.contract import BoundOptions, spec_of
-
     options = spec_of(model).bound_kwargs(BoundOptions(timesteps=settings.bound_timesteps, fit_data=fit_images))
     with torch.no_grad():
         bound = model.bound(held_out, generator=torch.Generator().manual_seed(settings.seed), **options)

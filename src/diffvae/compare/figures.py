@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffvae.errors import DiffvaeError
+from diffvae.families import get_family
 from diffvae.runs import atomic_write_bytes
 
 PARTS_TOLERANCE = 1e-6  # relative: parts that miss their total by more get an explicit remainder
@@ -14,9 +16,6 @@ PARTS_TOLERANCE = 1e-6  # relative: parts that miss their total by more get an e
 
 def spec_or_none(fam: str):
     """The family's spec, or None for a name no longer registered (a report redrawn from old results)."""
-    from diffvae.errors import DiffvaeError
-    from diffvae.families import get_family
-
     try:
         return get_family(fam).spec()
     except DiffvaeError:

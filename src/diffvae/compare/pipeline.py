@@ -27,9 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from diffvae.compare import stages as st
+from diffvae.compare.control import check_conditional, control_family
+from diffvae.compare.curves import learning_curves
+from diffvae.compare.report import write_report
 from diffvae.compare.stages import StageInputs
+from diffvae.data import DataConfig
 from diffvae.errors import DiffvaeError
+from diffvae.evaluate import _jsonable
+from diffvae.families import FAMILIES, get_family
+from diffvae.metrics.features import get_feature_extractor
 from diffvae.runs import LOCK, WriterLock, atomic_write_text, read_json, write_json
+from diffvae.schema import check_compare_settings, check_stages
 
 SETTINGS = "compare.json"  # data spec + content hash, families, budget, split, seed: what --resume must match
 DEFAULT_BUDGET_MINUTES = 15.0
@@ -68,8 +77,6 @@ class CompareConfig:
     quiet: bool = False
 
     def data_config(self):
-        from diffvae.api import DataConfig
-
         return DataConfig(spec=self.data, size=self.size, key=self.key, binarize=self.binarize, limit=self.limit)
 
     def resolved(self, stored: dict[str, Any] | None) -> "CompareConfig":
@@ -90,8 +97,6 @@ class CompareConfig:
 
 def family_order() -> tuple[str, ...]:
     """Every registered family, in registry order: compare's default and its column order."""
-    from diffvae.families import FAMILIES
-
     return tuple(FAMILIES)
 
 
@@ -112,8 +117,6 @@ def plan(data: str, budget_minutes: float, families: tuple[str, ...], split: dic
     """Split the budget among the stages in proportion to their shares; the training share among the
     families in proportion to ``split`` (relative weights; each family's ``spec.train_share`` when None);
     with ``conditional`` a controllability stage per family (equal shares of ``CONTROL_SHARE``)."""
-    from diffvae.families import get_family
-
     specs = {fam: get_family(fam).spec() for fam in families}
     weights = split or {fam: specs[fam].train_share for fam in families}
     shares: dict[str, float] = {}
@@ -160,8 +163,6 @@ class Stages:
     """``stages.json``: the status of every stage, written atomically after each one."""
 
     def __init__(self, out: Path, resume: bool):
-        from diffvae.schema import check_stages
-
         self.path = out / "stages.json"
         self.status: dict[str, dict[str, Any]] = read_json(self.path) if resume and self.path.exists() else {}
         check_stages(self.status, self.path)
@@ -187,8 +188,6 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     data_config = config.data_config()
     dataset = data_config.load()  # fails early, before anything is written, on bad data
     if config.conditional:
-        from diffvae.compare.control import check_conditional
-
         check_conditional(dataset, config.families)
     settings = {"data": dataclasses.asdict(data_config), "content_hash": dataset.content_hash(),
                 "families": list(config.families), "budget_minutes": config.budget_minutes, "split": config.split,
@@ -215,8 +214,6 @@ def parse_families(text: str) -> tuple[str, ...]:
 
 def read_settings(out: Path) -> dict[str, Any]:
     """``compare.json`` of an earlier run, checked by schema, with its stages.json and results.json."""
-    from diffvae.schema import check_compare_settings, check_stages
-
     path = out / SETTINGS
     if not path.is_file():
         raise DiffvaeError(f"--resume: {out} has no {SETTINGS} (an interrupted start, or an older diffvae); "
@@ -252,8 +249,6 @@ class StageContext(StageInputs):
     _extractor: Any = None
 
     def extractor(self):
-        from diffvae.metrics.features import get_feature_extractor
-
         if self._extractor is None:
             self._extractor = get_feature_extractor(self.dataset, progress=not self.config.quiet)
         return self._extractor
@@ -303,10 +298,6 @@ class StageRunner:
 
 def _run_stages(ctx: StageContext) -> dict[str, Any]:
     """Plan the budget and run every stage not done yet; write the report."""
-    from diffvae.compare import stages as st
-    from diffvae.compare.curves import learning_curves
-    from diffvae.families import get_family
-
     config, out, dataset, families = ctx.config, ctx.out, ctx.dataset, ctx.config.families
     the_plan = plan(config.data, config.budget_minutes, families, config.split, config.conditional)
     _log(f"diffvae compare: {the_plan.describe()}")
@@ -328,13 +319,10 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
             fam, ctx, s, results["eval_samples"], results.get("eval_midpoints"))))
         _write_results(out, results)  # partial results survive an interruption
     for fam in families if config.conditional else ():
-        from diffvae.compare.control import control_family
-
         _store(results, ("control", fam), run(f"control:{fam}", lambda s, fam=fam: control_family(fam, ctx, s, results.get("eval_samples"))))
         _write_results(out, results)
     results["stages"] = run.stages.status
     results["elapsed_minutes"] = (earlier + time.perf_counter() - run.start) / 60.0  # reused stages count; the report takes seconds
-    from diffvae.compare.report import write_report
 
     write_report(out, results)
     _write_results(out, results)
@@ -422,8 +410,6 @@ def _previous_results(out: Path) -> dict[str, Any]:
 
 
 def _write_results(out: Path, results: dict[str, Any]) -> None:
-    from diffvae.evaluate import _jsonable
-
     atomic_write_text(out / "results.json", json.dumps(_jsonable(results), indent=2, sort_keys=True) + "\n")
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffvae.contract import FamilySpec
 from diffvae.runs import atomic_write_text
 
 
@@ -171,7 +172,6 @@ def _cells(fam: str) -> dict[str, list[Part]]:
     """The parts of each table cell of ``fam``: common rows, then the family's spec (its latent,
     interpolation, bound label and extras, and rows it fills itself: ``spec.report_cells``)."""
     from diffvae.compare.figures import spec_or_none
-    from diffvae.contract import FamilySpec
 
     spec = spec_or_none(fam) or FamilySpec(title=fam, short=fam, objective="", latent_space="", interpolation="")
     F = f"families.{fam}."
