@@ -1,8 +1,9 @@
-"""diffvae: VAEs, pixel diffusion and latent diffusion, trained and measured on your data.
+"""diffvae: VAEs, pixel diffusion, latent diffusion and flow matching, trained and measured on your data.
 
 The public API (imported lazily so that ``import diffvae`` stays quick):
 
-* ``load(run)``                     — a trained run's model (``sample``, ``bound``, ``encode``/``decode``, ``evaluate``)
+* ``load(run)``                     — a trained run's model (``sample``, ``bound``, ``to_latent``/``from_latent``, ``nfe``:
+                                      :class:`diffvae.contract.FamilyModel`)
 * ``train_run(family, data, ...)``  — train a family into a run directory
 * ``load_data(spec)``               — a data source as uint8 tensors with a fixed held-out split
 * ``NoiseSchedule``, ``sample``, ``ddim_invert``, ``slerp``, ``diffusion_bpd``, ``analytic_variance`` — diffusion math
@@ -15,7 +16,7 @@ _LAZY = {
     "load": "diffvae.api",
     "train_run": "diffvae.api",
     "DataConfig": "diffvae.api",
-    "TrainConfig": "diffvae.train",
+    "TrainConfig": "diffvae.configs",
     "load_data": "diffvae.data",
     "NoiseSchedule": "diffvae.diffusion.schedule",
     "sample": "diffvae.diffusion.samplers",

@@ -5,13 +5,16 @@ A family is three things, all in its own package:
 
 * a **config dataclass** (plain fields with defaults; ``validate()`` raises DiffvaeError);
 * a **model** (:class:`FamilyModel`), an ``nn.Module`` built as ``Model(config, image_shape)``;
-* a **spec** (:class:`FamilySpec`): what the CLI, the evaluation and the comparison need to know
-  about the family — its title, objective, latent, bound parts, sampling traits, samplers and the
+* a **spec** (:class:`FamilySpec`), the one description of the family: its config and model classes, training
+  defaults, ``--budget`` recipes and presets by image shape, and what the CLI, the evaluation and the
+  comparison need to know — its title, objective, latent, bound parts, sampling traits, samplers and the
   sampler sweep, its share of a comparison, how to size its configs and its evaluation for a budget,
   its report cells, the keyword arguments of its bound, and how it is fitted (one engine run, or
   several stages).
 
-and one registry line in :mod:`diffvae.families`. Nothing outside the family's package names it
+and one registry line in :mod:`diffvae.families` ("name": "package.module:SPEC"). This module is a leaf of the
+layers: it imports the registry, conditioning and errors, never the engine, evaluation, api or compare
+(what compare hands a family's own stage is the :class:`CompareContext` Protocol). Nothing outside the family's package names it
 (tests/test_contract.py checks that). The DDPM family is the worked example: diffusion/model.py
 (DDPMConfig, DDPM) and diffusion/family.py (its SPEC).
 """
@@ -87,7 +90,7 @@ class ExtraStage:
     """A family's own stage of ``compare`` (e.g. the VAE's posterior-collapse study).
 
     ``run(ctx, seconds)`` returns a JSON-able dict stored as ``results[key]``; ``share`` is its
-    share of the budget, next to training 0.54, evaluation 0.26 and the learning curves 0.12."""
+    share of the budget, next to training 0.62, evaluation 0.22 and the learning curves 0.08 (diffvae.compare.pipeline)."""
 
     name: str  # the stage's name in stages.json (also the results key)
     share: float
