@@ -29,6 +29,8 @@ import torch
 
 from diffvae.api import load
 from diffvae.compare.stages import compare_samples
+from diffvae.compare.style import color, pyplot, save_figure, short, title
+from diffvae.compare.verdicts import Figure, UNDECIDED, decide, figure_text, samples_to_decide
 from diffvae.conditioning import num_classes
 from diffvae.errors import DiffvaeError
 from diffvae.evaluate import EvalConfig, class_samples, conditional_scores, guidance_sweep
@@ -141,8 +143,6 @@ def add_cost_figures(result: dict[str, Any]) -> None:
 
 def accuracy_figure(results: dict[str, Any], fam: str):
     """The family's headline conditional accuracy as a report Figure (Wilson interval, n samples)."""
-    from diffvae.compare.report import Figure
-
     r = (results.get("control") or {}).get(fam) or {}
     value, ci = r.get("conditional_accuracy"), r.get("conditional_accuracy_ci95")
     if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -153,8 +153,6 @@ def accuracy_figure(results: dict[str, Any], fam: str):
 def claim_follows_conditions(results: dict[str, Any], autoencoder: str | None, iterative: tuple[str, ...]):
     """("Diffusion follows conditions better than a VAE", verdict, evidence) from the accuracies: held when an
     iterative family's interval lies above the VAE's, did not hold when all lie below; None without both."""
-    from diffvae.compare.report import UNDECIDED, decide, figure_text, samples_to_decide, short
-
     vae = accuracy_figure(results, autoencoder) if autoencoder else None
     others = {f: accuracy_figure(results, f) for f in iterative}
     others = {f: v for f, v in others.items() if v is not None}
@@ -175,9 +173,6 @@ def claim_follows_conditions(results: dict[str, Any], autoencoder: str | None, i
 def guidance_figure(results: dict[str, Any], path: Path) -> bool:
     """Conditional accuracy (with Wilson intervals) and FID against the guidance scale w, a line per iterative
     family; a one-pass family's accuracy as a dashed level."""
-    from diffvae.compare.figures import color, pyplot, save_figure
-    from diffvae.compare.report import title
-
     control = {f: r for f, r in (results.get("control") or {}).items() if r.get("conditional")}
     if not control:
         return False

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 import torch
 
 from diffvae.api import load
+from diffvae.compare.style import _pyplot, _save, color, title as family_title
+from diffvae.compare.verdicts import fmt
 from diffvae.contract import BoundOptions, spec_of
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
@@ -268,9 +270,6 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float:
 
 def crossover_sentences(results: dict[str, Any]) -> list[str]:
     """The measured crossovers of every pair of learning curves, FID then bits/dim, as sentences."""
-    from diffvae.compare.report import fmt
-    from diffvae.compare.report import title as family_title
-
     curves = results.get("learning_curves") or {}
     unit = (results.get("learning_curve_settings") or {}).get("clock", "CPU-minutes")
     title = {f: family_title(f) for f in curves}
@@ -296,8 +295,6 @@ def crossover_sentences(results: dict[str, Any]) -> list[str]:
 
 
 def _span(points: list[dict[str, Any]], unit: str) -> str:
-    from diffvae.compare.report import fmt
-
     return f"{fmt(points[0]['minutes'])}–{fmt(points[-1]['minutes'])} {unit}"
 
 
@@ -313,8 +310,6 @@ def bpd_vs_compute(results: dict[str, Any], path: Path) -> bool:
 
 def _curve_figure(results: dict[str, Any], path: Path, key: str, ylabel: str, title: str) -> bool:
     """``key`` against minutes (left) and GFLOP (right), every family, log x, shared y."""
-    from diffvae.compare.figures import _pyplot, _save, color
-
     curves = {f: [p for p in pts if p.get(key) is not None] for f, pts in (results.get("learning_curves") or {}).items()}
     curves = {f: pts for f, pts in curves.items() if pts}
     if not curves:

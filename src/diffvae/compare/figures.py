@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffvae.errors import DiffvaeError
-from diffvae.families import get_family
-from diffvae.runs import atomic_write_bytes
+from diffvae.compare.control import guidance_figure
+from diffvae.compare.curves import bpd_vs_compute, fid_vs_compute
+from diffvae.compare.style import _pyplot, _save, color, pyplot, save_figure, spec_or_none  # noqa: F401 (re-exported)
 
 PARTS_TOLERANCE = 1e-6  # relative: parts that miss their total by more get an explicit remainder
-
-
-def spec_or_none(fam: str):
-    """The family's spec, or None for a name no longer registered (a report redrawn from old results)."""
-    try:
-        return get_family(fam).spec()
-    except DiffvaeError:
-        return None
-
-
-def color(fam: str) -> str | None:
-    spec = spec_or_none(fam)
-    return spec.color if spec is not None else None
 
 
 def _bound_parts(fam: str) -> tuple[tuple[str, str, int], ...]:
@@ -65,46 +51,14 @@ def bpd_stack(results: dict[str, Any], fam: str) -> BpdStack | None:
     return BpdStack(parts, total, images, note)
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure as a PNG, atomically, and close it."""
-    _save(fig, path)
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend."""
-    return _pyplot()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def draw_all(out: Path, results: dict[str, Any]) -> dict[str, str]:
     """Draw every plot the results allow; returns {name: relative path}."""
-    from diffvae.compare.curves import bpd_vs_compute, fid_vs_compute  # the learning curves at equal compute
-
     drawn = {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
     plots = [("quality_vs_nfe", quality_vs_nfe), ("bpd_bars", bpd_bars), ("training_curves", training_curves)]
     plots += [(extra.name, lambda r, path, extra=extra, fam=fam: extra.draw(r, fam, path)) for fam, extra in _extra_figures(results)]
     plots += [("fid_vs_compute", fid_vs_compute), ("bpd_vs_compute", bpd_vs_compute)]
     if results.get("control"):
-        from diffvae.compare.control import guidance_figure
-
         plots.append(("guidance", guidance_figure))
     for name, fn in plots:
         rel = f"figures/{name}.png"

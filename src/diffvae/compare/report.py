@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffvae.compare.control import claim_follows_conditions, control_parts
+from diffvae.compare.curves import crossover_sentences
+from diffvae.compare.figures import bpd_stack, captions as figure_captions, draw_all
+from diffvae.compare.style import short, spec_or_none, title
+from diffvae.compare.verdicts import (UNDECIDED, Figure, _stored_interval, decide, figure_text, fmt,  # noqa: F401 (re-exported)
+                                      interval_of, mi_ceiling_note, samples_to_decide, separated, undecided_text)
 from diffvae.contract import FamilySpec
 from diffvae.runs import atomic_write_text
 
@@ -29,25 +35,6 @@ from diffvae.runs import atomic_write_text
 # trip's PSNR in dB ("exact" when its MSE is 0);
 # "parts" = a note when the bound's parts (figure) come from fewer images than its total.
 Part = str | tuple[str, ...]
-UNDECIDED = "not decided at this budget"
-MI_CEILING_TOLERANCE = 0.01  # MI within 1% of log N is at the estimator's ceiling
-
-
-def fmt(value: Any) -> str:
-    """How every number is printed: integers as they are, floats to 4 significant digits."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "—"
-        return f"{value:.4g}"
-    return str(value)
-
-
 def lookup(results: dict[str, Any], path: str) -> Any:
     node: Any = results
     for part in path.split("."):
@@ -62,117 +49,9 @@ def lookup(results: dict[str, Any], path: str) -> Any:
 
 # ----------------------------------------------------------------------------- intervals and decisions
 
-@dataclass(frozen=True)
-class Figure:
-    """A measured figure: its value, its 95% interval (None = exact, or not measured) and the sample
-    size n the interval came from (None = unknown, or a fixed threshold)."""
-
-    value: float
-    ci: tuple[float, float] | None = None
-    n: int | None = None
-
-
-def _stored_interval(family_results: dict[str, Any], key: str) -> tuple[float, float] | None:
-    ci = family_results.get(f"{key}_ci95")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
-        return (float(ci[0]), float(ci[1]))
-    return None
-
-
-def interval_of(family_results: dict[str, Any], key: str) -> tuple[float, float] | None:
-    """The 95% interval of ``key``: ``<key>_ci95``, else ``<key>`` ± 1.96 ``<key>_sem``, else None."""
-    stored = _stored_interval(family_results, key)
-    if stored is not None:
-        return stored
-    value, sem = family_results.get(key), family_results.get(f"{key}_sem")
-    if isinstance(value, (int, float)) and isinstance(sem, (int, float)) and math.isfinite(sem):
-        return (value - 1.959963984540054 * sem, value + 1.959963984540054 * sem)
-    return None
-
-
-def separated(a_ci: tuple[float, float], b_ci: tuple[float, float]) -> bool:
-    """True when two closed intervals do not overlap."""
-    return a_ci[1] < b_ci[0] or b_ci[1] < a_ci[0]
-
-
-def decide(a: Figure, b: Figure, lower_is_better: bool) -> str:
-    """"a" or "b" (the better figure) when the intervals separate — or by value when either figure
-    has no interval — else "undecided". With intervals, the better one is the one whose interval
-    lies on the better side (for FID that is the bias-corrected one, not always the lower value)."""
-    if a.ci is None or b.ci is None:
-        if a.value == b.value:
-            return "undecided"
-        return "a" if (a.value < b.value) == lower_is_better else "b"
-    if not separated(a.ci, b.ci):
-        return "undecided"
-    return "a" if (a.ci[1] < b.ci[0]) == lower_is_better else "b"
-
-
-def samples_to_decide(a: Figure, b: Figure) -> int | None:
-    """Sample size per family at which the intervals would just separate, if the centres stay and
-    the half-widths h shrink ∝ 1/√n:  h_a √(n_a / n) + h_b √(n_b / n) = |c_a − c_b|  ⇒
-
-        n = ((h_a √n_a + h_b √n_b) / |c_a − c_b|)²,  rounded up
-
-    (= n · ((h_a + h_b) / |c_a − c_b|)² for equal n). A figure with no interval or no n (a fixed
-    threshold) contributes no width. None when the centres coincide or nothing has a size."""
-    def width(f: Figure) -> float:
-        return 0.0 if f.ci is None or f.n is None else (f.ci[1] - f.ci[0]) / 2.0 * math.sqrt(f.n)
-
-    def centre(f: Figure) -> float:
-        return f.value if f.ci is None else (f.ci[0] + f.ci[1]) / 2.0
-
-    gap = abs(centre(a) - centre(b))
-    total = width(a) + width(b)
-    if gap == 0 or total == 0:
-        return None
-    return math.ceil((total / gap) ** 2 * (1 - 1e-12))  # the factor: 800.0000000001 is 800, not 801
-
-
-def figure_text(f: Figure) -> str:
-    """"412.3 [380.1, 450.2]" (or just the value without an interval)."""
-    return fmt(f.value) + (f" [{fmt(f.ci[0])}, {fmt(f.ci[1])}]" if f.ci is not None else "")
-
-
-def undecided_text(label: str, names: tuple[str, str], a: Figure, b: Figure, unit: str) -> str:
-    """"not decided at this budget (FID: VAE 412 [380, 450] vs DDPM 430 [400, 470]; about 2,400
-    samples per family would decide it)"."""
-    n = samples_to_decide(a, b)
-    need = f"; about {n:,} {unit} would decide it" if n is not None else ""
-    return f"{UNDECIDED} ({label}: {names[0]} {figure_text(a)} vs {names[1]} {figure_text(b)}{need})"
-
-
-def mi_ceiling_note(mutual_info: Any, ceiling: Any) -> str:
-    """" (at the log N = 5.30 ceiling of the estimator: a lower bound)" when the MI estimate is within
-    1% of its ceiling log N (the He et al. estimator can never exceed it), else ""."""
-    if not isinstance(mutual_info, (int, float)) or not isinstance(ceiling, (int, float)) or ceiling <= 0:
-        return ""
-    if mutual_info < (1.0 - MI_CEILING_TOLERANCE) * ceiling:
-        return ""
-    return f" (at the log N = {ceiling:.2f} ceiling of the estimator: a lower bound)"
-
-
-def title(fam: str) -> str:
-    """The family's column title (its ``spec.title``; the name itself if it is not registered)."""
-    from diffvae.compare.figures import spec_or_none
-
-    spec = spec_or_none(fam)
-    return spec.title if spec is not None else fam
-
-
-def short(fam: str) -> str:
-    """The family's name in sentences (``spec.short``)."""
-    from diffvae.compare.figures import spec_or_none
-
-    spec = spec_or_none(fam)
-    return spec.short if spec is not None else fam
-
-
 def _cells(fam: str) -> dict[str, list[Part]]:
     """The parts of each table cell of ``fam``: common rows, then the family's spec (its latent,
     interpolation, bound label and extras, and rows it fills itself: ``spec.report_cells``)."""
-    from diffvae.compare.figures import spec_or_none
-
     spec = spec_or_none(fam) or FamilySpec(title=fam, short=fam, objective="", latent_space="", interpolation="")
     F = f"families.{fam}."
     T = f"training.{fam}."
@@ -242,7 +121,6 @@ def _special(kind: str, prefix: str, path: str, results: dict[str, Any], as_html
     if kind == "images":
         return "" if value is None else e(prefix) + _number(value, path, as_html) + e(" held-out images")
     if kind == "parts":  # the figure's parts come from fewer images than the total: say so
-        from diffvae.compare.figures import bpd_stack
 
         stack = bpd_stack(results, path.rstrip(".").rsplit(".", 1)[1])
         return "" if stack is None or stack.note is None else e(f"; {stack.note}")
@@ -285,7 +163,6 @@ def table(results: dict[str, Any], as_html: bool) -> tuple[list[str], list[list[
         cells = [row]
         for fam in fams:
             if row == "Controllability":  # --conditional: its own stage, after the evaluation (diffvae.compare.control)
-                from diffvae.compare.control import control_parts
 
                 cells.append(_render_cell(control_parts(results, fam), results, as_html))
                 continue
@@ -396,8 +273,6 @@ def _family_names(results: dict[str, Any]) -> list[str]:
 
 
 def roles(results: dict[str, Any]) -> Roles:
-    from diffvae.compare.figures import spec_or_none
-
     specs = {f: spec_or_none(f) for f in _family_names(results)}
     specs = {f: s for f, s in specs.items() if s is not None}
     one_pass = [f for f, s in specs.items() if not s.iterative and s.has_encoder]
@@ -410,8 +285,6 @@ def claims(results: dict[str, Any]) -> list[dict[str, str]]:
     """Each classic claim with a verdict (held / did not hold / not decided at this budget / not
     measured) and the evidence: held or did not hold only when the intervals separate. The families
     are picked by their traits (:func:`roles`); a family's own claims come from its spec."""
-    from diffvae.compare.figures import spec_or_none
-
     r = roles(results)
     out: list[dict[str, str]] = []
 
@@ -429,8 +302,6 @@ def claims(results: dict[str, Any]) -> list[dict[str, str]]:
         _claim_representation(results, r, claim)
         _claim_latent_diffusion(results, r, claim)
     if results.get("conditional"):
-        from diffvae.compare.control import claim_follows_conditions
-
         checked = claim_follows_conditions(results, r.autoencoder, r.iterative)
         claim(*checked) if checked else claim("Conditioning: diffusion follows conditions better than a VAE", None,
                                               "needs a conditional VAE and a conditional iterative family")
@@ -566,7 +437,6 @@ def _images(results: dict[str, Any], figures: dict[str, str]) -> list[tuple[str,
         w = r.get("guidance")
         for rel in (r.get("figures") or {}).values():
             items.append((f"{title(fam)}: a row per class" + (f" at guidance w = {fmt(w)}" if w is not None else ""), rel))
-    from diffvae.compare.figures import captions as figure_captions
 
     captions = figure_captions(results)
     for name, rel in figures.items():
@@ -575,9 +445,6 @@ def _images(results: dict[str, Any], figures: dict[str, str]) -> list[tuple[str,
 
 
 def write_report(out: Path, results: dict[str, Any]) -> None:
-    from diffvae.compare.curves import crossover_sentences
-    from diffvae.compare.figures import draw_all
-
     figures = draw_all(out, results)
     results["figures"] = figures
     results["claims"] = claims(results)

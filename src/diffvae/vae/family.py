@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from diffvae.compare.style import pyplot, save_figure
+from diffvae.compare.verdicts import Figure, UNDECIDED, decide, figure_text, fmt, interval_of, mi_ceiling_note
 from diffvae.contract import BoundOptions, CompareContext, ExtraFigure, ExtraStage, FamilySpec
 from diffvae.vae.model import VAE, VAEConfig
 
@@ -36,8 +38,6 @@ def collapse_study(ctx: CompareContext, seconds: float) -> dict[str, Any]:
 
 
 def draw_kl_per_dim(results: dict[str, Any], name: str, path: Path) -> bool:
-    from diffvae.compare.figures import pyplot, save_figure
-
     vae = results.get("families", {}).get(name, {})
     kl = vae.get("kl_per_dim")
     if not kl:
@@ -54,8 +54,6 @@ def draw_kl_per_dim(results: dict[str, Any], name: str, path: Path) -> bool:
 
 
 def draw_collapse(results: dict[str, Any], name: str, path: Path) -> bool:
-    from diffvae.compare.figures import pyplot, save_figure
-
     study = results.get("collapse")
     if not study or "without_free_bits" not in study or "with_free_bits" not in study:
         return False
@@ -78,8 +76,6 @@ def collapse_verdict(study: dict[str, Any]) -> tuple[str, str]:
     cured run's KL is still far below its free-bits floor λ·L: free bits make KL below λ per
     dimension free, so a run that trained enough to use its latent sits at or above the floor —
     one far below it trained too little to show the cure (or the collapse)."""
-    from diffvae.compare.report import UNDECIDED, Figure, decide, figure_text, fmt, interval_of, mi_ceiling_note
-
     a, b = study["without_free_bits"], study["with_free_bits"]
     kl_a = Figure(a.get("kl_nats", 0.0), interval_of(a, "kl_nats"), a.get("kl_n"))
     ci_b = interval_of(b, "kl_nats")
