@@ -141,7 +141,6 @@ class LoaderSource:
     def __init__(self, inputs: torch.Tensor, batch_size: int, seed: int, labels: torch.Tensor | None = None,
                  rank: int = 0, world: int = 1, device: torch.device | str = "cpu", hflip: bool = False,
                  workers: int | None = None):
-
         self.inputs, self.labels, self.n = inputs, labels, inputs.shape[0]
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.device, self.workers, self.shard = torch.device(device), workers, shard_of(inputs)
