@@ -33,7 +33,8 @@ MI_CEILING_TOLERANCE = 0.01  # MI within 1% of log N is at the estimator's ceili
 
 
 def fmt(value: Any) -> str:
-    """How every number is printed: integers as they are, floats to 4 significant digits."""
+    """How every number is printed: integers as they are, floats to 3 significant digits (1234.5 → "1230",
+    not "1.23e+03"; below 1e-3 in scientific notation, "1.23e-05")."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -43,7 +44,10 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "—"
-        return f"{value:.4g}"
+        rounded = float(f"{value:.3g}")
+        if abs(rounded) >= 1000:  # 3 significant digits, written out: 1234.5 → 1230, 999.96 → 1000
+            return str(int(rounded))
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -139,6 +143,79 @@ def undecided_text(label: str, names: tuple[str, str], a: Figure, b: Figure, uni
     n = samples_to_decide(a, b)
     need = f"; about {n:,} {unit} would decide it" if n is not None else ""
     return f"{UNDECIDED} ({label}: {names[0]} {figure_text(a)} vs {names[1]} {figure_text(b)}{need})"
+
+
+# ----------------------------------------------------------------------------- differences with intervals
+# Used where a claim compares two figures that were measured apart (no per-item pairing stored):
+# the statistics module's paired tests replace these where the paired data exist.
+
+Z95 = 1.959963984540054
+
+
+def _halves(f: Figure) -> tuple[float, float] | None:
+    """(below, above) half-widths of a figure's 95% interval; None without one, or when the interval
+    does not contain its own figure (it is then for another quantity, and cannot be combined)."""
+    if f.ci is None or not f.ci[0] <= f.value <= f.ci[1]:
+        return None
+    return f.value - f.ci[0], f.ci[1] - f.value
+
+
+def unpaired_difference(a: Figure, b: Figure) -> tuple[float, tuple[float, float], float] | None:
+    """a − b with its 95% interval and a two-sided p-value, treating a and b as independent normal
+    estimates: each side's half-width is the quadrature sum of the two intervals' half-widths on the
+    sides that move the difference that way (below: a's lower and b's upper). The p-value uses the
+    half-width on the side of 0. None when either figure has no usable interval."""
+    ha, hb = _halves(a), _halves(b)
+    if ha is None or hb is None:
+        return None
+    diff = a.value - b.value
+    below, above = math.hypot(ha[0], hb[1]), math.hypot(ha[1], hb[0])
+    se = (below if diff > 0 else above) / Z95
+    p = 1.0 if diff == 0 else 0.0 if se == 0 else math.erfc(abs(diff) / se / math.sqrt(2.0))
+    return diff, (diff - below, diff + above), p
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control over the list)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def comparison_entry(question: str, metric: str, names: tuple[str, str], a: Figure, b: Figure, lower_is_better: bool,
+                     method: str = "difference of two independent 95% intervals (normal, half-widths in quadrature)",
+                     p_adjusted: float | None = None) -> dict[str, Any]:
+    """A ``results["comparisons"]`` entry (the shared schema) for figure a − figure b, from
+    :func:`unpaired_difference`; ``decided`` names the better one when the (adjusted) p-value is
+    below 0.05, else None; without usable intervals the difference has no interval and nothing is decided."""
+    found = unpaired_difference(a, b)
+    diff, ci, p = found if found is not None else (a.value - b.value, None, None)
+    p_used = p if p_adjusted is None else p_adjusted
+    decided = None
+    if p_used is not None and p_used < 0.05 and diff != 0:
+        decided = "a" if (diff < 0) == lower_is_better else "b"
+    n = [f.n for f in (a, b) if f.n is not None]
+    return {"question": question, "metric": metric, "a": names[0], "b": names[1], "difference": diff,
+            "ci95": list(ci) if ci is not None else None, "p_value": p_used, "decided": decided, "method": method,
+            "lower_is_better": lower_is_better, "n": min(n) if n else None, "n_to_decide": None}
+
+
+def store_comparisons(results: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """Put entries into ``results["comparisons"]``, replacing earlier ones for the same (question, a, b)."""
+    keys = {(e["question"], e["a"], e["b"]) for e in entries}
+    kept = [e for e in results.get("comparisons") or [] if (e.get("question"), e.get("a"), e.get("b")) not in keys]
+    results["comparisons"] = kept + entries
+
+
+def comparison_text(entry: dict[str, Any]) -> str:
+    """"difference 7.8 [2.1, 13.5], p = 0.007" (or without an interval: "difference 7.8, no interval")."""
+    ci = entry.get("ci95")
+    if ci is None:
+        return f"difference {fmt(entry['difference'])}, no interval"
+    return f"difference {fmt(entry['difference'])} [{fmt(ci[0])}, {fmt(ci[1])}], p = {fmt(entry['p_value'])}"
 
 
 def mi_ceiling_note(mutual_info: Any, ceiling: Any) -> str:
@@ -506,17 +583,79 @@ def _claim_representation(results, r: Roles, claim) -> None:
               + (need if verdict == UNDECIDED else ""))
 
 
+LDM_CLAIM = "Latent diffusion combines the strengths of both"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One measured sampler setting of a family: its quality (FID, with its interval) and cost."""
+
+    label: str  # "dpm++2m, 10 steps"
+    fid: Figure
+    ms: float
+
+
+def quality_cost_settings(results: dict[str, Any], fam: str) -> list[Setting]:
+    """Every setting of the family with a FID and ms/sample: its sampler sweep's rows (``fid_ci95`` where
+    the row has one) and its main evaluation (the default sampler)."""
+    r = lookup(results, f"families.{fam}") or {}
+    out = []
+    for row in r.get("sweep") or []:
+        if _number_or_none(row.get("fid")) is not None and _number_or_none(row.get("ms_per_sample")) is not None:
+            ci = _stored_interval(row, "fid")
+            out.append(Setting(f"{row.get('sampler')}, {row.get('steps')} steps", Figure(float(row["fid"]), ci, row.get("n")),
+                               float(row["ms_per_sample"])))
+    main, ms = figure(results, fam, "fid"), _number_or_none(r.get("ms_per_sample"))
+    if main is not None and ms is not None:
+        out.append(Setting(f"{r.get('sampler') or 'default'}, {r.get('nfe')} NFE (main evaluation)", main, ms))
+    return out
+
+
+def matched_cost(ldm: list[Setting], pixel: list[Setting]) -> tuple[Setting, Setting] | None:
+    """Quality at matched cost: (the LDM's best-FID setting costing no more than the pixel family's best-FID
+    setting, that pixel setting); None when the LDM has no setting that cheap."""
+    if not ldm or not pixel:
+        return None
+    target = min(pixel, key=lambda s: (s.fid.value, s.ms))
+    cheap = [s for s in ldm if s.ms <= target.ms]
+    return (min(cheap, key=lambda s: (s.fid.value, s.ms)), target) if cheap else None
+
+
 def _claim_latent_diffusion(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
+    """LDM vs pixel diffusion on the quality–cost plane of their sampler sweeps, not their default
+    samplers: at the cost of each pixel family's best setting, is the LDM's best setting that costs no
+    more better (FID, difference with its interval; Holm over the pixel families)? Held when it is for
+    every pixel family, did not hold when any pixel family is decided better, else not decided."""
     for ldm in r.latent[:1]:
-        fid_out, fid_need, fid_ldm, fid_vs = _compared(results, "fid", ldm, (vae,), True)
-        ms_out, ms_need, ms_ldm, ms_vs = _compared(results, "ms_per_sample", ldm, r.pixel, True)
-        if fid_ldm is not None and vae in fid_vs and ms_ldm is not None and ms_vs:
-            verdict = _outcome(fid_out + ms_out)
-            claim("Latent diffusion combines the strengths of both", verdict,
-                  f"{short(ldm)} FID {figure_text(fid_ldm)} vs {short(vae)} {figure_text(fid_vs[vae])}{fid_need}; "
-                  f"{short(ldm)} {figure_text(ms_ldm)} ms/sample vs "
-                  + ", ".join(f"{short(f)} {figure_text(v)}" for f, v in ms_vs.items()) + ms_need)
+        matches = {f: matched_cost(quality_cost_settings(results, ldm), quality_cost_settings(results, f)) for f in r.pixel}
+        if not matches:
+            claim(LDM_CLAIM, None, "needs latent and pixel diffusion")
+            return
+        found = {f: m for f, m in matches.items() if m is not None}
+        raw = [(f, comparison_entry(f"claim:{LDM_CLAIM}", "fid_at_matched_cost", (ldm, f), m[0].fid, m[1].fid, True))
+               for f, m in found.items()]
+        adjusted = holm([e["p_value"] for _, e in raw if e["p_value"] is not None])
+        method = (f"FID at matched cost (the LDM's best setting costing no more than the pixel family's best); difference of "
+                  f"two independent 95% intervals; Holm over {len(adjusted)}")
+        entries, it = {}, iter(adjusted)
+        for f, e in raw:
+            m = found[f]
+            entries[f] = comparison_entry(e["question"], e["metric"], (ldm, f), m[0].fid, m[1].fid, True, method,
+                                          next(it) if e["p_value"] is not None else None)
+        store_comparisons(results, list(entries.values()))
+        outcomes = [entries[f]["decided"] if f in entries else None for f in matches]
+        verdict = "held" if all(o == "a" for o in outcomes) else "did not hold" if "b" in outcomes else UNDECIDED
+        claim(LDM_CLAIM, verdict, "; ".join(_matched_text(ldm, f, found.get(f), entries.get(f)) for f in matches)
+              + f" (Holm over {len(adjusted)})" * (len(adjusted) > 1))
+
+
+def _matched_text(ldm: str, pixel: str, match: tuple[Setting, Setting] | None, entry: dict[str, Any] | None) -> str:
+    if match is None or entry is None:
+        return f"{short(ldm)} has no setting as cheap as {short(pixel)}'s best: quality at matched cost not measured"
+    a, b = match
+    return (f"at ≤ {fmt(b.ms)} ms/sample, {short(ldm)} ({a.label}) FID {figure_text(a.fid)} at {fmt(a.ms)} ms/sample vs "
+            f"{short(pixel)} ({b.label}) {figure_text(b.fid)} at {fmt(b.ms)} ms/sample: {comparison_text(entry)}"
+            + ("" if entry["ci95"] is not None else " (a FID without an interval decides nothing)"))
 
 
 CRITERIA = [
@@ -550,6 +689,117 @@ def when_to_use(results: dict[str, Any]) -> list[str]:
         lines.append(f"Best {name}: {title(best)} ({label} {figure_text(a)}; next {title(second)} "
                      f"{figure_text(b)}, {fmt(ratio)}× {'better' if ratio >= 1 else 'worse'}).")
     return lines
+
+
+# ----------------------------------------------------------------------------- likelihood: bounds apart from estimates
+
+def likelihood_figures(results: dict[str, Any]) -> tuple[dict[str, Figure], dict[str, Figure]]:
+    """(bounds, estimates) of bits/dim. Bounds: each family's ``bpd`` where its spec says it is a
+    variational bound (``spec.bpd_is_bound``) — only these are ranked against one another. Estimates:
+    the probability-flow ODE's (a family whose ``bpd`` is one, keyed by the family; any family's
+    ``ode_bpd``, keyed "<family>:ode"), biased by solver error and shown apart, never ranked against bounds."""
+    from diffvae.compare.figures import spec_or_none
+
+    bounds, estimates = {}, {}
+    for fam in results.get("families", {}):
+        spec, bpd, ode = spec_or_none(fam), figure(results, fam, "bpd"), figure(results, fam, "ode_bpd")
+        if bpd is not None:
+            (bounds if spec is None or spec.bpd_is_bound else estimates)[fam] = bpd
+        if ode is not None:
+            estimates[f"{fam}:ode"] = ode
+    return bounds, estimates
+
+
+def estimates_text(estimates: dict[str, Figure]) -> str:
+    """"Flow matching 1.21 [1.1, 1.3]; DDPM (probability-flow ODE) 1.3 [1.2, 1.4]" (bits/dim)."""
+    def name(key: str) -> str:
+        fam, _, ode = key.partition(":")
+        return short(fam) + (" (probability-flow ODE)" if ode else " (its ODE likelihood)")
+
+    return "; ".join(f"{name(k)} {figure_text(v)}" for k, v in estimates.items())
+
+
+# ----------------------------------------------------------------------------- at a glance
+
+# (results["best"] key, the use as the reader asks it); controllability only for a conditional compare
+USES = [("sample quality", "Sample quality"), ("generation speed", "Generation speed"), ("likelihood", "Likelihood"),
+        ("representation", "Representation"), ("interpolation", "Editing / interpolation"),
+        ("sharpness", "Sharpness"), ("controllability", "Controllability")]
+NOT_DECIDED = "not decided"
+
+# the fallback for results without results["best"] (an older results.json): (use, key, lower is better, label)
+FALLBACK_CRITERIA = [("sample quality", "fid", True, "FID"), ("generation speed", "ms_per_sample", True, "ms/sample"),
+                     ("likelihood", "bpd", True, "bits/dim (bound)"), ("representation", "probe_accuracy", False, "probe accuracy"),
+                     ("interpolation", "midpoint_fid", True, "midpoint FID")]
+
+
+def best_from_separate_intervals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``results["best"]``-shaped entries for results that have none (written before paired decisions):
+    the best figure is decided only when its 95% interval and the runner-up's do not overlap
+    (:func:`decide`, conservative); likelihood ranks bounds only."""
+    best = {}
+    for use, key, lower, label in FALLBACK_CRITERIA:
+        figs = likelihood_figures(results)[0] if key == "bpd" else {f: figure(results, f, key) for f in results.get("families", {})}
+        ranked = sorted(((f, v) for f, v in figs.items() if v is not None), key=lambda fv: fv[1].value if lower else -fv[1].value)
+        if len(ranked) < 2:
+            continue
+        (top, a), (second, b) = ranked[0], ranked[1]
+        decided = decide(a, b, lower) == "a"
+        best[use] = {"family": top if decided else None, "metric": key, "label": label, "value": a.value,
+                     "ci95": list(a.ci) if a.ci else None, "runner_up": second, "decided": decided, "p_value": None,
+                     "confidence": "decided: the 95% intervals of the best and the runner-up do not overlap" if decided
+                     else f"{NOT_DECIDED}: the 95% intervals of {short(top)} and {short(second)} overlap"}
+    return best
+
+
+def glance_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per use, read from ``results["best"]`` (else :func:`best_from_separate_intervals`):
+    {use, key, pick (a family or "not decided"), label, value, ci95, runner_up, confidence}. Controllability
+    only when the compare was conditional; sharpness only when measured."""
+    best = results.get("best") if isinstance(results.get("best"), dict) else best_from_separate_intervals(results)
+    rows = []
+    for key, use in USES:
+        entry = best.get(key)
+        if (key == "controllability" and not results.get("conditional")) or (key == "sharpness" and entry is None):
+            continue
+        entry = entry if isinstance(entry, dict) else {}
+        fam = entry.get("family") if entry.get("decided") else None
+        rows.append({"use": use, "key": key, "pick": title(fam) if fam else NOT_DECIDED, "label": entry.get("label") or "",
+                     "value": entry.get("value"), "ci95": entry.get("ci95"),
+                     "runner_up": title(entry["runner_up"]) if entry.get("runner_up") else "",
+                     "confidence": entry.get("confidence") or (NOT_DECIDED if entry else f"{NOT_DECIDED}: not measured")})
+    return rows
+
+
+def _glance_value(row: dict[str, Any], as_html: bool) -> str:
+    """"30.1 [28.2, 32]" with the numbers tagged by their path under ``best`` in the HTML."""
+    if row["value"] is None:
+        return "—"
+    base = f"best.{row['key']}."
+    text = _number(row["value"], base + "value", as_html)
+    ci = row["ci95"]
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        text += f" [{_number(ci[0], base + 'ci95.0', as_html)}, {_number(ci[1], base + 'ci95.1', as_html)}]"
+    return text
+
+
+GLANCE_HEADER = ["Use", "Pick", "Measure (unit)", "Best value [95% interval]", "Runner-up", "Confidence"]
+
+
+def glance_table(results: dict[str, Any], as_html: bool) -> list[list[str]]:
+    """The at-a-glance table's rows (cells already escaped for HTML when ``as_html``)."""
+    e = html.escape if as_html else (lambda t: t)
+    return [[e(r["use"]), e(r["pick"]), e(r["label"]), _glance_value(r, as_html), e(r["runner_up"]), e(r["confidence"])]
+            for r in glance_rows(results)]
+
+
+def glance_notes(results: dict[str, Any]) -> list[str]:
+    """Sentences under the table: the ODE likelihood estimates, shown apart from the bounds."""
+    estimates = likelihood_figures(results)[1]
+    if not estimates:
+        return []
+    return ["Likelihood ranks variational bounds only. Probability-flow ODE estimates (biased by solver error; not bounds, "
+            f"not ranked against them), bits/dim: {estimates_text(estimates)}."]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -596,10 +846,36 @@ def _intro(results: dict[str, Any]) -> str:
             "FID. A verdict is given only when the intervals of the compared figures do not overlap.")
 
 
+GLANCE_TITLE = "At a glance: the family to pick for each use (this data, this budget)"
+TOP_FIGURE = "figures/pareto.png"  # shown under the at-a-glance table, not in the list of figures
+
+
+def _split_top_figure(images: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(the Pareto figure, if drawn; every other image)."""
+    return [i for i in images if i[1] == TOP_FIGURE], [i for i in images if i[1] != TOP_FIGURE]
+
+
+def _glance_html(results: dict[str, Any], top: list[tuple[str, str]]) -> list[str]:
+    e = html.escape
+    parts = [f"<h2>{e(GLANCE_TITLE)}</h2>", '<table id="at-a-glance">',
+             "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in GLANCE_HEADER) + "</tr></thead>", "<tbody>"]
+    for row in glance_table(results, as_html=True):
+        pick_class = "pick undecided" if row[1] == NOT_DECIDED else "pick"
+        parts.append(f"<tr><th>{row[0]}</th><td class=\"{pick_class}\">{row[1]}</td>" + "".join(f"<td>{c}</td>" for c in row[2:]) + "</tr>")
+    parts += ["</tbody>", "</table>"] + [f"<p>{e(n)}</p>" for n in glance_notes(results)]
+    parts += [f'<figure class="top"><img src="{e(p)}" alt="{e(c)}" /><figcaption>{e(c)}</figcaption></figure>' for c, p in top]
+    return parts
+
+
 def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> str:
     header, rows = table(results, as_html=False)
-    lines = ["# diffvae compare report", "", _intro(results), "", "## Measured comparison", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    top, images = _split_top_figure(images)
+    lines = ["# diffvae compare report", "", _intro(results), "", f"## {GLANCE_TITLE}", "",
+             "| " + " | ".join(GLANCE_HEADER) + " |", "|" + "---|" * len(GLANCE_HEADER)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in glance_table(results, as_html=False)]
+    lines += ["", *glance_notes(results)] if glance_notes(results) else []
+    lines += ["", *[f"![{c}]({p})" for c, p in top]] if top else []
+    lines += ["", "## Measured comparison", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     lines += ["", "## The classic claims, checked on this data", ""]
     lines += [f"- **{c['claim']}** — {c['verdict']}: {c['evidence']}" for c in results.get("claims", [])]
@@ -616,11 +892,15 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> s
 def render_html(results: dict[str, Any], images: list[tuple[str, str]]) -> str:
     e = html.escape
     header, rows = table(results, as_html=True)
+    top, images = _split_top_figure(images)
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8" />', "<title>diffvae compare report</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:90%}th{background:#f3f3f3}"
-             "figure{display:inline-block;margin:8px}img{image-rendering:pixelated;max-width:560px}</style>",
+             "figure{display:inline-block;margin:8px}img{image-rendering:pixelated;max-width:560px}"
+             "#at-a-glance td,#at-a-glance th{font-size:100%}#at-a-glance td.pick{font-weight:bold}"
+             "#at-a-glance td.undecided{color:#777;font-weight:normal}figure.top img{max-width:700px;image-rendering:auto}</style>",
              "</head>", "<body>", "<h1>diffvae compare report</h1>", f"<p>{e(_intro(results))}</p>",
+             *_glance_html(results, top),
              "<h2>Measured comparison</h2>", '<table id="measured">', "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
              "<tbody>"]
     for row in rows:
