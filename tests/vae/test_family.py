@@ -27,7 +27,7 @@ def test_a_kl_drop_whose_interval_excludes_zero_is_collapse():
     assert entry["difference"] == pytest.approx(43.8 - 5.3) and entry["decided"] == "a" and entry["metric"] == "kl_nats"
     assert entry["ci95"] == pytest.approx([38.5 - 1.96 * se, 38.5 + 1.96 * se], rel=1e-4)
     assert entry["p_value"] == pytest.approx(2 * stats.norm.sf(38.5 / se))
-    assert "KL (nats) with the VAE's own decoder 43.8 [42.6, 45] → with a PixelCNN decoder 5.3 [4.7, 5.9]: drop difference 38.5" in evidence
+    assert "KL (nats) with the VAE's own decoder 43.8 [42.6, 45] → with a PixelCNN decoder 5.3 [4.7, 5.9]: drop 38.5" in evidence
     assert "MI (nats, no interval) 5.3 → 2.9" in evidence
 
 

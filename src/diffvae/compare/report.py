@@ -210,12 +210,17 @@ def store_comparisons(results: dict[str, Any], entries: list[dict[str, Any]]) ->
     results["comparisons"] = kept + entries
 
 
+def p_text(p: float) -> str:
+    """"p = 0.0123", or "p < 0.001" below that."""
+    return "p < 0.001" if p < 0.001 else f"p = {fmt(p)}"
+
+
 def comparison_text(entry: dict[str, Any]) -> str:
-    """"difference 7.8 [2.1, 13.5], p = 0.007" (or without an interval: "difference 7.8, no interval")."""
+    """"7.8 [2.1, 13.5], p = 0.007": an entry's difference, its interval and p-value ("7.8, no interval" without one)."""
     ci = entry.get("ci95")
     if ci is None:
-        return f"difference {fmt(entry['difference'])}, no interval"
-    return f"difference {fmt(entry['difference'])} [{fmt(ci[0])}, {fmt(ci[1])}], p = {fmt(entry['p_value'])}"
+        return f"{fmt(entry['difference'])}, no interval"
+    return f"{fmt(entry['difference'])} [{fmt(ci[0])}, {fmt(ci[1])}], {p_text(entry['p_value'])}"
 
 
 def mi_ceiling_note(mutual_info: Any, ceiling: Any) -> str:
@@ -654,7 +659,7 @@ def _matched_text(ldm: str, pixel: str, match: tuple[Setting, Setting] | None, e
         return f"{short(ldm)} has no setting as cheap as {short(pixel)}'s best: quality at matched cost not measured"
     a, b = match
     return (f"at ≤ {fmt(b.ms)} ms/sample, {short(ldm)} ({a.label}) FID {figure_text(a.fid)} at {fmt(a.ms)} ms/sample vs "
-            f"{short(pixel)} ({b.label}) {figure_text(b.fid)} at {fmt(b.ms)} ms/sample: {comparison_text(entry)}"
+            f"{short(pixel)} ({b.label}) {figure_text(b.fid)} at {fmt(b.ms)} ms/sample: FID difference {comparison_text(entry)}"
             + ("" if entry["ci95"] is not None else " (a FID without an interval decides nothing)"))
 
 
