@@ -752,8 +752,8 @@ def best_from_separate_intervals(results: dict[str, Any]) -> dict[str, dict[str,
         decided = decide(a, b, lower) == "a"
         best[use] = {"family": top if decided else None, "metric": key, "label": label, "value": a.value,
                      "ci95": list(a.ci) if a.ci else None, "runner_up": second, "decided": decided, "p_value": None,
-                     "confidence": "decided: the 95% intervals of the best and the runner-up do not overlap" if decided
-                     else f"{NOT_DECIDED}: the 95% intervals of {short(top)} and {short(second)} overlap"}
+                     "confidence": "decided: separate 95% intervals (unpaired)" if decided
+                     else f"{NOT_DECIDED}: {short(top)}'s and {short(second)}'s 95% intervals overlap"}
     return best
 
 
