@@ -199,7 +199,7 @@ def bpd_bars(results: dict[str, Any], path: Path) -> bool:
         ci = r.get("bpd_ci95")
         if stack.note is None and isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
             ax.errorbar([i], [r["bpd"]], yerr=[[r["bpd"] - ci[0]], [ci[1] - r["bpd"]]], color="black", capsize=4, zorder=6)
-        text = f"{stack.total:.3f}" + (f"\n{stack.note}" if stack.note else "")
+        text = f"{stack.total:.3g}" + (f"\n{stack.note}" if stack.note else "")
         ax.annotate(text, (i, stack.total), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
     ax.set_xticks(range(len(names)), names)
     totals = [stacks[f].total for f in names]
