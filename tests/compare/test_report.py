@@ -549,9 +549,14 @@ def test_latent_diffusion_claim_fails_or_stays_open_by_the_matched_difference():
     assert _ldm_claim(results)["verdict"] == "not decided at this budget"
     results = ldm_sweep_results()
     for row in results["families"]["ldm"]["sweep"]:
-        row["ms_per_sample"] = 50.0  # no LDM setting as cheap as the DDPM's best
+        row["ms_per_sample"] = 50.0  # no LDM setting as cheap as the DDPM's best: better, but only at a higher cost
     claim = _ldm_claim(results)
-    assert claim["verdict"] == "not decided at this budget" and "has no setting as cheap as DDPM's best" in claim["evidence"]
+    assert claim["verdict"] == "not decided at this budget" and "no LDM setting is as cheap as DDPM's best" in claim["evidence"]
+    entry = next(e for e in results["comparisons"] if e["question"] == f"claim:{claim['claim']}")
+    assert entry["metric"] == "fid_ldm_costlier" and entry["decided"] == "a"  # the LDM's 15 at 50 ms beats 30 at 10 ms
+    for row in results["families"]["ldm"]["sweep"]:
+        row.update(fid=45.0, fid_ci95=[43.0, 47.0])  # costlier and worse everywhere: dominated
+    assert _ldm_claim(results)["verdict"] == "did not hold"
     results = ldm_sweep_results()
     del results["families"]["ldm"]["sweep"][0]["fid_ci95"]  # a sweep FID without an interval decides nothing
     assert _ldm_claim(results)["verdict"] == "not decided at this budget"

@@ -616,49 +616,50 @@ def quality_cost_settings(results: dict[str, Any], fam: str) -> list[Setting]:
     return out
 
 
-def matched_cost(ldm: list[Setting], pixel: list[Setting]) -> tuple[Setting, Setting] | None:
-    """Quality at matched cost: (the LDM's best-FID setting costing no more than the pixel family's best-FID
-    setting, that pixel setting); None when the LDM has no setting that cheap."""
+def matched_cost(ldm: list[Setting], pixel: list[Setting]) -> tuple[Setting, Setting, bool] | None:
+    """(LDM setting, the pixel family's best-FID setting, matched). Matched: the LDM's best-FID setting
+    costing no more than that pixel setting (quality at matched cost). When the LDM has no setting that
+    cheap: its best-FID setting at any cost, matched False (it costs more, so it can only fail the claim:
+    worse and costlier). Costs are matched on the measured ms/sample. None when either has no setting."""
     if not ldm or not pixel:
         return None
     target = min(pixel, key=lambda s: (s.fid.value, s.ms))
     cheap = [s for s in ldm if s.ms <= target.ms]
-    return (min(cheap, key=lambda s: (s.fid.value, s.ms)), target) if cheap else None
+    best = lambda settings: min(settings, key=lambda s: (s.fid.value, s.ms))
+    return (best(cheap), target, True) if cheap else (best(ldm), target, False)
 
 
 def _claim_latent_diffusion(results, r: Roles, claim) -> None:
-    """LDM vs pixel diffusion on the quality–cost plane of their sampler sweeps, not their default
-    samplers: at the cost of each pixel family's best setting, is the LDM's best setting that costs no
-    more better (FID, difference with its interval; Holm over the pixel families)? Held when it is for
-    every pixel family, did not hold when any pixel family is decided better, else not decided."""
+    """LDM vs pixel diffusion on the quality–cost plane of their sampler sweeps (and main evaluations),
+    not their default samplers: at the cost of each pixel family's best setting, is the LDM's best setting
+    that costs no more better (FID difference with its interval; Holm over the pixel families)? Held when
+    it is for every pixel family; did not hold when a pixel family is decided better at matched cost, or
+    better and cheaper than every LDM setting; else not decided."""
     for ldm in r.latent[:1]:
         matches = {f: matched_cost(quality_cost_settings(results, ldm), quality_cost_settings(results, f)) for f in r.pixel}
-        if not matches:
-            claim(LDM_CLAIM, None, "needs latent and pixel diffusion")
-            return
         found = {f: m for f, m in matches.items() if m is not None}
-        raw = [(f, comparison_entry(f"claim:{LDM_CLAIM}", "fid_at_matched_cost", (ldm, f), m[0].fid, m[1].fid, True))
-               for f, m in found.items()]
-        adjusted = holm([e["p_value"] for _, e in raw if e["p_value"] is not None])
-        method = (f"FID at matched cost (the LDM's best setting costing no more than the pixel family's best); difference of "
-                  f"two independent 95% intervals; Holm over {len(adjusted)}")
-        entries, it = {}, iter(adjusted)
-        for f, e in raw:
-            m = found[f]
-            entries[f] = comparison_entry(e["question"], e["metric"], (ldm, f), m[0].fid, m[1].fid, True, method,
-                                          next(it) if e["p_value"] is not None else None)
+        if not found:
+            claim(LDM_CLAIM, None, "needs FID and ms/sample of latent and pixel diffusion")
+            return
+        metric = lambda m: "fid_at_matched_cost" if m[2] else "fid_ldm_costlier"
+        raw = {f: comparison_entry(f"claim:{LDM_CLAIM}", metric(m), (ldm, f), m[0].fid, m[1].fid, True) for f, m in found.items()}
+        tested = [f for f, e in raw.items() if e["p_value"] is not None]
+        adjusted = dict(zip(tested, holm([raw[f]["p_value"] for f in tested])))
+        method = (f"FID at matched cost (the LDM's best setting costing no more than the pixel family's best, on measured "
+                  f"ms/sample); difference of two independent 95% intervals; Holm over {len(tested)}")
+        entries = {f: comparison_entry(raw[f]["question"], raw[f]["metric"], (ldm, f), m[0].fid, m[1].fid, True, method,
+                                       adjusted.get(f)) for f, m in found.items()}
         store_comparisons(results, list(entries.values()))
-        outcomes = [entries[f]["decided"] if f in entries else None for f in matches]
+        outcomes = [entries[f]["decided"] if found[f][2] or entries[f]["decided"] == "b" else None for f in found]
         verdict = "held" if all(o == "a" for o in outcomes) else "did not hold" if "b" in outcomes else UNDECIDED
-        claim(LDM_CLAIM, verdict, "; ".join(_matched_text(ldm, f, found.get(f), entries.get(f)) for f in matches)
-              + f" (Holm over {len(adjusted)})" * (len(adjusted) > 1))
+        claim(LDM_CLAIM, verdict, "; ".join(_matched_text(ldm, f, found[f], entries[f]) for f in found)
+              + f" (Holm over {len(tested)})" * (len(tested) > 1))
 
 
-def _matched_text(ldm: str, pixel: str, match: tuple[Setting, Setting] | None, entry: dict[str, Any] | None) -> str:
-    if match is None or entry is None:
-        return f"{short(ldm)} has no setting as cheap as {short(pixel)}'s best: quality at matched cost not measured"
-    a, b = match
-    return (f"at ≤ {fmt(b.ms)} ms/sample, {short(ldm)} ({a.label}) FID {figure_text(a.fid)} at {fmt(a.ms)} ms/sample vs "
+def _matched_text(ldm: str, pixel: str, match: tuple[Setting, Setting, bool], entry: dict[str, Any]) -> str:
+    a, b, matched = match
+    where = f"at ≤ {fmt(b.ms)} ms/sample" if matched else f"no {short(ldm)} setting is as cheap as {short(pixel)}'s best"
+    return (f"{where}: {short(ldm)} ({a.label}) FID {figure_text(a.fid)} at {fmt(a.ms)} ms/sample vs "
             f"{short(pixel)} ({b.label}) {figure_text(b.fid)} at {fmt(b.ms)} ms/sample: FID difference {comparison_text(entry)}"
             + ("" if entry["ci95"] is not None else " (a FID without an interval decides nothing)"))
 
