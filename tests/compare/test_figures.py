@@ -69,8 +69,8 @@ def test_pareto_figure_draws_each_family_with_its_intervals_and_the_front(monkey
         assert ends == [tuple(pytest.approx(v) for v in r["fid_ci95"])]
     assert {c.get_label() for c in ax.containers} == set(results["families"])
     notes = {t.get_text() for t in ax.texts}
-    assert "vae\n1.5 bits/dim" in notes and "ldm\n1.6 bits/dim" in notes
-    assert "flow\n1.1 bits/dim (ODE estimate)" in notes  # the flow's likelihood is an ODE estimate, not a bound
+    assert "vae: 1.5 bits/dim" in notes and "ldm: 1.6 bits/dim" in notes
+    assert "flow: 1.1 bits/dim (ODE estimate)" in notes  # the flow's likelihood is an ODE estimate, not a bound
 
 
 def test_pareto_figure_keeps_a_linear_quality_axis_when_an_interval_reaches_zero(monkeypatch, tmp_path):

@@ -531,7 +531,7 @@ def test_latent_diffusion_is_judged_at_matched_cost_on_the_sweeps_not_the_defaul
     results = ldm_sweep_results()
     claim = _ldm_claim(results)
     assert claim["verdict"] == "held"
-    assert "LDM (dpm++2m, 10 steps) FID 20 [18, 22] at 2 ms/sample vs DDPM (dpm++2m, 20 NFE (main evaluation)) 30 [28, 32]" in claim["evidence"]
+    assert "LDM (dpm++2m, 10 steps) FID 20 [18, 22] at 2 ms/sample vs DDPM (dpm++2m, 20 NFE, main evaluation) 30 [28, 32]" in claim["evidence"]
     entry = next(e for e in results["comparisons"] if e["question"] == "claim:Latent diffusion combines the strengths of both")
     se = math.hypot(2.0, 2.0) / stats.norm.ppf(0.975)
     assert (entry["a"], entry["b"], entry["metric"], entry["decided"]) == ("ldm", "ddpm", "fid_at_matched_cost", "a")

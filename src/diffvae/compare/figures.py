@@ -293,12 +293,12 @@ def pareto(results: dict[str, Any], path: Path) -> bool:
     key, label = _quality_metric(results)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for fam, p in points.items():
+    for i, (fam, p) in enumerate(points.items()):
         xerr = None if p["xerr"] is None else [[p["xerr"][0]], [p["xerr"][1]]]
         yerr = None if p["yerr"] is None else [[p["yerr"][0]], [p["yerr"][1]]]
         ax.errorbar([p["x"]], [p["y"]], xerr=xerr, yerr=yerr, fmt="o", color=color(fam), capsize=3, markersize=7, label=fam)
-        ax.annotate(f"{fam}\n{p['note']}" if p["note"] else fam, (p["x"], p["y"]), textcoords="offset points",
-                    xytext=(7, 5), fontsize=8)
+        ax.annotate(f"{fam}: {p['note']}" if p["note"] else fam, (p["x"], p["y"]), textcoords="offset points",
+                    xytext=(8, 6 - 11 * (i % 4)), fontsize=8)  # staggered: families close together stay legible
     names = list(points)
     front = [names[i] for i in pareto_front([(points[f]["x"], points[f]["y"]) for f in names])]
     ax.step([points[f]["x"] for f in front], [points[f]["y"] for f in front], where="post", linestyle="--", color="black",

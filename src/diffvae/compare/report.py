@@ -612,7 +612,7 @@ def quality_cost_settings(results: dict[str, Any], fam: str) -> list[Setting]:
                                float(row["ms_per_sample"])))
     main, ms = figure(results, fam, "fid"), _number_or_none(r.get("ms_per_sample"))
     if main is not None and ms is not None:
-        out.append(Setting(f"{r.get('sampler') or 'default'}, {r.get('nfe')} NFE (main evaluation)", main, ms))
+        out.append(Setting(f"{r.get('sampler') or 'default'}, {r.get('nfe')} NFE, main evaluation", main, ms))
     return out
 
 
