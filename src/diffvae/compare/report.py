@@ -879,7 +879,8 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> s
     lines = ["# diffvae compare report", "", _intro(results), "", f"## {GLANCE_TITLE}", "",
              "| " + " | ".join(GLANCE_HEADER) + " |", "|" + "---|" * len(GLANCE_HEADER)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in glance_table(results, as_html=False)]
-    lines += ["", *glance_notes(results)] if glance_notes(results) else []
+    notes = glance_notes(results)
+    lines += ["", *notes] if notes else []
     lines += ["", *[f"![{c}]({p})" for c, p in top]] if top else []
     lines += ["", "## Measured comparison", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
