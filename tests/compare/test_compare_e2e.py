@@ -66,7 +66,7 @@ def test_html_is_valid_and_matches_results_json(report):
     assert len(spans) >= 40
     for span in spans:
         value = lookup(results, span.attrib["data-key"])
-        assert float(span.text) == pytest.approx(value, rel=5e-4, abs=1e-12), span.attrib["data-key"]
+        assert float(span.text) == pytest.approx(value, rel=5e-3, abs=1e-12), span.attrib["data-key"]  # 3 significant digits
     images = [img.attrib["src"] for img in root.iter("img")]
     assert len(images) >= 6 and all((out / src).stat().st_size > 100 for src in images)
     md = (out / "report.md").read_text()

@@ -80,7 +80,7 @@ def test_crossover_sentences_state_the_crossing_and_the_leader():
     results["learning_curves"]["ldm"] = curve([(1.0, 40.0, 3.0), (1.5, 12.0, 1.0), (3.0, 10.0, 0.9)])
     lines = crossover_sentences(results)
     fid_cross = 1.0 + (40.0 - 19.333333) / ((40.0 - 19.333333) + (18.666667 - 12.0)) * 0.5
-    expected = f"Latent diffusion passes VAE in FID after {fid_cross:.4g} CPU-minutes (both measured over 1–2 CPU-minutes)."
+    expected = f"Latent diffusion passes VAE in FID after {fid_cross:.3g} CPU-minutes (both measured over 1–2 CPU-minutes)."
     assert expected in lines, lines
     results["learning_curves"]["ldm"] = curve([(2.5, 40.0, 3.0), (3.0, 10.0, 0.9)])
     assert crossover_sentences(results) == [

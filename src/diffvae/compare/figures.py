@@ -43,7 +43,7 @@ def bpd_stack(results: dict[str, Any], fam: str) -> BpdStack | None:
     total, images, note = float(r["bpd"]), n, None
     if k is not None and k != n and r.get("bpd_full_subset") is not None:
         total, images = float(r["bpd_full_subset"]), k
-        note = f"parts from {k} of the {n if n is not None else '?'} images (their bound {total:.4g})"
+        note = f"parts from {k} of the {n if n is not None else '?'} images (their bound {total:.3g})"
     parts = [(label, sign * float(r[key])) for key, label, sign in _bound_parts(fam) if r.get(key) is not None]
     remainder = total - sum(v for _, v in parts)
     if parts and abs(remainder) > PARTS_TOLERANCE * max(1.0, abs(total)):
@@ -55,7 +55,7 @@ def draw_all(out: Path, results: dict[str, Any]) -> dict[str, str]:
     """Draw every plot the results allow; returns {name: relative path}."""
     drawn = {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    plots = [("quality_vs_nfe", quality_vs_nfe), ("bpd_bars", bpd_bars), ("training_curves", training_curves)]
+    plots = [("pareto", pareto), ("quality_vs_nfe", quality_vs_nfe), ("bpd_bars", bpd_bars), ("training_curves", training_curves)]
     plots += [(extra.name, lambda r, path, extra=extra, fam=fam: extra.draw(r, fam, path)) for fam, extra in _extra_figures(results)]
     plots += [("fid_vs_compute", fid_vs_compute), ("bpd_vs_compute", bpd_vs_compute)]
     if results.get("control"):
@@ -83,7 +83,9 @@ def _extra_figures(results: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def captions(results: dict[str, Any]) -> dict[str, str]:
     """Figure name -> caption for the report."""
-    base = {"quality_vs_nfe": "Quality against NFE", "bpd_bars": "Bits/dim and the bound's parts",
+    base = {"pareto": "Sample quality against generation cost (log–log): each family with its 95% intervals, "
+                      "the Pareto front (no family both better and cheaper) drawn, bits/dim annotated",
+            "quality_vs_nfe": "Quality against NFE", "bpd_bars": "Bits/dim and the bound's parts",
             "training_curves": "Training curves", "fid_vs_compute": "Learning curves: FID against training compute",
             "bpd_vs_compute": "Learning curves: bits/dim against training compute",
             "guidance": "Controllability: conditional accuracy and FID against the guidance scale w"}
@@ -150,7 +152,7 @@ def bpd_bars(results: dict[str, Any], path: Path) -> bool:
         ci = r.get("bpd_ci95")
         if stack.note is None and isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
             ax.errorbar([i], [r["bpd"]], yerr=[[r["bpd"] - ci[0]], [ci[1] - r["bpd"]]], color="black", capsize=4, zorder=6)
-        text = f"{stack.total:.3f}" + (f"\n{stack.note}" if stack.note else "")
+        text = f"{stack.total:.3g}" + (f"\n{stack.note}" if stack.note else "")
         ax.annotate(text, (i, stack.total), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
     ax.set_xticks(range(len(names)), names)
     totals = [stacks[f].total for f in names]
@@ -178,5 +180,91 @@ def training_curves(results: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+# ----------------------------------------------------------------------------- the Pareto figure
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, both coordinates to be minimised (cost, loss):
+    p is dominated when some q has q ≤ p in both and q < p in one. Sorted by cost (then loss); a point
+    repeated exactly is on the front once per copy."""
+    def dominated(i: int) -> bool:
+        (c, l) = points[i]
+        return any(qc <= c and ql <= l and (qc < c or ql < l) for qc, ql in points)
+
+    return sorted((i for i in range(len(points)) if not dominated(i)), key=lambda i: points[i])
+
+
+def _quality_metric(results: dict[str, Any]) -> tuple[str, str]:
+    """(key, axis label) of the quality figure: the one "best sample quality" decided on, else FID."""
+    entry = (results.get("best") or {}).get("sample quality") or {}
+    key = entry.get("metric") if isinstance(entry, dict) else None
+    fams = results.get("families", {}).values()
+    if not key or not any(r.get(key) is not None for r in fams):
+        key = "fid"
+    label = entry.get("label") if isinstance(entry, dict) and entry.get("metric") == key and entry.get("label") else key.upper()
+    return key, label
+
+
+def _error(value: float, ci: Any) -> tuple[float, float] | None:
+    """(below, above) of a stored interval around value, or None without one that contains it."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or None in ci or not ci[0] <= value <= ci[1]:
+        return None
+    return value - ci[0], ci[1] - value
+
+
+def _bpd_note(r: dict[str, Any], fam: str) -> str:
+    spec = spec_or_none(fam)
+    if r.get("bpd") is None:
+        return ""
+    return f"{r['bpd']:.3g} bits/dim" + ("" if spec is None or spec.bpd_is_bound else " (ODE estimate)")
+
+
+def pareto_points(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per family with a quality figure and ms/sample: {x, y, xerr, yerr, note} (errors None without an interval)."""
+    key, _ = _quality_metric(results)
+    points = {}
+    for fam, r in results.get("families", {}).items():
+        x, y = r.get("ms_per_sample"), r.get(key)
+        if x is None or y is None:
+            continue
+        points[fam] = {"x": float(x), "y": float(y), "xerr": _error(x, r.get("ms_per_sample_ci95")),
+                       "yerr": _error(y, r.get(f"{key}_ci95")), "note": _bpd_note(r, fam)}
+    return points
+
+
+def pareto(results: dict[str, Any], path: Path) -> bool:
+    """Quality (lower is better) against ms/sample on log axes: each family a point with its 95%
+    intervals as error bars and its bits/dim annotated, and the Pareto front (the families no other is
+    both better and cheaper than) as a dashed step line. The quality axis is linear when a figure or an
+    interval end is not positive (a log axis could not show it)."""
+    points = pareto_points(results)
+    if len(points) < 1:
+        return False
+    key, label = _quality_metric(results)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (fam, p) in enumerate(points.items()):
+        xerr = None if p["xerr"] is None else [[p["xerr"][0]], [p["xerr"][1]]]
+        yerr = None if p["yerr"] is None else [[p["yerr"][0]], [p["yerr"][1]]]
+        ax.errorbar([p["x"]], [p["y"]], xerr=xerr, yerr=yerr, fmt="o", color=color(fam), capsize=3, markersize=7,
+                    label=f"{fam}: {p['note']}" if p["note"] else fam)  # bits/dim in the legend: it never overlaps
+        ax.annotate(fam, (p["x"], p["y"]), textcoords="offset points", xytext=(8, 6 - 11 * (i % 4)), fontsize=8)
+    names = list(points)
+    front = [names[i] for i in pareto_front([(points[f]["x"], points[f]["y"]) for f in names])]
+    ax.step([points[f]["x"] for f in front], [points[f]["y"] for f in front], where="post", linestyle="--", color="black",
+            alpha=0.6, label="Pareto front")
+    ax.set_xscale("log")
+    lows = [p["y"] - (p["yerr"][0] if p["yerr"] else 0.0) for p in points.values()]
+    if min(lows) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("generation cost, ms/sample (log)")
+    ax.set_ylabel(f"{label} ({results.get('feature_space', 'diffvae features')}; lower is better)")
+    ax.set_title("Which family to pick: quality against cost")
+    ax.legend(fontsize=7, title="family: bits/dim", title_fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    ax.margins(0.15)
     _save(fig, path)
     return True

@@ -23,8 +23,9 @@ from diffvae.compare.control import claim_follows_conditions, control_parts
 from diffvae.compare.curves import crossover_sentences
 from diffvae.compare.figures import bpd_stack, captions as figure_captions, draw_all
 from diffvae.compare.style import short, spec_or_none, title
-from diffvae.compare.verdicts import (UNDECIDED, Figure, _stored_interval, decide, figure_text, fmt,  # noqa: F401 (re-exported)
-                                      interval_of, mi_ceiling_note, samples_to_decide, separated, undecided_text)
+from diffvae.compare.verdicts import (UNDECIDED, Figure, _stored_interval, comparison_entry, comparison_text,  # noqa: F401 (re-exported)
+                                      decide, figure_text, fmt, holm, interval_of, mi_ceiling_note, p_text,
+                                      samples_to_decide, separated, store_comparisons, undecided_text, unpaired_difference)
 from diffvae.contract import FamilySpec
 from diffvae.runs import atomic_write_text
 
@@ -377,17 +378,80 @@ def _claim_representation(results, r: Roles, claim) -> None:
               + (need if verdict == UNDECIDED else ""))
 
 
+LDM_CLAIM = "Latent diffusion combines the strengths of both"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One measured sampler setting of a family: its quality (FID, with its interval) and cost."""
+
+    label: str  # "dpm++2m, 10 steps"
+    fid: Figure
+    ms: float
+
+
+def quality_cost_settings(results: dict[str, Any], fam: str) -> list[Setting]:
+    """Every setting of the family with a FID and ms/sample: its sampler sweep's rows (``fid_ci95`` where
+    the row has one) and its main evaluation (the default sampler)."""
+    r = lookup(results, f"families.{fam}") or {}
+    out = []
+    for row in r.get("sweep") or []:
+        if _number_or_none(row.get("fid")) is not None and _number_or_none(row.get("ms_per_sample")) is not None:
+            ci = _stored_interval(row, "fid")
+            out.append(Setting(f"{row.get('sampler')}, {row.get('steps')} steps", Figure(float(row["fid"]), ci, row.get("n")),
+                               float(row["ms_per_sample"])))
+    main, ms = figure(results, fam, "fid"), _number_or_none(r.get("ms_per_sample"))
+    if main is not None and ms is not None:
+        out.append(Setting(f"{r.get('sampler') or 'default'}, {r.get('nfe')} NFE, main evaluation", main, ms))
+    return out
+
+
+def matched_cost(ldm: list[Setting], pixel: list[Setting]) -> tuple[Setting, Setting, bool] | None:
+    """(LDM setting, the pixel family's best-FID setting, matched). Matched: the LDM's best-FID setting
+    costing no more than that pixel setting (quality at matched cost). When the LDM has no setting that
+    cheap: its best-FID setting at any cost, matched False (it costs more, so it can only fail the claim:
+    worse and costlier). Costs are matched on the measured ms/sample. None when either has no setting."""
+    if not ldm or not pixel:
+        return None
+    target = min(pixel, key=lambda s: (s.fid.value, s.ms))
+    cheap = [s for s in ldm if s.ms <= target.ms]
+    best = lambda settings: min(settings, key=lambda s: (s.fid.value, s.ms))
+    return (best(cheap), target, True) if cheap else (best(ldm), target, False)
+
+
 def _claim_latent_diffusion(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
+    """LDM vs pixel diffusion on the quality–cost plane of their sampler sweeps (and main evaluations),
+    not their default samplers: at the cost of each pixel family's best setting, is the LDM's best setting
+    that costs no more better (FID difference with its interval; Holm over the pixel families)? Held when
+    it is for every pixel family; did not hold when a pixel family is decided better at matched cost, or
+    better and cheaper than every LDM setting; else not decided."""
     for ldm in r.latent[:1]:
-        fid_out, fid_need, fid_ldm, fid_vs = _compared(results, "fid", ldm, (vae,), True)
-        ms_out, ms_need, ms_ldm, ms_vs = _compared(results, "ms_per_sample", ldm, r.pixel, True)
-        if fid_ldm is not None and vae in fid_vs and ms_ldm is not None and ms_vs:
-            verdict = _outcome(fid_out + ms_out)
-            claim("Latent diffusion combines the strengths of both", verdict,
-                  f"{short(ldm)} FID {figure_text(fid_ldm)} vs {short(vae)} {figure_text(fid_vs[vae])}{fid_need}; "
-                  f"{short(ldm)} {figure_text(ms_ldm)} ms/sample vs "
-                  + ", ".join(f"{short(f)} {figure_text(v)}" for f, v in ms_vs.items()) + ms_need)
+        matches = {f: matched_cost(quality_cost_settings(results, ldm), quality_cost_settings(results, f)) for f in r.pixel}
+        found = {f: m for f, m in matches.items() if m is not None}
+        if not found:
+            claim(LDM_CLAIM, None, "needs FID and ms/sample of latent and pixel diffusion")
+            return
+        metric = lambda m: "fid_at_matched_cost" if m[2] else "fid_ldm_costlier"
+        raw = {f: comparison_entry(f"claim:{LDM_CLAIM}", metric(m), (ldm, f), m[0].fid, m[1].fid, True) for f, m in found.items()}
+        tested = [f for f, e in raw.items() if e["p_value"] is not None]
+        adjusted = dict(zip(tested, holm([raw[f]["p_value"] for f in tested])))
+        method = (f"FID at matched cost (the LDM's best setting costing no more than the pixel family's best, on measured "
+                  f"ms/sample); difference of two independent 95% intervals; Holm over {len(tested)}")
+        entries = {f: comparison_entry(raw[f]["question"], raw[f]["metric"], (ldm, f), m[0].fid, m[1].fid, True, method,
+                                       adjusted.get(f)) for f, m in found.items()}
+        store_comparisons(results, list(entries.values()))
+        outcomes = [entries[f]["decided"] if found[f][2] or entries[f]["decided"] == "b" else None for f in found]
+        verdict = "held" if all(o == "a" for o in outcomes) else "did not hold" if "b" in outcomes else UNDECIDED
+        claim(LDM_CLAIM, verdict, "; ".join(_matched_text(ldm, f, found[f], entries[f]) for f in found)
+              + f" (Holm over {len(tested)})" * (len(tested) > 1))
+
+
+def _matched_text(ldm: str, pixel: str, match: tuple[Setting, Setting, bool], entry: dict[str, Any]) -> str:
+    a, b, matched = match
+    where = f"at ≤ {fmt(b.ms)} ms/sample" if matched else f"no {short(ldm)} setting is as cheap as {short(pixel)}'s best"
+    return (f"{where}: {short(ldm)} ({a.label}) FID {figure_text(a.fid)} at {fmt(a.ms)} ms/sample vs "
+            f"{short(pixel)} ({b.label}) {figure_text(b.fid)} at {fmt(b.ms)} ms/sample: FID difference {comparison_text(entry)}"
+            + ("" if entry["ci95"] is not None else " (a FID without an interval decides nothing)"))
 
 
 CRITERIA = [
@@ -421,6 +485,115 @@ def when_to_use(results: dict[str, Any]) -> list[str]:
         lines.append(f"Best {name}: {title(best)} ({label} {figure_text(a)}; next {title(second)} "
                      f"{figure_text(b)}, {fmt(ratio)}× {'better' if ratio >= 1 else 'worse'}).")
     return lines
+
+
+# ----------------------------------------------------------------------------- likelihood: bounds apart from estimates
+
+def likelihood_figures(results: dict[str, Any]) -> tuple[dict[str, Figure], dict[str, Figure]]:
+    """(bounds, estimates) of bits/dim. Bounds: each family's ``bpd`` where its spec says it is a
+    variational bound (``spec.bpd_is_bound``) — only these are ranked against one another. Estimates:
+    the probability-flow ODE's (a family whose ``bpd`` is one, keyed by the family; any family's
+    ``ode_bpd``, keyed "<family>:ode"), biased by solver error and shown apart, never ranked against bounds."""
+    bounds, estimates = {}, {}
+    for fam in results.get("families", {}):
+        spec, bpd, ode = spec_or_none(fam), figure(results, fam, "bpd"), figure(results, fam, "ode_bpd")
+        if bpd is not None:
+            (bounds if spec is None or spec.bpd_is_bound else estimates)[fam] = bpd
+        if ode is not None:
+            estimates[f"{fam}:ode"] = ode
+    return bounds, estimates
+
+
+def estimates_text(estimates: dict[str, Figure]) -> str:
+    """"Flow matching 1.21 [1.1, 1.3]; DDPM (probability-flow ODE) 1.3 [1.2, 1.4]" (bits/dim)."""
+    def name(key: str) -> str:
+        fam, _, ode = key.partition(":")
+        return short(fam) + (" (probability-flow ODE)" if ode else " (its ODE likelihood)")
+
+    return "; ".join(f"{name(k)} {figure_text(v)}" for k, v in estimates.items())
+
+
+# ----------------------------------------------------------------------------- at a glance
+
+# (results["best"] key, the use as the reader asks it); controllability only for a conditional compare
+USES = [("sample quality", "Sample quality"), ("generation speed", "Generation speed"), ("likelihood", "Likelihood"),
+        ("representation", "Representation"), ("interpolation", "Editing / interpolation"),
+        ("sharpness", "Sharpness"), ("controllability", "Controllability")]
+NOT_DECIDED = "not decided"
+
+# the fallback for results without results["best"] (an older results.json): (use, key, lower is better, label)
+FALLBACK_CRITERIA = [("sample quality", "fid", True, "FID"), ("generation speed", "ms_per_sample", True, "ms/sample"),
+                     ("likelihood", "bpd", True, "bits/dim (bound)"), ("representation", "probe_accuracy", False, "probe accuracy"),
+                     ("interpolation", "midpoint_fid", True, "midpoint FID")]
+
+
+def best_from_separate_intervals(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``results["best"]``-shaped entries for results that have none (written before paired decisions):
+    the best figure is decided only when its 95% interval and the runner-up's do not overlap
+    (:func:`decide`, conservative); likelihood ranks bounds only."""
+    best = {}
+    for use, key, lower, label in FALLBACK_CRITERIA:
+        figs = likelihood_figures(results)[0] if key == "bpd" else {f: figure(results, f, key) for f in results.get("families", {})}
+        ranked = sorted(((f, v) for f, v in figs.items() if v is not None), key=lambda fv: fv[1].value if lower else -fv[1].value)
+        if len(ranked) < 2:
+            continue
+        (top, a), (second, b) = ranked[0], ranked[1]
+        decided = decide(a, b, lower) == "a"
+        best[use] = {"family": top if decided else None, "metric": key, "label": label, "value": a.value,
+                     "ci95": list(a.ci) if a.ci else None, "runner_up": second, "decided": decided, "p_value": None,
+                     "confidence": "decided: separate 95% intervals (unpaired)" if decided
+                     else f"{NOT_DECIDED}: {short(top)}'s and {short(second)}'s 95% intervals overlap"}
+    return best
+
+
+def glance_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per use, read from ``results["best"]`` (else :func:`best_from_separate_intervals`):
+    {use, key, pick (a family or "not decided"), label, value, ci95, runner_up, confidence}. Controllability
+    only when the compare was conditional; sharpness only when measured."""
+    best = results.get("best") if isinstance(results.get("best"), dict) else best_from_separate_intervals(results)
+    rows = []
+    for key, use in USES:
+        entry = best.get(key)
+        if (key == "controllability" and not results.get("conditional")) or (key == "sharpness" and entry is None):
+            continue
+        entry = entry if isinstance(entry, dict) else {}
+        fam = entry.get("family") if entry.get("decided") else None
+        rows.append({"use": use, "key": key, "pick": title(fam) if fam else NOT_DECIDED, "label": entry.get("label") or "",
+                     "value": entry.get("value"), "ci95": entry.get("ci95"),
+                     "runner_up": title(entry["runner_up"]) if entry.get("runner_up") else "",
+                     "confidence": entry.get("confidence") or (NOT_DECIDED if entry else f"{NOT_DECIDED}: not measured")})
+    return rows
+
+
+def _glance_value(row: dict[str, Any], as_html: bool) -> str:
+    """"30.1 [28.2, 32]" with the numbers tagged by their path under ``best`` in the HTML."""
+    if row["value"] is None:
+        return "—"
+    base = f"best.{row['key']}."
+    text = _number(row["value"], base + "value", as_html)
+    ci = row["ci95"]
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        text += f" [{_number(ci[0], base + 'ci95.0', as_html)}, {_number(ci[1], base + 'ci95.1', as_html)}]"
+    return text
+
+
+GLANCE_HEADER = ["Use", "Pick", "Measure (unit)", "Best value [95% interval]", "Runner-up", "Confidence"]
+
+
+def glance_table(results: dict[str, Any], as_html: bool) -> list[list[str]]:
+    """The at-a-glance table's rows (cells already escaped for HTML when ``as_html``)."""
+    e = html.escape if as_html else (lambda t: t)
+    return [[e(r["use"]), e(r["pick"]), e(r["label"]), _glance_value(r, as_html), e(r["runner_up"]), e(r["confidence"])]
+            for r in glance_rows(results)]
+
+
+def glance_notes(results: dict[str, Any]) -> list[str]:
+    """Sentences under the table: the ODE likelihood estimates, shown apart from the bounds."""
+    estimates = likelihood_figures(results)[1]
+    if not estimates:
+        return []
+    return ["Likelihood ranks variational bounds only. Probability-flow ODE estimates (biased by solver error; not bounds, "
+            f"not ranked against them), bits/dim: {estimates_text(estimates)}."]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -463,10 +636,37 @@ def _intro(results: dict[str, Any]) -> str:
             "FID. A verdict is given only when the intervals of the compared figures do not overlap.")
 
 
+GLANCE_TITLE = "At a glance: the family to pick for each use (this data, this budget)"
+TOP_FIGURE = "figures/pareto.png"  # shown under the at-a-glance table, not in the list of figures
+
+
+def _split_top_figure(images: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(the Pareto figure, if drawn; every other image)."""
+    return [i for i in images if i[1] == TOP_FIGURE], [i for i in images if i[1] != TOP_FIGURE]
+
+
+def _glance_html(results: dict[str, Any], top: list[tuple[str, str]]) -> list[str]:
+    e = html.escape
+    parts = [f"<h2>{e(GLANCE_TITLE)}</h2>", '<table id="at-a-glance">',
+             "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in GLANCE_HEADER) + "</tr></thead>", "<tbody>"]
+    for row in glance_table(results, as_html=True):
+        pick_class = "pick undecided" if row[1] == NOT_DECIDED else "pick"
+        parts.append(f"<tr><th>{row[0]}</th><td class=\"{pick_class}\">{row[1]}</td>" + "".join(f"<td>{c}</td>" for c in row[2:]) + "</tr>")
+    parts += ["</tbody>", "</table>"] + [f"<p>{e(n)}</p>" for n in glance_notes(results)]
+    parts += [f'<figure class="top"><img src="{e(p)}" alt="{e(c)}" /><figcaption>{e(c)}</figcaption></figure>' for c, p in top]
+    return parts
+
+
 def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> str:
     header, rows = table(results, as_html=False)
-    lines = ["# diffvae compare report", "", _intro(results), "", "## Measured comparison", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    top, images = _split_top_figure(images)
+    lines = ["# diffvae compare report", "", _intro(results), "", f"## {GLANCE_TITLE}", "",
+             "| " + " | ".join(GLANCE_HEADER) + " |", "|" + "---|" * len(GLANCE_HEADER)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in glance_table(results, as_html=False)]
+    notes = glance_notes(results)
+    lines += ["", *notes] if notes else []
+    lines += ["", *[f"![{c}]({p})" for c, p in top]] if top else []
+    lines += ["", "## Measured comparison", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     lines += ["", "## The classic claims, checked on this data", ""]
     lines += [f"- **{c['claim']}** — {c['verdict']}: {c['evidence']}" for c in results.get("claims", [])]
@@ -483,11 +683,15 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> s
 def render_html(results: dict[str, Any], images: list[tuple[str, str]]) -> str:
     e = html.escape
     header, rows = table(results, as_html=True)
+    top, images = _split_top_figure(images)
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8" />', "<title>diffvae compare report</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:90%}th{background:#f3f3f3}"
-             "figure{display:inline-block;margin:8px}img{image-rendering:pixelated;max-width:560px}</style>",
+             "figure{display:inline-block;margin:8px}img{image-rendering:pixelated;max-width:560px}"
+             "#at-a-glance td,#at-a-glance th{font-size:100%}#at-a-glance td.pick{font-weight:bold}"
+             "#at-a-glance td.undecided{color:#777;font-weight:normal}figure.top img{max-width:700px;image-rendering:auto}</style>",
              "</head>", "<body>", "<h1>diffvae compare report</h1>", f"<p>{e(_intro(results))}</p>",
+             *_glance_html(results, top),
              "<h2>Measured comparison</h2>", '<table id="measured">', "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
              "<tbody>"]
     for row in rows:

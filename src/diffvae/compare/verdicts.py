@@ -14,7 +14,8 @@ MI_CEILING_TOLERANCE = 0.01  # MI within 1% of log N is at the estimator's ceili
 
 
 def fmt(value: Any) -> str:
-    """How every number is printed: integers as they are, floats to 4 significant digits."""
+    """How every number is printed: integers as they are, floats to 3 significant digits (1234.5 → "1230",
+    not "1.23e+03"; below 1e-3 in scientific notation, "1.23e-05")."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -24,7 +25,10 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "—"
-        return f"{value:.4g}"
+        rounded = float(f"{value:.3g}")
+        if abs(rounded) >= 1000:  # 3 significant digits, written out: 1234.5 → 1230, 999.96 → 1000
+            return str(int(rounded))
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -116,3 +120,81 @@ def mi_ceiling_note(mutual_info: Any, ceiling: Any) -> str:
     if mutual_info < (1.0 - MI_CEILING_TOLERANCE) * ceiling:
         return ""
     return f" (at the log N = {ceiling:.2f} ceiling of the estimator: a lower bound)"
+
+
+# ----------------------------------------------------------------------------- differences with intervals
+# Used where a claim compares two figures that were measured apart (no per-item pairing stored):
+# the statistics module's paired tests replace these where the paired data exist.
+
+Z95 = 1.959963984540054
+
+
+def _halves(f: Figure) -> tuple[float, float] | None:
+    """(below, above) half-widths of a figure's 95% interval; None without one, or when the interval
+    does not contain its own figure (it is then for another quantity, and cannot be combined)."""
+    if f.ci is None or not f.ci[0] <= f.value <= f.ci[1]:
+        return None
+    return f.value - f.ci[0], f.ci[1] - f.value
+
+
+def unpaired_difference(a: Figure, b: Figure) -> tuple[float, tuple[float, float], float] | None:
+    """a − b with its 95% interval and a two-sided p-value, treating a and b as independent normal
+    estimates: each side's half-width is the quadrature sum of the two intervals' half-widths on the
+    sides that move the difference that way (below: a's lower and b's upper). The p-value uses the
+    half-width on the side of 0. None when either figure has no usable interval."""
+    ha, hb = _halves(a), _halves(b)
+    if ha is None or hb is None:
+        return None
+    diff = a.value - b.value
+    below, above = math.hypot(ha[0], hb[1]), math.hypot(ha[1], hb[0])
+    se = (below if diff > 0 else above) / Z95
+    p = 1.0 if diff == 0 else 0.0 if se == 0 else math.erfc(abs(diff) / se / math.sqrt(2.0))
+    return diff, (diff - below, diff + above), p
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control over the list)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def comparison_entry(question: str, metric: str, names: tuple[str, str], a: Figure, b: Figure, lower_is_better: bool,
+                     method: str = "difference of two independent 95% intervals (normal, half-widths in quadrature)",
+                     p_adjusted: float | None = None) -> dict[str, Any]:
+    """A ``results["comparisons"]`` entry (the shared schema) for figure a − figure b, from
+    :func:`unpaired_difference`; ``decided`` names the better one when the (adjusted) p-value is
+    below 0.05, else None; without usable intervals the difference has no interval and nothing is decided."""
+    found = unpaired_difference(a, b)
+    diff, ci, p = found if found is not None else (a.value - b.value, None, None)
+    p_used = p if p_adjusted is None else p_adjusted
+    decided = None
+    if p_used is not None and p_used < 0.05 and diff != 0:
+        decided = "a" if (diff < 0) == lower_is_better else "b"
+    n = [f.n for f in (a, b) if f.n is not None]
+    return {"question": question, "metric": metric, "a": names[0], "b": names[1], "difference": diff,
+            "ci95": list(ci) if ci is not None else None, "p_value": p_used, "decided": decided, "method": method,
+            "lower_is_better": lower_is_better, "n": min(n) if n else None, "n_to_decide": None}
+
+
+def store_comparisons(results: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+    """Put entries into ``results["comparisons"]``, replacing earlier ones for the same (question, a, b)."""
+    keys = {(e["question"], e["a"], e["b"]) for e in entries}
+    kept = [e for e in results.get("comparisons") or [] if (e.get("question"), e.get("a"), e.get("b")) not in keys]
+    results["comparisons"] = kept + entries
+
+
+def p_text(p: float) -> str:
+    """"p = 0.0123", or "p < 0.001" below that."""
+    return "p < 0.001" if p < 0.001 else f"p = {fmt(p)}"
+
+
+def comparison_text(entry: dict[str, Any]) -> str:
+    """"7.8 [2.1, 13.5], p = 0.007": an entry's difference, its interval and p-value ("7.8, no interval" without one)."""
+    ci = entry.get("ci95")
+    if ci is None:
+        return f"{fmt(entry['difference'])}, no interval"
+    return f"{fmt(entry['difference'])} [{fmt(ci[0])}, {fmt(ci[1])}], {p_text(entry['p_value'])}"

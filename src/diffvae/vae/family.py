@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from diffvae.compare.style import pyplot, save_figure
-from diffvae.compare.verdicts import Figure, UNDECIDED, decide, figure_text, fmt, interval_of, mi_ceiling_note
+from diffvae.compare.verdicts import (UNDECIDED, Figure, comparison_entry, comparison_text, figure_text, fmt, interval_of,
+                                      mi_ceiling_note, store_comparisons)
 from diffvae.contract import BoundOptions, CompareContext, ExtraFigure, ExtraStage, FamilySpec
 from diffvae.vae.model import VAE, VAEConfig
 
@@ -70,31 +71,52 @@ def draw_collapse(results: dict[str, Any], name: str, path: Path) -> bool:
     return True
 
 
-def collapse_verdict(study: dict[str, Any]) -> tuple[str, str]:
-    """Collapse held if the run without free bits has fewer active units, or a KL below half the cured
-    run's (decided on their intervals when the study stored ``kl_nats_ci95``). Not decided when the
-    cured run's KL is still far below its free-bits floor λ·L: free bits make KL below λ per
-    dimension free, so a run that trained enough to use its latent sits at or above the floor —
-    one far below it trained too little to show the cure (or the collapse)."""
+COLLAPSE_CLAIM = "Posterior collapse is a common issue with powerful decoders (VAE only)"
+
+
+def collapse_comparison(study: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any] | None:
+    """The KL drop a powerful decoder causes: the VAE's KL with its own decoder (``reference``, the
+    compare's evaluation) minus the PixelCNN-decoder VAE's without free bits, nats, with its 95% interval
+    (a ``results["comparisons"]`` entry, metric ``kl_nats``; "a" decided = the PixelCNN decoder's KL is lower:
+    the posterior collapsed towards the prior). None when either KL was not measured."""
+    a, b = reference, study["without_free_bits"]
+    if a.get("kl_nats") is None or b.get("kl_nats") is None:
+        return None
+    kl = lambda arm: Figure(float(arm["kl_nats"]), interval_of(arm, "kl_nats"), arm.get("kl_n"))
+    return comparison_entry(f"claim:{COLLAPSE_CLAIM}", "kl_nats", ("vae", "vae:pixelcnn"), kl(a), kl(b), False)
+
+
+def collapse_verdict(study: dict[str, Any], reference: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any] | None]:
+    """Collapse held when the PixelCNN decoder's KL (without free bits) is decided below the VAE's own
+    decoder's (``reference``): the KL drop's 95% interval excludes 0 (:func:`collapse_comparison`); did not
+    hold when it is decided above; not decided when the interval allows no drop, or without both KLs.
+    Active units and the mutual information are shown, not decided on (MI has no interval). Not decided
+    either when the cured run's KL is still far below its free-bits floor λ·L: free bits make KL below λ
+    per dimension free, so a run that trained enough to use its latent sits at or above the floor — one far
+    below it trained too little to show the cure (or the collapse)."""
     a, b = study["without_free_bits"], study["with_free_bits"]
-    kl_a = Figure(a.get("kl_nats", 0.0), interval_of(a, "kl_nats"), a.get("kl_n"))
-    ci_b = interval_of(b, "kl_nats")
-    half_b = Figure(0.5 * b.get("kl_nats", 0.0), (0.5 * ci_b[0], 0.5 * ci_b[1]) if ci_b else None, b.get("kl_n"))
-    kl_outcome = decide(kl_a, half_b, True)
-    fewer_units = a.get("active_units", 0) < b.get("active_units", 0)
-    verdict = "held" if fewer_units or kl_outcome == "a" else "did not hold" if kl_outcome == "b" else UNDECIDED
+    entry = collapse_comparison(study, reference or {})
+    verdict = UNDECIDED if entry is None or entry["decided"] is None else "held" if entry["decided"] == "a" else "did not hold"
     floor = float(study.get("free_bits") or 0.0) * len(b.get("kl_per_dim") or [])
     too_little = floor > 0 and b.get("kl_nats", 0.0) < 0.5 * floor
     if too_little:
         verdict = UNDECIDED
     mi = lambda arm: fmt(arm.get("mutual_info")) + mi_ceiling_note(arm.get("mutual_info"), arm.get("mutual_info_max"))
-    evidence = (f"PixelCNN decoder: {a.get('active_units')} active units, KL {figure_text(kl_a)} nats, MI {mi(a)} nats "
-                f"without free bits; {b.get('active_units')} active, KL {figure_text(Figure(b.get('kl_nats', 0.0), ci_b))} nats, "
-                f"MI {mi(b)} nats with free bits λ = {study.get('free_bits')} nats per latent dimension")
+    kl = lambda arm: figure_text(Figure(arm.get("kl_nats", 0.0), interval_of(arm, "kl_nats")))
+    evidence = ""
+    if entry is not None:
+        r = reference or {}
+        evidence = (f"KL (nats) with the VAE's own decoder {kl(r)} → with a PixelCNN decoder {kl(a)}: drop "
+                    f"{comparison_text(entry)}; MI (nats, no interval) {mi(r)} → {mi(a)}. ")
+    evidence += (f"PixelCNN decoder: {a.get('active_units')} active units, KL {kl(a)} nats, MI {mi(a)} nats "
+                 f"without free bits; {b.get('active_units')} active, KL {kl(b)} nats, "
+                 f"MI {mi(b)} nats with free bits λ = {study.get('free_bits')} nats per latent dimension")
+    if entry is None:
+        evidence += "; the VAE's own KL was not measured, so the drop is not known"
     if too_little:
         evidence += (f"; the free-bits run's KL is far below its floor λ·L = {fmt(floor)} nats: the study trained too little "
                      "to show the collapse or its cure")
-    return verdict, evidence
+    return verdict, evidence, entry
 
 
 class VAESpec(FamilySpec):
@@ -124,9 +146,11 @@ class VAESpec(FamilySpec):
         study = results.get("collapse") or {}
         if "without_free_bits" not in study or "with_free_bits" not in study:
             return []
-        verdict, evidence = collapse_verdict(study)
-        return [{"claim": "Posterior collapse is a common issue with powerful decoders (VAE only)", "verdict": verdict,
-                 "evidence": evidence}]
+        verdict, evidence, entry = collapse_verdict(study, (results.get("families") or {}).get(name))
+        if entry is not None:
+            entry["a"], entry["b"] = name, f"{name}:pixelcnn"
+            store_comparisons(results, [entry])
+        return [{"claim": COLLAPSE_CLAIM, "verdict": verdict, "evidence": evidence}]
 
 
 SPEC = VAESpec(
