@@ -85,6 +85,15 @@ class Comparison:
             return None
         return "a" if (self.difference < 0) == self.lower_is_better else "b"
 
+    def entry(self, question: str, a: str, b: str, alpha: float = ALPHA, note: str = "") -> dict:
+        """The comparison as one entry of ``results["comparisons"]`` (or ``diffvae score``'s), decided at
+        ``alpha`` (already adjusted for multiplicity and looks, which ``note`` states)."""
+        finite = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
+        return {"question": question, "metric": self.metric, "a": a, "b": b, "difference": finite(self.difference),
+                "ci95": [finite(self.ci95[0]), finite(self.ci95[1])], "p_value": finite(self.p_value),
+                "decided": self.decided(alpha), "method": self.method + note, "lower_is_better": self.lower_is_better,
+                "n": self.n, "n_to_decide": None if self.decided(alpha) else self.n_to_decide(alpha)}
+
     def n_to_decide(self, alpha: float = ALPHA, power: float = POWER) -> int | None:
         """:func:`samples_for_power` on this difference, or None where it cannot be computed honestly."""
         if not self.n_scales:
@@ -380,3 +389,16 @@ class SequentialPlan:
     def describe(self) -> str:
         return ("" if self.looks == 1 else
                 f"; alpha spending: α = {self.alpha:g} split evenly over at most {self.looks} looks (Bonferroni)")
+
+
+def sample_comparisons(reference, a, b, sharp_a: torch.Tensor | None = None, sharp_b: torch.Tensor | None = None,
+                       sharp_reference: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                       metrics: Sequence[str] = SAMPLE_METRICS) -> list[Comparison]:
+    """The paired comparison of two generated sets (features a, b) against one reference on every sample
+    metric, and on the sharpness gap when the per-image sharpness of both sets and the reference is given:
+    what ``diffvae score A B`` prints and compare's verdicts read."""
+    out = [paired_sample_difference(metric, reference, a, b) for metric in metrics]
+    if sharp_a is not None and sharp_b is not None and sharp_reference is not None:
+        out.append(paired_scalar_bootstrap("sharpness_gap", sharpness_gap, sharp_a, sharp_b, sharp_reference,
+                                           DEFAULT_RESAMPLES, generator))
+    return out
