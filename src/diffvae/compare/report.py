@@ -5,10 +5,12 @@ the figures — as ``report.md`` and ``report.html`` (well-formed XHTML-style HT
 Every number in a table cell is rendered from ``results.json`` by :func:`fmt` and, in the HTML,
 carries ``data-key`` with its path in ``results.json`` so the report can be checked against it.
 
-A verdict ("best", "held", "did not hold") is printed only when the 95% intervals of the compared
-figures (``<key>_ci95`` in ``results.json``) do not overlap (:func:`decide`); otherwise it is "not
-decided at this budget", with the sample size that would decide it (:func:`samples_to_decide`).
-Exact figures (e.g. the latent dimension) have no interval and keep a plain comparison.
+A verdict ("best", "held", "did not hold") is printed only when the paired test of its question rejects
+(:mod:`diffvae.compare.decisions`: ``results.json["comparisons"]`` holds each test, ``results["best"]``
+each use's answer); otherwise it is "not decided at this budget", with the 80%-power sample size that
+would decide it where one can be computed honestly. Exact figures (e.g. the latent dimension) have no
+interval and keep a plain comparison; :func:`decide` (intervals that do not overlap) remains for
+comparisons against a fixed threshold.
 """
 
 from __future__ import annotations
@@ -108,24 +110,17 @@ def decide(a: Figure, b: Figure, lower_is_better: bool) -> str:
 
 
 def samples_to_decide(a: Figure, b: Figure) -> int | None:
-    """Sample size per family at which the intervals would just separate, if the centres stay and
-    the half-widths h shrink ∝ 1/√n:  h_a √(n_a / n) + h_b √(n_b / n) = |c_a − c_b|  ⇒
+    """Sample size per family at which a two-sided 5% test of the difference of the two figures has 80% power
+    (:func:`diffvae.metrics.paired.samples_for_power`), if the true difference is the printed one: each
+    interval's half-width h gives one unit's spread σ = h √n / 1.96, and σ² = σ_a² + σ_b² (independent
+    figures; a figure with no interval or no n, a fixed threshold, adds none). None when the figures coincide
+    or nothing has a size."""
+    from diffvae.metrics.paired import samples_for_power
 
-        n = ((h_a √n_a + h_b √n_b) / |c_a − c_b|)²,  rounded up
+    def variance(f: Figure) -> float:
+        return 0.0 if f.ci is None or f.n is None else ((f.ci[1] - f.ci[0]) / 2.0 / 1.959963984540054) ** 2 * f.n
 
-    (= n · ((h_a + h_b) / |c_a − c_b|)² for equal n). A figure with no interval or no n (a fixed
-    threshold) contributes no width. None when the centres coincide or nothing has a size."""
-    def width(f: Figure) -> float:
-        return 0.0 if f.ci is None or f.n is None else (f.ci[1] - f.ci[0]) / 2.0 * math.sqrt(f.n)
-
-    def centre(f: Figure) -> float:
-        return f.value if f.ci is None else (f.ci[0] + f.ci[1]) / 2.0
-
-    gap = abs(centre(a) - centre(b))
-    total = width(a) + width(b)
-    if gap == 0 or total == 0:
-        return None
-    return math.ceil((total / gap) ** 2 * (1 - 1e-12))  # the factor: 800.0000000001 is 800, not 801
+    return samples_for_power(a.value - b.value, math.sqrt(variance(a) + variance(b)))
 
 
 def figure_text(f: Figure) -> str:
@@ -361,15 +356,23 @@ def _need(pairs: list[tuple[str, Figure, Figure]], key: str) -> str:
     return f"; about {max(sizes):,} {SAMPLE_SIZES.get(key, ('', 'samples per family'))[1]} would decide it" if sizes else ""
 
 
-def _compared(results, key, better, others, lower) -> tuple[list[str], str, Figure | None, dict[str, Figure]]:
-    """decide(better, other) for each measured other family; (outcomes, the '; about N ...' text, figures)."""
+def _compared(decider, question: str, key: str, better: str, others) -> tuple[list[str], str, Figure | None, dict[str, Figure]]:
+    """The paired test of ``better`` against each measured other family (:class:`diffvae.compare.decisions.Decider`,
+    Holm over them, recorded as ``question``): (outcomes "a" | "b" | "undecided", the '; about N ...' text, figures)."""
+    results = decider.results
     a = figure(results, better, key)
     figs = {f: figure(results, f, key) for f in others}
     figs = {f: v for f, v in figs.items() if v is not None}
-    if a is None:
-        return [], "", None, figs
-    pairs = [(decide(a, b, lower), a, b) for b in figs.values()]
-    return [p[0] for p in pairs], _need(pairs, key), a, figs
+    if a is None or not figs:
+        return [], "", a, figs
+    entries = decider.question(question, key, [(better, f) for f in figs])
+    return [e["decided"] or "undecided" for e in entries], _need_entries(entries, key), a, figs
+
+
+def _need_entries(entries: list[dict[str, Any]], key: str) -> str:
+    """"; about N ... would decide it" (80% power, the largest over the undecided entries), else ""."""
+    sizes = [e["n_to_decide"] for e in entries if e["decided"] is None and e.get("n_to_decide")]
+    return f"; about {max(sizes):,} {SAMPLE_SIZES.get(key, ('', 'samples per family'))[1]} would decide it" if sizes else ""
 
 
 def _listing(figs: dict[str, Figure], names: dict[str, str] | None = None) -> str:
@@ -406,28 +409,32 @@ def roles(results: dict[str, Any]) -> Roles:
                  tuple(f for f, s in specs.items() if s.iterative and s.has_encoder))
 
 
-def claims(results: dict[str, Any]) -> list[dict[str, str]]:
+def claims(results: dict[str, Any], decider=None) -> list[dict[str, str]]:
     """Each classic claim with a verdict (held / did not hold / not decided at this budget / not
-    measured) and the evidence: held or did not hold only when the intervals separate. The families
-    are picked by their traits (:func:`roles`); a family's own claims come from its spec."""
+    measured) and the evidence: held or did not hold only when the paired test of the claim's question
+    rejects (``decider``, :class:`diffvae.compare.decisions.Decider`, which records each test in its
+    entries; without one, tests from the stored intervals). The families are picked by their traits
+    (:func:`roles`); a family's own claims come from its spec."""
+    from diffvae.compare.decisions import Decider
     from diffvae.compare.figures import spec_or_none
 
+    d = decider or Decider(results)
     r = roles(results)
     out: list[dict[str, str]] = []
 
     def claim(text: str, verdict: str | None, evidence: str) -> None:
         out.append({"claim": text, "verdict": verdict or "not measured", "evidence": evidence})
 
-    _claim_sample_quality(results, r, claim)
+    _claim_sample_quality(d, r, claim)
     if r.autoencoder is not None:
-        _claim_blur_speed_dimension(results, r, claim)
-        _claim_interpolation(results, r, claim)
+        _claim_blur_speed_dimension(d, r, claim)
+        _claim_interpolation(d, r, claim)
     for fam in _family_names(results):
         spec = spec_or_none(fam)
         out.extend(spec.claims(results, fam) if spec is not None else [])
     if r.autoencoder is not None:
-        _claim_representation(results, r, claim)
-        _claim_latent_diffusion(results, r, claim)
+        _claim_representation(d, r, claim)
+        _claim_latent_diffusion(d, r, claim)
     if results.get("conditional"):
         from diffvae.compare.control import claim_follows_conditions
 
@@ -437,37 +444,46 @@ def claims(results: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _claim_sample_quality(results, r: Roles, claim) -> None:
+SAMPLE_CLAIM = "Sample quality: diffusion is state of the art, VAEs lag"
+
+
+def _claim_sample_quality(d, r: Roles, claim) -> None:
+    results = d.results
     fid_vae = figure(results, r.autoencoder, "fid") if r.autoencoder else None
     diffusion = {f: figure(results, f, "fid") for f in r.iterative}
     diffusion = {f: v for f, v in diffusion.items() if v is not None}
     if fid_vae is not None and diffusion:
-        pairs = [(decide(v, fid_vae, True), v, fid_vae) for v in diffusion.values()]
-        outcomes = [p[0] for p in pairs]
-        verdict = "held" if "a" in outcomes else "did not hold" if all(o == "b" for o in outcomes) else UNDECIDED
-        ahead = [short(f) for f, outcome in zip(diffusion, outcomes) if outcome == "a"]  # say which family carried it
-        claim("Sample quality: diffusion is state of the art, VAEs lag", verdict,
-              f"FID {_listing(diffusion)} vs {short(r.autoencoder)} {figure_text(fid_vae)}"
-              + (f"; ahead of the {short(r.autoencoder)}: {', '.join(ahead)} only" if verdict == "held" and len(ahead) < len(pairs) else "")
-              + (_need(pairs, "fid") if verdict == UNDECIDED else ""))
+        # held if any diffusion family beats the VAE: one test per family, Holm over them
+        entries = d.question(f"claim:{SAMPLE_CLAIM}", "fid", [(f, r.autoencoder) for f in diffusion])
+        outcomes = [e["decided"] or "undecided" for e in entries]
+        verdict = "held" if "a" in outcomes else "did not hold" if outcomes and all(o == "b" for o in outcomes) else UNDECIDED
+        ahead = [short(e["a"]) for e in entries if e["decided"] == "a"]  # say which family carried it
+        claim(SAMPLE_CLAIM, verdict,
+              f"FID@N {_listing(diffusion)} vs {short(r.autoencoder)} {figure_text(fid_vae)}"
+              + (f"; ahead of the {short(r.autoencoder)}: {', '.join(ahead)} only" if verdict == "held" and len(ahead) < len(entries) else "")
+              + (_need_entries(entries, "fid") if verdict == UNDECIDED else ""))
     else:
         claim("Sample quality: diffusion is state of the art, VAEs lag", None, "needs the VAE and a diffusion family")
 
 
-def _claim_blur_speed_dimension(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
-    outcomes, need, sharp_vae, others = _compared(results, "sharpness_ratio", vae, r.iterative, True)
+BLUR_CLAIM = "VAE samples are often blurry"
+SPEED_CLAIM = "Generation: a VAE decodes once, diffusion denoises iteratively (slower)"
+
+
+def _claim_blur_speed_dimension(d, r: Roles, claim) -> None:
+    results, vae = d.results, r.autoencoder
+    outcomes, need, sharp_vae, others = _compared(d, f"claim:{BLUR_CLAIM}", "sharpness_ratio", vae, r.iterative)
     if sharp_vae is not None:
         threshold = decide(sharp_vae, Figure(0.8), True)
         verdict = _outcome([threshold, *outcomes])
-        claim("VAE samples are often blurry", verdict, f"sharpness vs real data (blurry: below ×0.8 and below the others): "
+        claim(BLUR_CLAIM, verdict, f"sharpness vs real data (blurry: below ×0.8 and below the others): "
               f"{short(vae)} ×{figure_text(sharp_vae)}" + "".join(f", {f} ×{figure_text(v)}" for f, v in others.items())
               + (need if verdict == UNDECIDED else ""))
-    outcomes, need, ms_vae, ms = _compared(results, "ms_per_sample", vae, r.pixel, True)
+    outcomes, need, ms_vae, ms = _compared(d, f"claim:{SPEED_CLAIM}", "ms_per_sample", vae, r.pixel)
     nfe = {f: _get(results, f, "nfe") for f in (vae, *r.iterative)}
     if ms_vae is not None and ms:
         verdict = _outcome(outcomes)
-        claim("Generation: a VAE decodes once, diffusion denoises iteratively (slower)", verdict,
+        claim(SPEED_CLAIM, verdict,
               f"{short(vae)} {figure_text(ms_vae)} ms/sample ({nfe[vae]} NFE) vs " + "; ".join(
                   f"{short(f)} {figure_text(v)} ms/sample ({nfe[f]} NFE): {fmt(v.value / max(ms_vae.value, 1e-9))}×"
                   for f, v in ms.items()) + (need if verdict == UNDECIDED else ""))
@@ -480,76 +496,65 @@ def _claim_blur_speed_dimension(results, r: Roles, claim) -> None:
               + "".join(f", {short(f)} {fmt(lat[f])}" for f in r.latent if lat[f]))
 
 
-def _claim_interpolation(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
+INTERPOLATION_CLAIM = "Interpolation: direct in a VAE's latent (better for latent manipulation) vs via DDIM inversion"
+
+
+def _claim_interpolation(d, r: Roles, claim) -> None:
+    results, vae = d.results, r.autoencoder
     rt = {f: _get(results, f, "roundtrip_psnr_db") for f in (vae, *r.iterative)}
-    outcomes, need, mid_vae, mid = _compared(results, "midpoint_fid", vae, r.iterative, True)
+    outcomes, need, mid_vae, mid = _compared(d, f"claim:{INTERPOLATION_CLAIM}", "midpoint_fid", vae, r.iterative)
     if mid_vae is not None and mid:
         verdict = _outcome(outcomes)
-        claim("Interpolation: direct in a VAE's latent (better for latent manipulation) vs via DDIM inversion", verdict,
+        claim(INTERPOLATION_CLAIM, verdict,
               f"midpoint FID (lower = more realistic midpoints): {short(vae)} " + figure_text(mid_vae) +
               "".join(f", {f} {figure_text(v)}" for f, v in mid.items()) + f"; round trip PSNR: {short(vae)} " + fmt(rt[vae]) +
               " dB (encode→decode)" + "".join(f", {f} {fmt(rt[f])} dB (invert→regenerate)" for f in mid if rt[f] is not None)
               + (need if verdict == UNDECIDED else ""))
 
 
-def _claim_representation(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
-    outcomes, need, probe_vae, probe = _compared(results, "probe_accuracy", vae, r.pixel, False)
+REPRESENTATION_CLAIM = "VAEs learn representations (diffusion's latent is just noise)"
+
+
+def _claim_representation(d, r: Roles, claim) -> None:
+    results, vae = d.results, r.autoencoder
+    outcomes, need, probe_vae, probe = _compared(d, f"claim:{REPRESENTATION_CLAIM}", "probe_accuracy", vae, r.pixel)
     if probe_vae is not None and probe:
         verdict = _outcome(outcomes)
         latent_probes = {f: figure(results, f, "probe_accuracy") for f in r.latent}
-        claim("VAEs learn representations (diffusion's latent is just noise)", verdict,
+        claim(REPRESENTATION_CLAIM, verdict,
               f"linear probe: {short(vae)} {figure_text(probe_vae)}" + "".join(
                   f", {short(f)} inverted noise {figure_text(v)}" for f, v in probe.items()) +
               "".join(f", {short(f)} {figure_text(v)}" for f, v in latent_probes.items() if v is not None)
               + (need if verdict == UNDECIDED else ""))
 
 
-def _claim_latent_diffusion(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
+LATENT_CLAIM = "Latent diffusion combines the strengths of both"
+
+
+def _claim_latent_diffusion(d, r: Roles, claim) -> None:
+    results, vae = d.results, r.autoencoder
     for ldm in r.latent[:1]:
-        fid_out, fid_need, fid_ldm, fid_vs = _compared(results, "fid", ldm, (vae,), True)
-        ms_out, ms_need, ms_ldm, ms_vs = _compared(results, "ms_per_sample", ldm, r.pixel, True)
+        fid_out, fid_need, fid_ldm, fid_vs = _compared(d, f"claim:{LATENT_CLAIM}", "fid", ldm, (vae,))
+        ms_out, ms_need, ms_ldm, ms_vs = _compared(d, f"claim:{LATENT_CLAIM}", "ms_per_sample", ldm, r.pixel)
         if fid_ldm is not None and vae in fid_vs and ms_ldm is not None and ms_vs:
             verdict = _outcome(fid_out + ms_out)
-            claim("Latent diffusion combines the strengths of both", verdict,
+            claim(LATENT_CLAIM, verdict,
                   f"{short(ldm)} FID {figure_text(fid_ldm)} vs {short(vae)} {figure_text(fid_vs[vae])}{fid_need}; "
                   f"{short(ldm)} {figure_text(ms_ldm)} ms/sample vs "
                   + ", ".join(f"{short(f)} {figure_text(v)}" for f, v in ms_vs.items()) + ms_need)
 
 
-CRITERIA = [
-    ("sample quality", "fid", True, "FID"),
-    ("generation speed", "ms_per_sample", True, "ms/sample"),
-    ("likelihood", "bpd", True, "bits/dim"),
-    ("representation", "probe_accuracy", False, "linear-probe accuracy"),
-    ("interpolation realism", "midpoint_fid", True, "midpoint FID"),
-    ("sharpness closest to real data", "sharpness_gap", True, "|log sharpness ratio|"),
-]
-
-
 def when_to_use(results: dict[str, Any]) -> list[str]:
-    """Statements derived from the measured numbers: who was best at what, by how much — or that
-    the best and the runner-up are not decided at this budget (their intervals overlap)."""
-    lines = []
-    for name, key, lower, label in CRITERIA:
-        figs = {fam: figure(results, fam, key) for fam in results.get("families", {})}
-        ranked = sorted(((f, v) for f, v in figs.items() if v is not None), key=lambda fv: fv[1].value if lower else -fv[1].value)
-        if len(ranked) < 2:
-            continue
-        (best, a), (second, b) = ranked[0], ranked[1]
-        outcome = decide(a, b, lower)
-        if outcome == "undecided":
-            unit = SAMPLE_SIZES.get(key, ("", "samples per family"))[1]
-            lines.append(f"Best {name}: {undecided_text(label, (title(best), title(second)), a, b, unit)}.")
-            continue
-        if outcome == "b":  # the intervals say the other way round (FID's are bias-corrected)
-            (best, a), (second, b) = (second, b), (best, a)
-        ratio = (b.value / a.value if lower else a.value / b.value) if a.value and b.value else float("nan")
-        lines.append(f"Best {name}: {title(best)} ({label} {figure_text(a)}; next {title(second)} "
-                     f"{figure_text(b)}, {fmt(ratio)}× {'better' if ratio >= 1 else 'worse'}).")
-    return lines
+    """The "best" sentence of each use (``results["best"]``, :mod:`diffvae.compare.decisions`): the leader by the
+    printed figure, decided only when its paired test against every other family rejects (Holm), and the
+    difference to the runner-up with its interval — the estimand tested. Computed from the stored intervals
+    when ``results`` has no "best" yet."""
+    from diffvae.compare.decisions import decide_all
+
+    best = results.get("best")
+    if not isinstance(best, dict):
+        best = decide_all(results).best_entries
+    return [entry["text"] for entry in best.values() if isinstance(entry, dict) and entry.get("text")]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -574,14 +579,30 @@ def _images(results: dict[str, Any], figures: dict[str, str]) -> list[tuple[str,
     return items
 
 
+def decide_results(out: Path, results: dict[str, Any]):
+    """The statistics step: every "best" and claim test from the evidence in ``out`` (``results["best"]``,
+    ``results["claims"]``, ``results["comparisons"]``, the learning curves' crossover entries included);
+    returns the crossover sentences."""
+    from diffvae.compare.curves import crossover_decisions
+    from diffvae.compare.decisions import decide_all
+    from diffvae.compare.evidence import REFERENCE, load_evidence
+
+    evidence = load_evidence(out, [*results.get("families", {}), REFERENCE])
+    decider = decide_all(results, evidence)
+    results["best"] = decider.best_entries
+    results["claims"] = claims(results, decider)
+    entries, sentences = crossover_decisions(results)
+    results["comparisons"] = decider.entries + entries
+    return sentences
+
+
 def write_report(out: Path, results: dict[str, Any]) -> None:
-    from diffvae.compare.curves import crossover_sentences
     from diffvae.compare.figures import draw_all
 
+    crossovers = decide_results(out, results)
     figures = draw_all(out, results)
     results["figures"] = figures
-    results["claims"] = claims(results)
-    results["when_to_use"] = when_to_use(results) + crossover_sentences(results)  # + where learning curves cross
+    results["when_to_use"] = when_to_use(results) + crossovers  # + where learning curves cross
     images = [(c, p) for c, p in _images(results, figures) if (out / p).exists()]
     atomic_write_text(out / "report.md", render_markdown(results, images))
     atomic_write_text(out / "report.html", render_html(results, images))
@@ -591,9 +612,12 @@ def _intro(results: dict[str, Any]) -> str:
     return (f"Data: {results.get('data')} ({results.get('train_size')} training / {results.get('test_size')} held-out images of "
             f"{'×'.join(map(str, results.get('image_shape', [])))}). Budget {fmt(results.get('budget_minutes'))} min, "
             f"used {fmt(results.get('elapsed_minutes'))} min. Sample-quality metrics use {results.get('feature_space', 'diffvae features')} "
-            "(a locally trained network; not comparable to Inception FID). [low, high] is a 95% interval; FID's is for the "
-            "population value, corrected for the upward bias of FID at finite sample size, so it can lie below the printed "
-            "FID. A verdict is given only when the intervals of the compared figures do not overlap.")
+            "(a locally trained network; not comparable to Inception FID). [low, high] is a 95% interval around the printed "
+            "figure, for that figure: FID@N is FID at the sample count N every family shares, against the shared held-out "
+            "reference (it is biased upward by about the same amount for every family; compare FIDs only at equal N). A "
+            "verdict is a paired test of the difference (the same held-out images, the same reference), decided at 5% with "
+            "Holm's correction where a claim or a 'best' rests on several families; results.json's \"comparisons\" "
+            "holds every test.")
 
 
 def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> str:

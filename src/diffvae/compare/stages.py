@@ -14,9 +14,11 @@ from typing import Any
 import torch
 
 from diffvae.api import load
+from diffvae.compare.evidence import REFERENCE, evidence_path, save_evidence
 from diffvae.contract import CompareContext
 from diffvae.evaluate import EvalConfig, evaluate
 from diffvae.families import get_family
+from diffvae.metrics.sharpness import laplacian_variance
 from diffvae.precision import sampling_precision
 from diffvae.runs import RunDir
 from diffvae.snapshots import read_index
@@ -195,8 +197,13 @@ def evaluate_family(family: str, ctx: CompareContext, seconds: float, n_samples:
     n_samples = n_samples or compare_samples(config.budget_minutes)
     eval_config = sized_eval_config(model, family, left * spec.eval_main_share(), config.seed,
                                     n_samples=n_samples, controllability=not config.conditional, midpoints=midpoints)
-    result = evaluate(model, eval_config, dataset=dataset, progress=not config.quiet, extractor=extractor)
+    evidence: dict[str, torch.Tensor] = {}
+    result = evaluate(model, eval_config, dataset=dataset, progress=not config.quiet, extractor=extractor, evidence=evidence)
     result["eval_config"] = dataclasses.asdict(eval_config)
+    save_evidence(out, family, evidence, {"family": family})
+    if not evidence_path(out, REFERENCE).is_file():
+        save_evidence(out, REFERENCE, {"features": extractor.features(dataset.test).double(),
+                                       "sharpness": laplacian_variance(dataset.test)})
 
     g = torch.Generator().manual_seed(config.seed)
     with torch.inference_mode():
