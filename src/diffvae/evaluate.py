@@ -40,7 +40,7 @@ import torch
 
 from diffvae.conditioning import num_classes
 from diffvae.metrics.bootstrap import wilson_interval
-from diffvae.metrics.distances import fid, kid, precision_recall
+from diffvae.metrics.distances import as_feature_matrix, fid, kid, precision_recall
 from diffvae.metrics.paired import estimate as metric_estimate
 from diffvae.metrics.paired import metric_interval
 from diffvae.metrics.interpolation import path_smoothness
@@ -181,14 +181,14 @@ def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | No
     # KID: the unbiased MMD² of all rows (what its interval is for); kid_std: its spread over 50 random subsets
     _, out["kid_std"] = kid(real_features, fake_features, subsets=50, subset_size=min(500, len(samples_uint8)),
                             generator=generator or torch.Generator().manual_seed(config.seed))
-    out["kid"] = metric_estimate("kid", real_features.double(), fake_features.double())
+    out["kid"] = metric_estimate("kid", as_feature_matrix(real_features), as_feature_matrix(fake_features))
     out.update(precision_recall(real_features, fake_features, k=3))
     if config.bootstrap:  # 95% intervals of FID@N, KID, precision, recall against this reference, around the figures
         for metric in ("fid", "kid", "precision", "recall"):
             out[f"{metric}_ci95"] = list(metric_interval(metric, real_features, fake_features)[1])
     out["n_samples"] = int(samples_uint8.shape[0])
     out.update(_sharpness(samples_uint8, real))
-    _keep(evidence, "features", fake_features)
+    _keep(evidence, "features", as_feature_matrix(fake_features))
     _keep(evidence, "sharpness", laplacian_variance(samples_uint8))
     if dataset.test_labels is not None and getattr(extractor, "kind", "") == "classifier":
         rec = recognisability(extractor.predict_proba(samples_uint8))
@@ -258,7 +258,7 @@ def interpolation_quality(model, dataset, config: EvalConfig, extractor, generat
         if config.bootstrap and half >= 2:
             out["midpoint_fid_ci95"] = list(metric_interval("fid", real_features, mid_features)[1])
         if half >= 2:
-            _keep(evidence, "midpoint_features", mid_features)
+            _keep(evidence, "midpoint_features", as_feature_matrix(mid_features))
         s = min(config.strips, half)
         frames = model.from_latent(latent_path(za[:s], zb[:s], config.frames).flatten(0, 1), **kw)
         frames = frames.reshape(s, config.frames, -1).double() / 127.5 - 1
