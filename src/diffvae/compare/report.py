@@ -586,9 +586,11 @@ def decide_results(out: Path, results: dict[str, Any]):
     from diffvae.compare.curves import crossover_decisions
     from diffvae.compare.decisions import decide_all
     from diffvae.compare.evidence import REFERENCE, load_evidence
+    from diffvae.compare.refine import sequential_plan
 
     evidence = load_evidence(out, [*results.get("families", {}), REFERENCE])
-    decider = decide_all(results, evidence)
+    plan = sequential_plan(results)  # α split over the refine stage's looks, when it was planned
+    decider = decide_all(results, evidence, plan, look=min(plan.looks, int((results.get("sequential") or {}).get("looks", 1))))
     results["best"] = decider.best_entries
     results["claims"] = claims(results, decider)
     entries, sentences = crossover_decisions(results)
