@@ -130,7 +130,7 @@ def run_coverage(quick: bool) -> dict:
     return table
 
 
-def run_false_decisions(quick: bool, splits: int = 100, n: int = 200) -> dict:
+def run_false_decisions(quick: bool, splits: int = 60, n: int = 200) -> dict:
     """Two disjoint random sets of n real training images against the held-out split, ``splits`` times."""
     from diffvae.data import load_data
     from diffvae.metrics.features import get_feature_extractor

@@ -18,11 +18,13 @@
   sample at every classifier-free guidance scale w of ``EvalConfig.guidance_sweep``. The main samples
   of a conditional run are class-balanced, at guidance ``EvalConfig.guidance`` (``eval --guidance``).
 
-Uncertainty: ``<metric>_ci95 = [low, high]`` beside a figure is its 95% interval — bootstrap
-intervals for FID, KID, precision and recall (:mod:`diffvae.metrics.bootstrap`, resampling the
-generated and the reference features; ``EvalConfig.bootstrap`` resamples, 0 = none), a t-interval
-over timed sampling batches for ms/sample, mean ± 1.96 SEM over images for bits/dim, the delta
-method for the sharpness ratio and a Wilson interval for the probe accuracy.
+Uncertainty: ``<metric>_ci95 = [low, high]`` beside a figure is a 95% interval for that figure, around it —
+for FID (FID@N: at this sample count, against this held-out reference), KID (the unbiased MMD² of all
+rows), precision and recall the jackknife over the generated rows (:func:`diffvae.metrics.paired.metric_interval`;
+``EvalConfig.bootstrap`` 0 = none), a t-interval over timed sampling batches for ms/sample (the mean of
+the batches' ms/sample), mean ± 1.96 SEM over images for bits/dim, the delta method for the sharpness
+ratio and a Wilson interval for the probe accuracy. ``evaluate(..., evidence={})`` also hands over the
+per-item measurements compare's paired tests need (:data:`EVIDENCE_KEYS`).
 
 Every figure is a plain float/int/list so the result is JSON; non-finite numbers become null.
 """
