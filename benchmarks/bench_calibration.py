@@ -137,8 +137,8 @@ def run_false_decisions(quick: bool, splits: int = 60, n: int = 200) -> dict:
 
     dataset = load_data("mnist")
     extractor = get_feature_extractor(dataset)
-    reference = extractor.features(dataset.test).double()
-    train = extractor.features(dataset.train).double()
+    reference = torch.as_tensor(extractor.features(dataset.test)).double()
+    train = torch.as_tensor(extractor.features(dataset.train)).double()
     g = torch.Generator().manual_seed(0)
     splits = splits // (5 if quick else 1)
     decided = {m: 0 for m in SAMPLE_METRICS}
@@ -151,11 +151,33 @@ def run_false_decisions(quick: bool, splits: int = 60, n: int = 200) -> dict:
             "decided_share": {m: v / splits for m, v in decided.items()}}
 
 
+def render(coverage: dict, false: dict) -> str:
+    """The RESULTS.md tables from the two JSON files."""
+    sizes = list(coverage["coverage"])
+    kinds = list(coverage["coverage"][sizes[0]]["coverage"])
+    lines = ["| interval (nominal 95%) | " + " | ".join(f"N = {n}" for n in sizes) + " |",
+             "|---|" + "---:|" * len(sizes)]
+    for kind in kinds:
+        lines.append(f"| {kind} | " + " | ".join(f"{coverage['coverage'][n]['coverage'][kind]:.0%}" for n in sizes) + " |")
+    lines.append("| repeats | " + " | ".join(str(coverage["coverage"][n]["repeats"]) for n in sizes) + " |")
+    f = false["false_decisions"]
+    lines += ["", f"False decisions, {f['splits']} splits of {f['n']} + {f['n']} real {f['data']} training images against the "
+              f"{f['reference']} held-out images (paired jackknife, α = 0.05):", "",
+              "| metric | decided |", "|---|---:|"]
+    lines += [f"| {m} | {v:.1%} |" for m, v in f["decided_share"].items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("coverage", "false"), default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--render", action="store_true", help="print RESULTS.md's tables from the last JSON files")
     args = parser.parse_args()
+    if args.render:
+        read = lambda name: json.load(open(results_path(name, args.quick)))  # noqa: E731
+        print(render(read("bench_calibration_coverage"), read("bench_calibration_false")))
+        return
     torch.set_num_threads(1)
     out = {"d": D, "reference": REFERENCE, "truth_draws": TRUTH_DRAWS}
     t0 = time.process_time()

@@ -128,14 +128,6 @@ def figure_text(f: Figure) -> str:
     return fmt(f.value) + (f" [{fmt(f.ci[0])}, {fmt(f.ci[1])}]" if f.ci is not None else "")
 
 
-def undecided_text(label: str, names: tuple[str, str], a: Figure, b: Figure, unit: str) -> str:
-    """"not decided at this budget (FID: VAE 412 [380, 450] vs DDPM 430 [400, 470]; about 2,400
-    samples per family would decide it)"."""
-    n = samples_to_decide(a, b)
-    need = f"; about {n:,} {unit} would decide it" if n is not None else ""
-    return f"{UNDECIDED} ({label}: {names[0]} {figure_text(a)} vs {names[1]} {figure_text(b)}{need})"
-
-
 def mi_ceiling_note(mutual_info: Any, ceiling: Any) -> str:
     """" (at the log N = 5.30 ceiling of the estimator: a lower bound)" when the MI estimate is within
     1% of its ceiling log N (the He et al. estimator can never exceed it), else ""."""
@@ -347,13 +339,6 @@ def _outcome(comparisons: list[str]) -> str:
     if comparisons and all(c == "a" for c in comparisons):
         return "held"
     return "did not hold" if "b" in comparisons else UNDECIDED
-
-
-def _need(pairs: list[tuple[str, Figure, Figure]], key: str) -> str:
-    """"; about N samples per family would decide it" for the undecided comparisons, else ""."""
-    sizes = [samples_to_decide(a, b) for outcome, a, b in pairs if outcome == "undecided"]
-    sizes = [n for n in sizes if n is not None]
-    return f"; about {max(sizes):,} {SAMPLE_SIZES.get(key, ('', 'samples per family'))[1]} would decide it" if sizes else ""
 
 
 def _compared(decider, question: str, key: str, better: str, others) -> tuple[list[str], str, Figure | None, dict[str, Figure]]:
@@ -616,10 +601,20 @@ def _intro(results: dict[str, Any]) -> str:
             f"used {fmt(results.get('elapsed_minutes'))} min. Sample-quality metrics use {results.get('feature_space', 'diffvae features')} "
             "(a locally trained network; not comparable to Inception FID). [low, high] is a 95% interval around the printed "
             "figure, for that figure: FID@N is FID at the sample count N every family shares, against the shared held-out "
-            "reference (it is biased upward by about the same amount for every family; compare FIDs only at equal N). A "
+            "reference (FID at finite N is biased upward, by an amount that depends on N: compare FIDs only at equal N). A "
             "verdict is a paired test of the difference (the same held-out images, the same reference), decided at 5% with "
-            "Holm's correction where a claim or a 'best' rests on several families; results.json's \"comparisons\" "
-            "holds every test.")
+            "Holm's correction where a claim or a 'best' rests on several families" + _looks_text(results)
+            + "; results.json's \"comparisons\" holds every test.")
+
+
+def _looks_text(results: dict[str, Any]) -> str:
+    """How α was spent when the refine stage could look again (diffvae.compare.refine)."""
+    sequential = results.get("sequential") or {}
+    looks = int(sequential.get("max_looks", 1))
+    if looks <= 1:
+        return ""
+    return (f", and split over up to {looks} looks at the evidence (each at 5%/{looks}: the refine stage added held-out "
+            f"images or samples where a verdict was open; {int(sequential.get('looks', 1))} looks were taken)")
 
 
 def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> str:
