@@ -25,7 +25,7 @@ class PixelFeatures:
     name, kind = "pixels", "pixels"
 
     def features(self, images):
-        return images.flatten(1).double()
+        return images.flatten(1).double().numpy()  # as the feature network: numpy
 
 
 @dataclasses.dataclass

@@ -25,6 +25,7 @@ import torch
 
 from diffvae.compare.decisions import decide_all
 from diffvae.compare.evidence import REFERENCE, load_evidence, save_evidence
+from diffvae.metrics.distances import as_feature_matrix
 from diffvae.metrics.paired import ALPHA, SequentialPlan, metric_interval
 
 MAX_LOOKS = 3
@@ -143,7 +144,7 @@ def _more_samples(ctx, results, evidence, seconds: float) -> int:
     extractor = ctx.extractor()
     for f in fams:
         images = _samples(load(ctx.out / "runs" / f, device="cpu"), results["families"][f], extra, seed_offset=n)
-        evidence[f]["features"] = torch.cat([evidence[f]["features"][:n], extractor.features(images).double().cpu()])
+        evidence[f]["features"] = torch.cat([evidence[f]["features"][:n], as_feature_matrix(extractor.features(images))])
         evidence[f]["sharpness"] = torch.cat([evidence[f]["sharpness"][:n], laplacian_variance(images).double()])
         _update_samples(results["families"][f], evidence[f], evidence[REFERENCE])
         save_evidence(ctx.out, f, evidence[f], {"family": f})

@@ -18,6 +18,7 @@ from diffvae.compare.evidence import REFERENCE, evidence_path, save_evidence
 from diffvae.contract import CompareContext
 from diffvae.evaluate import EvalConfig, evaluate
 from diffvae.families import get_family
+from diffvae.metrics.distances import as_feature_matrix
 from diffvae.metrics.sharpness import laplacian_variance
 from diffvae.precision import sampling_precision
 from diffvae.runs import RunDir
@@ -202,7 +203,7 @@ def evaluate_family(family: str, ctx: CompareContext, seconds: float, n_samples:
     result["eval_config"] = dataclasses.asdict(eval_config)
     save_evidence(out, family, evidence, {"family": family})
     if not evidence_path(out, REFERENCE).is_file():
-        save_evidence(out, REFERENCE, {"features": extractor.features(dataset.test).double(),
+        save_evidence(out, REFERENCE, {"features": as_feature_matrix(extractor.features(dataset.test)),
                                        "sharpness": laplacian_variance(dataset.test)})
 
     g = torch.Generator().manual_seed(config.seed)
