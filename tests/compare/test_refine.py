@@ -55,7 +55,7 @@ def compared(tmp_path_factory):
         res["eval_config"] = dataclasses.asdict(cfg)
         results["families"][fam] = res
         save_evidence(out, fam, evidence)
-    save_evidence(out, REFERENCE, {"features": PixelFeatures().features(dataset.test), "sharpness": laplacian_variance(dataset.test)})
+    save_evidence(out, REFERENCE, {"features": torch.as_tensor(PixelFeatures().features(dataset.test)), "sharpness": laplacian_variance(dataset.test)})
     return Context(out, dataset), results
 
 
