@@ -118,9 +118,9 @@ class FamilySpec:
     latent_space: str  # what the latent is
     interpolation: str  # how the family interpolates
     bound_label: str = "bound "  # prefix of the bound in the report's bits/dim row
+    bpd_is_bound: bool = True  # bpd is a valid upper bound (False: an estimate, e.g. an ODE solve; ranked apart)
     bound_parts: tuple[tuple[str, str, int], ...] = ()  # (bound key, label, sign): Σ sign·part = bpd
     bound_extras: tuple[tuple[str, str], ...] = ()  # (prefix, results key) after the bound in the report
-    bpd_is_bound: bool = True  # bpd is a variational bound (False: an ODE estimate, ranked apart from bounds)
     iterative: bool = False  # sampling makes several network evaluations (a sampler and steps apply)
     invertible: bool = False  # to_latent is the exact inverse of a deterministic sampler
     has_encoder: bool = False  # a learned encoder (the latent is compressed and meaningful)

@@ -18,11 +18,13 @@
   sample at every classifier-free guidance scale w of ``EvalConfig.guidance_sweep``. The main samples
   of a conditional run are class-balanced, at guidance ``EvalConfig.guidance`` (``eval --guidance``).
 
-Uncertainty: ``<metric>_ci95 = [low, high]`` beside a figure is its 95% interval — bootstrap
-intervals for FID, KID, precision and recall (:mod:`diffvae.metrics.bootstrap`, resampling the
-generated and the reference features; ``EvalConfig.bootstrap`` resamples, 0 = none), a t-interval
-over timed sampling batches for ms/sample, mean ± 1.96 SEM over images for bits/dim, the delta
-method for the sharpness ratio and a Wilson interval for the probe accuracy.
+Uncertainty: ``<metric>_ci95 = [low, high]`` beside a figure is a 95% interval for that figure, around it —
+for FID (FID@N: at this sample count, against this held-out reference), KID (the unbiased MMD² of all
+rows), precision and recall the jackknife over the generated rows (:func:`diffvae.metrics.paired.metric_interval`;
+``EvalConfig.bootstrap`` 0 = none), a t-interval over timed sampling batches for ms/sample (the mean of
+the batches' ms/sample), mean ± 1.96 SEM over images for bits/dim, the delta method for the sharpness
+ratio and a Wilson interval for the probe accuracy. ``evaluate(..., evidence={})`` also hands over the
+per-item measurements compare's paired tests need (:data:`EVIDENCE_KEYS`).
 
 Every figure is a plain float/int/list so the result is JSON; non-finite numbers become null.
 """
@@ -43,11 +45,13 @@ from diffvae.contract import BoundOptions, spec_of
 from diffvae.data import run_data
 from diffvae.errors import DiffvaeError
 from diffvae.interpolation import latent_path, roundtrip
-from diffvae.metrics.bootstrap import fid_ci, kid_ci, precision_recall_ci, wilson_interval
-from diffvae.metrics.distances import fid, kid, precision_recall
+from diffvae.metrics.bootstrap import wilson_interval
+from diffvae.metrics.distances import as_feature_matrix, fid, kid, precision_recall
 from diffvae.metrics.features import get_feature_extractor, recognisability
+from diffvae.metrics.paired import estimate as metric_estimate
+from diffvae.metrics.paired import metric_interval
 from diffvae.metrics.interpolation import path_smoothness
-from diffvae.metrics.probe import linear_probe
+from diffvae.metrics.probe import probe_correct
 from diffvae.metrics.sharpness import laplacian_variance, sharpness
 from diffvae.precision import precision_name, sampling_precision
 
@@ -89,10 +93,12 @@ class EvalConfig:
         return cls(**base)
 
 
-def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bool = False, extractor=None) -> dict[str, Any]:
+def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bool = False, extractor=None,
+             evidence: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """The full evaluation of a loaded family model (see the module docstring): sampling speed,
     :func:`sample_quality`, :func:`likelihood`, :func:`interpolation_quality`, :func:`representation`
-    and the family's diagnostics, in that order (the generator ``seed`` is shared in that order)."""
+    and the family's diagnostics, in that order (the generator ``seed`` is shared in that order).
+    A dict passed as ``evidence`` receives what paired comparisons need (:data:`EVIDENCE_KEYS`)."""
     config = config or EvalConfig()
     dataset = dataset or run_data(model)
     extractor = extractor or get_feature_extractor(dataset, progress=progress)
@@ -106,19 +112,19 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
     }
     steps = _log(progress)
     steps("sampling")
-    samples, speed = sampling_speed(model, config, g, progress)
+    samples, speed = sampling_speed(model, config, g, progress, evidence=evidence)
     out.update(speed)
     out["sampler"] = spec.sampler_name(model, config.sampler_kwargs)
     steps("sample quality")
     real_features = extractor.features(dataset.test)
-    out.update(sample_quality(samples, dataset, config, extractor, real_features=real_features))
+    out.update(sample_quality(samples, dataset, config, extractor, real_features=real_features, evidence=evidence))
     steps("bound")
-    out.update(likelihood(model, dataset, config))
+    out.update(likelihood(model, dataset, config, evidence=evidence))
     steps("interpolation")
-    out.update(interpolation_quality(model, dataset, config, extractor, g, real_features=real_features))
+    out.update(interpolation_quality(model, dataset, config, extractor, g, real_features=real_features, evidence=evidence))
     if dataset.train_labels is not None and dataset.test_labels is not None:
         steps("linear probe")
-        out.update(representation(model, dataset, config))
+        out.update(representation(model, dataset, config, evidence=evidence))
     if num_classes(model) and config.controllability:
         steps("conditional generation")
         out.update(conditional_quality(model, dataset, config, extractor, g))
@@ -133,7 +139,7 @@ def evaluate(model, config: EvalConfig | None = None, dataset=None, progress: bo
 
 
 def sampling_speed(model, config: EvalConfig, generator: torch.Generator | None = None,
-                   progress: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+                   progress: bool = False, evidence: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """``config.n_samples`` samples with ``config.sampler_kwargs``, and the speed figures: NFE, ms per
     sample (after a warm-up) with its t-interval over the timed batches."""
     kw = dict(config.sampler_kwargs)
@@ -145,8 +151,10 @@ def sampling_speed(model, config: EvalConfig, generator: torch.Generator | None 
         model.sample(2, generator=torch.Generator().manual_seed(1), **kw, **({"labels": labels[:2]} if labels is not None else {}))  # warm-up
         batch = min(config.batch_size, math.ceil(config.n_samples / TIMED_CHUNKS))  # ≥ TIMED_CHUNKS timed repeats
         samples, seconds = _batched_samples(model, config.n_samples, batch, generator, kw, progress, labels)
-    out: dict[str, Any] = {"nfe": int(model.nfe(**kw)), "ms_per_sample": 1000.0 * sum(seconds) / config.n_samples,
-                           "ms_per_sample_ci95": mean_interval([1000.0 * t / n for t, n in zip(seconds, _chunk_sizes(config.n_samples, batch))]),
+    repeats = [1000.0 * t / n for t, n in zip(seconds, _chunk_sizes(config.n_samples, batch))]  # ms/sample of each timed batch
+    _keep(evidence, "ms_repeats", torch.tensor(repeats, dtype=torch.float64))
+    out: dict[str, Any] = {"nfe": int(model.nfe(**kw)), "ms_per_sample": float(np.mean(repeats)),
+                           "ms_per_sample_ci95": mean_interval(repeats),
                            "ms_per_sample_repeats": len(seconds), "sampling_batch": batch,
                            "sampling_precision": precision_name(model, config.precision)}
     out.update(kw)
@@ -154,7 +162,8 @@ def sampling_speed(model, config: EvalConfig, generator: torch.Generator | None 
 
 
 def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | None = None, extractor=None,
-                   generator: torch.Generator | None = None, real_features: torch.Tensor | None = None) -> dict[str, Any]:
+                   generator: torch.Generator | None = None, real_features: torch.Tensor | None = None,
+                   evidence: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Sample-quality figures of uint8 samples (N, C, H, W) against the held-out split of ``dataset``:
     FID, KID, precision/recall (with bootstrap 95% intervals when ``config.bootstrap``), sharpness and
     its ratio to real data, and where labels exist recognisability and class coverage. The keys are
@@ -169,16 +178,18 @@ def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | No
     fake_features = extractor.features(samples_uint8)
     out: dict[str, Any] = {"feature_space": extractor.name, "reference": f"held-out split ({real.shape[0]} images)",
                            "fid": fid(real_features, fake_features)}
-    out["kid"], out["kid_std"] = kid(real_features, fake_features, subsets=50, subset_size=min(500, len(samples_uint8)),
-                                     generator=generator or torch.Generator().manual_seed(config.seed))
+    # KID: the unbiased MMD² of all rows (what its interval is for); kid_std: its spread over 50 random subsets
+    _, out["kid_std"] = kid(real_features, fake_features, subsets=50, subset_size=min(500, len(samples_uint8)),
+                            generator=generator or torch.Generator().manual_seed(config.seed))
+    out["kid"] = metric_estimate("kid", as_feature_matrix(real_features), as_feature_matrix(fake_features))
     out.update(precision_recall(real_features, fake_features, k=3))
-    if config.bootstrap:  # 95% intervals, resampling the generated and the reference features
-        out["fid_ci95"] = fid_ci(real_features, fake_features, config.bootstrap, _boot_generator(config))
-        out["kid_ci95"] = kid_ci(real_features, fake_features, config.bootstrap, _boot_generator(config))
-        pr = precision_recall_ci(real_features, fake_features, 3, config.bootstrap, _boot_generator(config))
-        out["precision_ci95"], out["recall_ci95"] = pr["precision"], pr["recall"]
+    if config.bootstrap:  # 95% intervals of FID@N, KID, precision, recall against this reference, around the figures
+        for metric in ("fid", "kid", "precision", "recall"):
+            out[f"{metric}_ci95"] = list(metric_interval(metric, real_features, fake_features)[1])
     out["n_samples"] = int(samples_uint8.shape[0])
     out.update(_sharpness(samples_uint8, real))
+    _keep(evidence, "features", as_feature_matrix(fake_features))
+    _keep(evidence, "sharpness", laplacian_variance(samples_uint8))
     if dataset.test_labels is not None and getattr(extractor, "kind", "") == "classifier":
         rec = recognisability(extractor.predict_proba(samples_uint8))
         out["confident_fraction"] = rec["confident_fraction"]
@@ -196,7 +207,7 @@ def _sharpness(samples: torch.Tensor, real: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def likelihood(model, dataset, config: EvalConfig) -> dict[str, Any]:
+def likelihood(model, dataset, config: EvalConfig, evidence: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """The family's tightest bound on ``config.bound_n`` held-out images (:func:`_likelihood`), the
     options chosen by the family's ``spec.bound_kwargs``. ``bpd`` is the unconditional bound (a conditional
     model's null label); a conditional model on labelled data also gets ``cond_bpd`` (with ``cond_bpd_sem``,
@@ -205,7 +216,7 @@ def likelihood(model, dataset, config: EvalConfig) -> dict[str, Any]:
     fit = dataset.train[: config.variance_fit_n] if config.variance_fit_n else None
     options = BoundOptions(importance_samples=config.iwae_samples, timesteps=config.bound_timesteps, fit_data=fit)
     spec = spec_of(model)
-    out = _likelihood(model, dataset.test[: config.bound_n], spec.bound_kwargs(options), config.seed)
+    out = _likelihood(model, dataset.test[: config.bound_n], spec.bound_kwargs(options), config.seed, evidence)
     if num_classes(model) and getattr(dataset, "test_labels", None) is not None:
         labels = dataset.test_labels[: config.bound_n]
         given = _likelihood(model, dataset.test[: config.bound_n], {**spec.bound_kwargs(options), "labels": labels}, config.seed)
@@ -220,7 +231,7 @@ def likelihood(model, dataset, config: EvalConfig) -> dict[str, Any]:
 
 
 def interpolation_quality(model, dataset, config: EvalConfig, extractor, generator: torch.Generator | None = None,
-                          real_features: torch.Tensor | None = None) -> dict[str, Any]:
+                          real_features: torch.Tensor | None = None, evidence: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Round-trip error through the latent, the latent's std, midpoint FID of held-out pairs (spherical
     paths, with its bootstrap interval) and path smoothness of ``config.strips`` strips."""
     kw = dict(config.sampler_kwargs)
@@ -241,7 +252,9 @@ def interpolation_quality(model, dataset, config: EvalConfig, extractor, generat
         out["midpoint_fid"] = fid(real_features, mid_features) if half >= 2 else None
         out["midpoint_n"] = int(half)
         if config.bootstrap and half >= 2:
-            out["midpoint_fid_ci95"] = fid_ci(real_features, mid_features, config.bootstrap, _boot_generator(config))
+            out["midpoint_fid_ci95"] = list(metric_interval("fid", real_features, mid_features)[1])
+        if half >= 2:
+            _keep(evidence, "midpoint_features", as_feature_matrix(mid_features))
         s = min(config.strips, half)
         frames = model.from_latent(latent_path(za[:s], zb[:s], config.frames).flatten(0, 1), **kw)
         frames = frames.reshape(s, config.frames, -1).double() / 127.5 - 1
@@ -249,25 +262,28 @@ def interpolation_quality(model, dataset, config: EvalConfig, extractor, generat
     return out
 
 
-def representation(model, dataset, config: EvalConfig) -> dict[str, Any]:
+def representation(model, dataset, config: EvalConfig, evidence: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Linear-probe accuracy of the family's latent (``to_latent``) on the labels, with its Wilson interval."""
     kw = dict(config.sampler_kwargs)
     with torch.inference_mode():
         ztr = _encode(model, dataset.train[: config.probe_train], config.batch_size, kw)
         zte = _encode(model, dataset.test[: config.probe_test], config.batch_size, kw)
-    out: dict[str, Any] = {"probe_accuracy": linear_probe(ztr, dataset.train_labels[: config.probe_train],
-                                                          zte, dataset.test_labels[: config.probe_test])}
+    correct = probe_correct(ztr, dataset.train_labels[: config.probe_train], zte, dataset.test_labels[: config.probe_test])
+    _keep(evidence, "probe_correct", torch.from_numpy(correct.astype(np.uint8)))
+    out: dict[str, Any] = {"probe_accuracy": float(correct.mean())}
     out["probe_chance"] = 1.0 / dataset.num_classes
     out["probe_n"] = int(zte.shape[0])
     out["probe_accuracy_ci95"] = wilson_interval(out["probe_accuracy"], out["probe_n"])  # a share of test images
     return out
 
 
-def _likelihood(model, x, bound_kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
+def _likelihood(model, x, bound_kwargs: dict[str, Any], seed: int, evidence: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """The family's tightest bound on the held-out ``x``: every per-image tensor averaged, with the
     standard error of the mean over images (``<key>_sem``) and its 95% interval for ``bpd``."""
     with torch.no_grad():
         bound = model.bound(x, generator=torch.Generator().manual_seed(seed), **bound_kwargs)
+    if torch.is_tensor(bound.get("bpd")):
+        _keep(evidence, "bpd", bound["bpd"])  # per held-out image, the images in order
     out: dict[str, Any] = {}
     for key, value in bound.items():
         if not torch.is_tensor(value):
@@ -281,6 +297,16 @@ def _likelihood(model, x, bound_kwargs: dict[str, Any], seed: int) -> dict[str, 
         out["bpd_n"] = int(bound["bpd"].numel())
         out["bpd_ci95"] = [out["bpd"] - 1.96 * out["bpd_sem"], out["bpd"] + 1.96 * out["bpd_sem"]]
     return out
+
+
+EVIDENCE_KEYS = ("ms_repeats", "features", "sharpness", "bpd", "midpoint_features", "probe_correct")
+
+
+def _keep(evidence: dict[str, torch.Tensor] | None, key: str, value: torch.Tensor) -> None:
+    """evidence[key] = a CPU copy of ``value`` (float64, or uint8 for 0/1 outcomes) when evidence is collected."""
+    if evidence is not None:
+        value = value.detach().cpu()
+        evidence[key] = value if value.dtype == torch.uint8 else value.double()
 
 
 TIMED_CHUNKS = 5  # sampling is timed in at least this many batches: ms/sample gets an interval from their spread
@@ -465,10 +491,6 @@ def controllability(results: dict[str, Any]) -> dict[str, Any]:
     base = rows.get(1.0, {})
     return {"accuracy": best["accuracy"], "guidance": best["guidance"], "fid": best["fid"], "recall": best.get("recall"),
             "fid_at_w1": base.get("fid"), "recall_at_w1": base.get("recall"), "ms_per_sample": best["ms_per_sample"]}
-
-
-def _boot_generator(config: EvalConfig) -> torch.Generator:
-    return torch.Generator().manual_seed(config.seed + 7919)  # the bootstrap's own stream, fixed by the seed
 
 
 def _encode(model, images, batch, kw) -> np.ndarray:

@@ -32,6 +32,9 @@ from diffvae.errors import DiffvaeError
 from diffvae.evaluate import EvalConfig, format_table, sample_quality, sampling_speed
 from diffvae.metrics.inception import feature_extractor_for, load_inception, parse_features
 from diffvae.runs import CONFIG
+from diffvae.metrics.sharpness import laplacian_variance
+from diffvae.metrics.paired import sample_comparisons
+from diffvae.metrics.inception import feature_extractor_for, parse_features
 
 SAMPLE_PREFIXES = ("folder", "npz", "idx")
 
@@ -39,7 +42,11 @@ SAMPLE_PREFIXES = ("folder", "npz", "idx")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``diffvae score`` (ranges are checked in :func:`run`, before anything is read)."""
     parser.add_argument("samples", metavar="SAMPLES",
-                        help="folder:PATH | npz:PATH | idx:PATH of uint8 samples, or a run directory")
+                        help="folder:PATH | npz:PATH | idx:PATH (or PATH.npz) of uint8 samples, or a run directory")
+    parser.add_argument("other", metavar="OTHER", nargs="?", default=None,
+                        help="a second sample set (folder:PATH | npz:PATH | idx:PATH | PATH.npz): compare the two against "
+                             "the same reference, a paired test and a decision per metric (FID, KID, precision, recall, "
+                             "sharpness gap)")
     parser.add_argument("--data", default=None, metavar="SPEC",
                         help="reference data (its held-out split): mnist | digits | shapes | colours | photos | "
                              "folder:PATH | npz:PATH | idx:PATH (default for a run: the run's data)")
@@ -63,12 +70,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score SAMPLES (see the module docstring) and print a table or, with ``--json``, one JSON object."""
+    if args.other is not None:
+        return _run_pair(args)
     results = score(args.samples, data=args.data, size=args.size, key=args.key, binarize=args.binarize,
                     samples_key=args.samples_key, n=args.n, sampling=_sampling(args), seed=args.seed,
                     bootstrap=args.bootstrap, device=args.device, progress=not args.json,
                     features=args.features)
     print(json.dumps(results, indent=2, sort_keys=True) if args.json else format_score(results))
     return 0
+
+
+def _run_pair(args: argparse.Namespace) -> int:
+    if args.n is not None or _sampling(args):
+        raise DiffvaeError("--n, --sampler, --steps and --eta apply to one run directory, not to two sample sets")
+    results = score_pair(args.samples, args.other, data=args.data, size=args.size, key=args.key, binarize=args.binarize,
+                         samples_key=args.samples_key, seed=args.seed, device=args.device, features=args.features,
+                         progress=not args.json)
+    print(json.dumps(results, indent=2, sort_keys=True) if args.json else format_pair(results))
+    return 0
+
+
+def score_pair(a: str, b: str, *, data: str | None, size: int | None = None, key: str | None = None,
+               binarize: bool = False, samples_key: str | None = None, seed: int = 0, device: str = "auto",
+               features: str | None = "local", progress: bool = False) -> dict[str, Any]:
+    """Two sample sets against the same reference (``data``'s held-out split): ``{"comparisons": [...]}``, one entry
+    per metric in the schema of ``results.json["comparisons"]`` (:meth:`diffvae.metrics.paired.Comparison.entry`), with
+    ``a`` and ``b`` the specs as given. Each metric is its own question, decided at α = 0.05."""
+    _eval_config(seed, None, None)
+    space = parse_features(features)
+    extractor = _inception_extractor(space, device) if space.kind == "inception" else None
+    specs = [_sample_spec(s) for s in (a, b)]
+    for given, spec in zip((a, b), specs):
+        if _run_directory(spec) is not None:
+            raise DiffvaeError(f"{given}: score A B compares two sample sets (folder:, npz:, idx: or .npz); "
+                               "sample a run first with diffvae sample --out FILE.npz")
+    if data is None:
+        raise DiffvaeError("score A B: --data SPEC is required (the reference images)")
+    dataset = _reference(data, size, key, binarize)
+    images = [read_samples(spec, dataset.image_shape, samples_key) for spec in specs]
+    for given, x in zip((a, b), images):
+        if x.shape[0] < 4:
+            raise DiffvaeError(f"{given} holds {x.shape[0]} images; a paired comparison needs at least 4")
+    if progress:
+        print(f"diffvae score: {images[0].shape[0]} and {images[1].shape[0]} samples against {dataset.name} ...",
+              file=sys.stderr, flush=True)
+    extractor = extractor or feature_extractor_for(space, dataset)
+    reference = extractor.features(dataset.test)
+    feats = [extractor.features(x) for x in images]
+    sharp = [laplacian_variance(x) for x in (*images, dataset.test)]
+    comparisons = sample_comparisons(reference, *feats, *sharp, generator=torch.Generator().manual_seed(seed))
+    return {"comparisons": [c.entry("score", a, b, note="; one question per metric, α = 0.05") for c in comparisons],
+            "feature_space": extractor.name, "data": dataset.name,
+            "reference": f"held-out split ({dataset.test.shape[0]} images)",
+            "n": {a: int(images[0].shape[0]), b: int(images[1].shape[0])}}
+
+
+def format_pair(results: dict[str, Any]) -> str:
+    """One line per metric: the difference A − B with its interval, p and the decision."""
+    def fmt(value: Any) -> str:
+        return "—" if value is None else f"{value:.3g}"
+
+    lines = [f"diffvae score: A − B against {results['data']} {results['reference']} ({results['feature_space']})"]
+    for c in results["comparisons"]:
+        who = {"a": c["a"], "b": c["b"]}.get(c["decided"], "not decided")
+        lines.append(f"  {c['metric']:<14} {fmt(c['difference'])} [{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}]  "
+                     f"p = {fmt(c['p_value'])}  better: {who}")
+    return "\n".join(lines)
+
+
+def _sample_spec(samples: str) -> str:
+    """``PATH.npz`` (an existing file, no prefix) is ``npz:PATH``; anything else as given."""
+    text = samples.strip() if isinstance(samples, str) else samples
+    if isinstance(text, str) and ":" not in text and text.lower().endswith(".npz") and Path(text).expanduser().is_file():
+        return f"npz:{text}"
+    return samples
 
 
 def score(samples: str, *, data: str | None = None, size: int | None = None, key: str | None = None,
@@ -80,6 +155,7 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
     config = _eval_config(seed, bootstrap, n)
     space = parse_features(features)
     extractor = _inception_extractor(space, device) if space.kind == "inception" else None
+    samples = _sample_spec(samples)
     run_path = _run_directory(samples)
     if run_path is None:
         if n is not None or sampling:

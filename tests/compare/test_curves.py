@@ -11,6 +11,7 @@ from diffvae.cli import main
 from diffvae.compare.curves import (
     CurveSettings,
     compare_curves,
+    crossover_decisions,
     crossover_sentences,
     evaluate_snapshot,
     learning_curves,
@@ -66,22 +67,34 @@ def test_higher_is_better_and_missing_points():
     assert [(c.minutes, c.leader) for c in result.crossings] == [(pytest.approx(1.0), "a")]
 
 
-def test_crossover_sentences_state_the_crossing_and_the_leader():
-    def curve(points):
-        return [{"minutes": m, "gflop": 1.0, "fid": f, "fid_ci95": None, "bpd": b} for m, f, b in points]
+def test_crossover_sentences_state_only_crossings_the_intervals_resolve():
+    def curve(points, half=1.0):
+        return [{"minutes": m, "gflop": 1.0, "fid": f, "fid_ci95": [f - half, f + half], "bpd": b,
+                 "bpd_sem": half / 1.959963984540054 / 10} for m, f, b in points]
 
     results = {"learning_curves": {"vae": curve([(0.5, 20.0, 1.5), (2.0, 18.0, 1.4)]),
                                    "ldm": curve([(1.0, 40.0, 3.0), (3.0, 10.0, 2.5)])},
                "learning_curve_settings": {"clock": "CPU-minutes"}}
     lines = crossover_sentences(results)
-    # on [1, 2]: vae 19.33 → 18, ldm 40 → 25: the VAE leads FID there (ldm passes it only after 2 min)
-    assert "VAE led Latent diffusion in FID throughout the range both measured (1–2 CPU-minutes)." in lines
-    assert "VAE led Latent diffusion in bits/dim throughout the range both measured (1–2 CPU-minutes)." in lines
+    # on [1, 2]: vae 19.33 → 18, ldm 40 → 25: the VAE leads FID there, decided at both times
+    assert ("VAE led Latent diffusion in FID throughout the range both measured (both measured over 1–2 CPU-minutes; "
+            "decided at every time).") in lines
+    assert any(line.startswith("VAE led Latent diffusion in bits/dim throughout") for line in lines)
     results["learning_curves"]["ldm"] = curve([(1.0, 40.0, 3.0), (1.5, 12.0, 1.0), (3.0, 10.0, 0.9)])
+    entries, lines = crossover_decisions(results)
+    # a − b at 1, 1.5, 2: −20.7, +6.67, +6.67 (each ± 2.83): the crossing lies between 1 and 1.5 minutes
+    assert ("Latent diffusion passes VAE in FID between 1 and 1.5 CPU-minutes (the difference's 95% interval excludes 0 "
+            "on both sides; both measured over 1–2 CPU-minutes).") in lines
+    fid = {e["at_minutes"]: e for e in entries if e["question"] == "crossover:fid:vae-ldm"}
+    assert fid[1.0]["decided"] == "a" and fid[1.5]["decided"] == "b"  # the sentence's two sides, in results' entries
+    assert fid[1.0]["ci95"][1] < 0 < fid[1.5]["ci95"][0]
+    # the same point estimates with wide intervals: the sign change is noise, not a finding
+    results["learning_curves"] = {f: [dict(p, fid_ci95=[p["fid"] - 30, p["fid"] + 30]) for p in pts]
+                                  for f, pts in results["learning_curves"].items()}
     lines = crossover_sentences(results)
-    fid_cross = 1.0 + (40.0 - 19.333333) / ((40.0 - 19.333333) + (18.666667 - 12.0)) * 0.5
-    expected = f"Latent diffusion passes VAE in FID after {fid_cross:.3g} CPU-minutes (both measured over 1–2 CPU-minutes)."
-    assert expected in lines, lines
+    assert ("VAE vs Latent diffusion in FID: no crossover resolved in the measured range (both measured over "
+            "1–2 CPU-minutes; decided at 0 of 3 times).") in lines
+    assert not any("passes" in line and "FID" in line for line in lines)
     results["learning_curves"]["ldm"] = curve([(2.5, 40.0, 3.0), (3.0, 10.0, 0.9)])
     assert crossover_sentences(results) == [
         "VAE and Latent diffusion were measured at no common training time (0.5–2 CPU-minutes vs 2.5–3 CPU-minutes): not compared."]
@@ -123,7 +136,7 @@ def test_the_curves_stage_writes_one_point_per_snapshot_with_the_schema(vae_run)
     assert [p["step"] for p in points] == [e["step"] for e in entries]  # all fit in a practically unlimited time
     assert results["learning_curve_settings"]["skipped_steps"] == {"vae": []}
     for point, entry in zip(points, entries):
-        assert set(point) == {"step", "minutes", "gflop", "images", "fid", "fid_ci95", "bpd"}
+        assert set(point) == {"step", "minutes", "gflop", "images", "fid", "fid_ci95", "bpd", "bpd_sem"}
         assert (point["minutes"], point["gflop"]) == (entry["minutes"], entry["gflop"])
         low, high = point["fid_ci95"]
         assert 0 <= low <= high and point["fid"] > 0 and point["bpd"] > 0

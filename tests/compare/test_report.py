@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-from diffvae.compare.report import ROWS, claims, lookup, when_to_use, write_report
+from diffvae.compare.report import ROWS, claims, lookup, render_report, when_to_use, write_report
 
 
 def fake_results():
@@ -67,8 +67,8 @@ def test_figures_are_drawn_and_referenced(tmp_path):
 
 
 def test_claims_follow_the_numbers():
-    results = fake_results()
-    results["families"]["vae"]["midpoint_fid"] = 20.0
+    results = with_intervals(fake_results(), half=0.5)
+    results["families"]["vae"].update(midpoint_fid=20.0, midpoint_fid_ci95=[15.0, 25.0])
     results["families"]["vae"]["kl_nats_ci95"] = [24.5, 26.5]  # the VAE's own decoder: KL 25.5 nats
     results["collapse"]["without_free_bits"]["kl_nats_ci95"] = [0.05, 0.15]  # the PixelCNN decoder's: 0.1
     verdicts = {c["claim"].split(":")[0]: c["verdict"] for c in claims(results)}
@@ -77,10 +77,10 @@ def test_claims_follow_the_numbers():
     assert verdicts["VAE samples are often blurry"] == "held"
     assert verdicts["Posterior collapse is a common issue with powerful decoders (VAE only)"] == "held"
     flipped = copy.deepcopy(results)
-    flipped["families"]["vae"]["fid"] = 10.0
-    flipped["families"]["vae"]["sharpness_ratio"] = 1.2
+    flipped["families"]["vae"].update(fid=10.0, fid_ci95=[5.0, 15.0])
+    flipped["families"]["vae"].update(sharpness_ratio=1.2, sharpness_ratio_ci95=[1.15, 1.25])
     flipped["collapse"]["without_free_bits"].update(kl_nats=40.0, kl_nats_ci95=[39.0, 41.0])  # the PixelCNN keeps more KL
-    flipped["families"]["vae"]["midpoint_fid"] = 500.0
+    flipped["families"]["vae"].update(midpoint_fid=500.0, midpoint_fid_ci95=[495.0, 505.0])
     verdicts = {c["claim"].split(":")[0]: c["verdict"] for c in claims(flipped)}
     assert verdicts["Sample quality"] == "did not hold"
     assert verdicts["VAE samples are often blurry"] == "did not hold"
@@ -100,15 +100,16 @@ def test_a_sample_quality_verdict_carried_by_one_family_names_it():
 
 
 def test_when_to_use_names_the_measured_winner_and_margin():
-    lines = when_to_use(fake_results())
+    lines = when_to_use(with_intervals(fake_results(), half=0.2))
     quality = next(l for l in lines if l.startswith("Best sample quality"))
-    assert "Pixel diffusion (DDPM)" in quality.split("(")[0] + quality and "FID 30" in quality and "1.17×" in quality
+    # DDPM 30 ± 2 vs LDM 35 ± 2: the difference 5 ± 2.83 (unpaired, from the intervals) is decided
+    assert quality.startswith("Best sample quality: Pixel diffusion (DDPM) (FID@200 30 [28, 32]; Latent diffusion 5 higher")
     speed = next(l for l in lines if l.startswith("Best generation speed"))
     assert speed.startswith("Best generation speed: VAE")
     sharp = next(l for l in lines if l.startswith("Best sharpness"))
     # 0.9 beats the VAE's blur (0.45) and ties LDM exactly: a tie names no winner
-    assert sharp.startswith("Best sharpness closest to real data: not decided at this budget")
-    assert "Pixel diffusion (DDPM) 0.105 vs Latent diffusion 0.105" in sharp and "VAE" not in sharp
+    assert sharp.startswith("Best sharpness: not decided at this budget")
+    assert "Latent diffusion 0 apart" in sharp
 
 
 def test_a_failed_family_is_reported_not_dropped(tmp_path):
@@ -132,6 +133,7 @@ def with_intervals(results, half=1.0):
         r["midpoint_fid_ci95"] = [r["midpoint_fid"] - 10 * half, r["midpoint_fid"] + 10 * half]
         r["ms_per_sample_ci95"] = [r["ms_per_sample"] * (1 - 0.1 * half), r["ms_per_sample"] * (1 + 0.1 * half)]
         r["ms_per_sample_repeats"] = 5
+        r["sharpness_ratio_ci95"] = [r["sharpness_ratio"] - 0.05 * half, r["sharpness_ratio"] + 0.05 * half]
     return out
 
 
@@ -150,21 +152,20 @@ def test_separated_and_decide_follow_the_intervals():
     assert decide(Figure(1.0), Figure(2.0), True) == "a" and decide(Figure(2.0), Figure(2.0), True) == "undecided"
 
 
-def test_samples_to_decide_scales_with_one_over_root_n():
+def test_samples_to_decide_is_an_80_percent_power_sample_size():
+    from scipy.stats import norm
+
     from diffvae.compare.report import Figure, samples_to_decide
 
-    # half-widths 2 + 2 against a gap of 2: the intervals must shrink 2× → 4× the samples
+    # half-widths 2 and 2 at n = 100: one unit's sd σ = 2·√100/1.96 on each side, the difference's σ√2
     a, b = Figure(10.0, (8.0, 12.0), 100), Figure(12.0, (10.0, 14.0), 100)
-    assert samples_to_decide(a, b) == 400
-    # brute force: the smallest n at which h·√(100/n) summed is below the gap
-    gap, h = 0.3, 1.0
-    a, b = Figure(0.0, (-h, h), 50), Figure(gap, (gap - h, gap + h), 50)
-    brute = next(n for n in range(1, 10 ** 6) if 2 * h * math.sqrt(50 / n) <= gap)
-    assert samples_to_decide(a, b) == brute
-    # unequal sizes: each interval shrinks from its own n
-    a, b = Figure(0.0, (-1.0, 1.0), 100), Figure(3.0, (1.0, 5.0), 25)
-    assert samples_to_decide(a, b) == math.ceil(((1 * 10 + 2 * 5) / 3) ** 2)
-    assert samples_to_decide(Figure(1.0, (0.0, 2.0), 10), Figure(1.0, (0.5, 1.5), 10)) is None  # same centre
+    sigma = math.sqrt(2) * 2 * 10 / norm.ppf(0.975)
+    n = samples_to_decide(a, b)
+    assert n == math.ceil(((norm.ppf(0.975) + norm.ppf(0.8)) * sigma / 2) ** 2)
+    # at that n the test has 80% power (normal approximation, independent references)
+    se = sigma / math.sqrt(n)
+    assert norm.sf(norm.ppf(0.975) - 2 / se) == pytest.approx(0.8, abs=0.005)
+    assert samples_to_decide(Figure(1.0, (0.0, 2.0), 10), Figure(1.0, (0.5, 1.5), 10)) is None  # same value
 
 
 def test_a_verdict_flips_to_not_decided_when_the_intervals_overlap_and_back():
@@ -174,18 +175,17 @@ def test_a_verdict_flips_to_not_decided_when_the_intervals_overlap_and_back():
     assert verdicts["Sample quality"]["verdict"] == "held"
     assert "VAE 80.1 [75.1, 85.1]" in verdicts["Sample quality"]["evidence"]
     quality = next(l for l in when_to_use(narrow) if l.startswith("Best sample quality"))
-    assert quality.startswith("Best sample quality: not decided at this budget")  # DDPM 30 ± 5 vs LDM 35 ± 5 overlap
-    assert "Pixel diffusion (DDPM) 30 [25, 35] vs Latent diffusion 35 [30, 40]" in quality
-    assert "about 800 samples per family would decide it" in quality  # 200·((5 + 5)/5)²
+    assert quality.startswith("Best sample quality: not decided at this budget")  # DDPM 30 ± 5 vs LDM 35 ± 5: p = 0.17
+    assert "(Pixel diffusion (DDPM) leads: FID@200 30 [25, 35]; Latent diffusion 5 higher" in quality
+    assert "would decide it" not in quality  # FID@N's difference depends on N: no honest sample size
     # widen the intervals until the VAE overlaps the diffusion families: no verdict
-    wide = with_intervals(fake_results(), half=3.0)
+    wide = with_intervals(fake_results(), half=5.0)
     verdicts = {c["claim"].split(":")[0]: c for c in claims(wide)}
     assert verdicts["Sample quality"]["verdict"] == "not decided at this budget"
-    assert "would decide it" in verdicts["Sample quality"]["evidence"]
     # and narrow enough for DDPM vs LDM to separate: the winner is named again
     tight = with_intervals(fake_results(), half=0.2)
     quality = next(l for l in when_to_use(tight) if l.startswith("Best sample quality"))
-    assert quality.startswith("Best sample quality: Pixel diffusion (DDPM) (FID 30 [28, 32]; next Latent diffusion 35 [33, 37]")
+    assert quality.startswith("Best sample quality: Pixel diffusion (DDPM) (FID@200 30 [28, 32]; Latent diffusion 5 higher")
 
 
 def test_every_claim_with_intervals_is_decided_only_when_they_separate():
@@ -395,7 +395,7 @@ def with_best(results):
 
 
 def _glance(tmp_path, results):
-    write_report(tmp_path, results)
+    render_report(tmp_path, results)  # the report as results say it (write_report would decide afresh first)
     root = ET.parse(tmp_path / "report.html").getroot()  # well-formed, or it raises
     table = root.find(".//table[@id='at-a-glance']")
     rows = {tr.find("th").text: [td for td in tr.findall("td")] for tr in table.findall("./tbody/tr")}

@@ -34,7 +34,7 @@ from diffvae.compare.verdicts import fmt
 from diffvae.contract import BoundOptions, spec_of
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
-from diffvae.metrics.bootstrap import fid_ci
+from diffvae.metrics.paired import metric_interval, normal_comparison
 from diffvae.metrics.distances import fid
 from diffvae.runs import load_tensors, split_prefixed
 from diffvae.snapshots import read_index, snapshot_folder
@@ -182,8 +182,8 @@ def evaluate_snapshot(model, path: Path, entry: dict[str, Any], extractor, refer
 
 
 def _fid_interval(reference, features, seed: int) -> list[float] | None:
-    """The bootstrap 95% interval of the FID (:func:`diffvae.metrics.bootstrap.fid_ci`)."""
-    low, high = fid_ci(reference, features, generator=torch.Generator().manual_seed(seed))
+    """The 95% interval of FID@N against the reference, around the point (:func:`diffvae.metrics.paired.metric_interval`)."""
+    low, high = metric_interval("fid", reference, features)[1]
     return [low, high] if math.isfinite(low) and math.isfinite(high) else None
 
 
@@ -194,8 +194,11 @@ def _bound_bpd(model, held_out: torch.Tensor, fit_images: torch.Tensor, settings
     options = spec_of(model).bound_kwargs(BoundOptions(timesteps=settings.bound_timesteps, fit_data=fit_images))
     with torch.no_grad():
         bound = model.bound(held_out, generator=torch.Generator().manual_seed(settings.seed), **options)
-    value = float(bound["bpd"].double().mean())
+    per_image = bound["bpd"].double()
+    value = float(per_image.mean())
     out: dict[str, Any] = {"bpd": value if math.isfinite(value) else None}
+    if per_image.numel() > 1 and math.isfinite(value):
+        out["bpd_sem"] = float(per_image.std()) / math.sqrt(per_image.numel())
     if isinstance(bound.get("variance"), str):
         out["bpd_variance"] = bound["variance"]
     return out
@@ -269,29 +272,87 @@ def _interpolate(points: list[tuple[float, float]], x: float) -> float:
 
 
 def crossover_sentences(results: dict[str, Any]) -> list[str]:
-    """The measured crossovers of every pair of learning curves, FID then bits/dim, as sentences."""
+    """The crossovers of every pair of learning curves, FID then bits/dim, as sentences (:func:`crossover_decisions`)."""
+    return crossover_decisions(results)[1]
+
+
+def crossover_decisions(results: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every pair of learning curves, FID then bits/dim: the difference a − b with its 95% interval at each
+    measured time of either curve (both interpolated linearly; se² = se_a² + se_b², the points' own intervals,
+    independent samples against the fixed reference), as ``results["comparisons"]`` entries
+    (question ``crossover:<metric>:<a>-<b>``), and the sentences: a crossover only between two times where the
+    interval excludes 0 on opposite sides; otherwise "no crossover resolved in the measured range"."""
     curves = results.get("learning_curves") or {}
     unit = (results.get("learning_curve_settings") or {}).get("clock", "CPU-minutes")
     title = {f: family_title(f) for f in curves}
-    lines = []
+    entries, lines = [], []
     for key, label in METRICS:
         for a, b in combinations(curves, 2):
-            comparison = compare_curves(a, [(p["minutes"], p.get(key)) for p in curves[a]],
-                                        b, [(p["minutes"], p.get(key)) for p in curves[b]])
-            if comparison.overlap is None:
+            points = [_curve_points(curves[f], key) for f in (a, b)]
+            if not points[0] or not points[1] or max(points[0][0][0], points[1][0][0]) > min(points[0][-1][0], points[1][-1][0]):
                 if key == "fid" and curves[a] and curves[b]:  # said once, not per metric
                     lines.append(f"{title[a]} and {title[b]} were measured at no common training time "
                                  f"({_span(curves[a], unit)} vs {_span(curves[b], unit)}): not compared.")
                 continue
-            lo, hi = comparison.overlap
-            measured = f"both measured over {fmt(lo)}–{fmt(hi)} {unit}"
-            for c in comparison.crossings:
-                lines.append(f"{title[c.leader]} passes {title[c.trailer]} in {label} after {fmt(c.minutes)} {unit} ({measured}).")
-            if comparison.leader_throughout:
-                other = b if comparison.leader_throughout == a else a
-                lines.append(f"{title[comparison.leader_throughout]} led {title[other]} in {label} throughout the "
-                             f"range both measured ({fmt(lo)}–{fmt(hi)} {unit}).")
-    return lines
+            tests = _difference_along(points[0], points[1], key)
+            entries += [{**c.entry(f"crossover:{key}:{a}-{b}", a, b), "at_minutes": x} for x, c in tests]
+            lines.append(_crossover_sentence(tests, title[a], title[b], label, unit))
+    return entries, lines
+
+
+def _curve_points(points: list[dict[str, Any]], key: str) -> list[tuple[float, float, float | None]]:
+    """(minutes, value, standard error or None) of the points with a finite value, in order of time; the
+    standard error from the stored interval ``<key>_ci95`` (FID) or ``<key>_sem`` (bits/dim)."""
+    out = []
+    for p in points:
+        x, y = p.get("minutes"), p.get(key)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x, y)):
+            continue
+        ci, sem = p.get(f"{key}_ci95"), p.get(f"{key}_sem")
+        se = (ci[1] - ci[0]) / 2 / 1.959963984540054 if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else sem
+        out.append((float(x), float(y), float(se) if isinstance(se, (int, float)) and math.isfinite(se) else None))
+    return sorted(out)
+
+
+def _difference_along(pa, pb, key: str):
+    """[(x, Comparison of a − b at x)] at every measured x of either curve inside their common range."""
+    lo, hi = max(pa[0][0], pb[0][0]), min(pa[-1][0], pb[-1][0])
+    out = []
+    for x in sorted({lo, hi} | {p[0] for p in pa + pb if lo <= p[0] <= hi}):
+        (ya, sa), (yb, sb) = _at(pa, x), _at(pb, x)
+        se = math.hypot(sa, sb) if sa is not None and sb is not None else math.nan
+        out.append((x, normal_comparison(key, ya - yb, se, 0, "unpaired normal test at this time (the curves "
+                                         "interpolated linearly, each point's own interval); a crossover needs "
+                                         "two opposite rejections", n_scales=False)))
+    return out
+
+
+def _at(points, x: float) -> tuple[float, float | None]:
+    """Value and standard error of the piecewise-linear curve at x (inside its range)."""
+    for (x0, y0, s0), (x1, y1, s1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            w = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            se = None if s0 is None or s1 is None else (1 - w) * s0 + w * s1
+            return y0 + w * (y1 - y0), se
+    return points[0][1], points[0][2]  # a single point
+
+
+def _crossover_sentence(tests, title_a: str, title_b: str, label: str, unit: str) -> str:
+    """The resolved crossings (sign changes between rejections), or who led where every time was decided, or
+    "no crossover resolved in the measured range"."""
+    xs = [x for x, _ in tests]
+    measured = f"both measured over {fmt(xs[0])}–{fmt(xs[-1])} {unit}"
+    signs = [(x, -1 if c.ci95[1] < 0 else 1) for x, c in tests if c.decided() is not None]  # −1: a lower (ahead)
+    names = {-1: (title_a, title_b), 1: (title_b, title_a)}
+    crossings = [(x0, x1, s1) for (x0, s0), (x1, s1) in zip(signs, signs[1:]) if s0 != s1]
+    if crossings:
+        return " ".join(f"{names[s][0]} passes {names[s][1]} in {label} between {fmt(x0)} and {fmt(x1)} {unit} "
+                        f"(the difference's 95% interval excludes 0 on both sides; {measured})." for x0, x1, s in crossings)
+    if signs and len(signs) == len(tests):
+        leader, other = names[signs[0][1]]
+        return f"{leader} led {other} in {label} throughout the range both measured ({measured}; decided at every time)."
+    return (f"{title_a} vs {title_b} in {label}: no crossover resolved in the measured range ({measured}; "
+            f"decided at {len(signs)} of {len(tests)} times).")
 
 
 def _span(points: list[dict[str, Any]], unit: str) -> str:
@@ -321,10 +382,9 @@ def _curve_figure(results: dict[str, Any], path: Path, key: str, ylabel: str, ti
         for fam, pts in curves.items():
             xs, ys = [p[axis] for p in pts], [p[key] for p in pts]
             ax.plot(xs, ys, marker="o", color=color(fam), label=fam)
-            # the interval as a low–high segment: a bias-corrected FID interval can lie wholly below the point
-            for x, p in zip(xs, pts):
-                if p.get(f"{key}_ci95"):
-                    ax.vlines(x, *p[f"{key}_ci95"], color=color(fam), alpha=0.5)
+            band = [(x, p[1] - 1.96 * p[2], p[1] + 1.96 * p[2]) for x, p in zip(xs, _curve_points(pts, key)) if p[2] is not None]
+            if len(band) >= 2:  # each point's 95% interval, as a band (crossovers are stated only where they separate)
+                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color(fam), alpha=0.15)
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")

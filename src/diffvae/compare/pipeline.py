@@ -39,6 +39,7 @@ from diffvae.families import FAMILIES, get_family
 from diffvae.metrics.features import get_feature_extractor
 from diffvae.runs import LOCK, WriterLock, atomic_write_text, read_json, write_json
 from diffvae.schema import check_compare_settings, check_stages
+from diffvae.compare.refine import MAX_LOOKS, refine
 
 SETTINGS = "compare.json"  # data spec + content hash, families, budget, split, seed: what --resume must match
 DEFAULT_BUDGET_MINUTES = 15.0
@@ -51,6 +52,7 @@ DEFAULT_BUDGET_MINUTES = 15.0
 TRAIN_SHARE = 0.62
 EVAL_SHARE = 0.22  # evaluation, sampler sweep, figures and report
 CURVES_SHARE = 0.08  # the learning curves (diffvae.compare.curves)
+REFINE_FRACTION = 0.25  # of the evaluation share: the refine stage (more held-out images / samples for open verdicts)
 CONTROL_SHARE = 0.12  # --conditional: the controllability stages (diffvae.compare.control), shared by the families
 
 
@@ -127,7 +129,9 @@ def plan(data: str, budget_minutes: float, families: tuple[str, ...], split: dic
             shares[stage.name] = stage.share
     shares["curves"] = CURVES_SHARE
     for fam in families:
-        shares[f"eval:{fam}"] = EVAL_SHARE / len(families)
+        shares[f"eval:{fam}"] = EVAL_SHARE * (1 - REFINE_FRACTION) / len(families)
+    if len(families) > 1:  # the rest of the evaluation share: more evidence where a verdict is open (diffvae.compare.refine)
+        shares["refine"] = EVAL_SHARE * REFINE_FRACTION
     for fam in families if conditional else ():
         shares[f"control:{fam}"] = CONTROL_SHARE / len(families)
     total = sum(shares.values())
@@ -318,6 +322,10 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
         _store(results, ("families", fam), run(f"eval:{fam}", lambda s, fam=fam: st.evaluate_family(
             fam, ctx, s, results["eval_samples"], results.get("eval_midpoints"))))
         _write_results(out, results)  # partial results survive an interruption
+    if "refine" in the_plan.seconds:
+        results.setdefault("sequential", {"alpha": 0.05, "max_looks": MAX_LOOKS, "looks": 1})
+        _store(results, ("refinement",), run("refine", lambda s: refine(ctx, results, s)))
+        _write_results(out, results)
     for fam in families if config.conditional else ():
         _store(results, ("control", fam), run(f"control:{fam}", lambda s, fam=fam: control_family(fam, ctx, s, results.get("eval_samples"))))
         _write_results(out, results)

@@ -5,10 +5,12 @@ the figures — as ``report.md`` and ``report.html`` (well-formed XHTML-style HT
 Every number in a table cell is rendered from ``results.json`` by :func:`fmt` and, in the HTML,
 carries ``data-key`` with its path in ``results.json`` so the report can be checked against it.
 
-A verdict ("best", "held", "did not hold") is printed only when the 95% intervals of the compared
-figures (``<key>_ci95`` in ``results.json``) do not overlap (:func:`decide`); otherwise it is "not
-decided at this budget", with the sample size that would decide it (:func:`samples_to_decide`).
-Exact figures (e.g. the latent dimension) have no interval and keep a plain comparison.
+A verdict ("best", "held", "did not hold") is printed only when the paired test of its question rejects
+(:mod:`diffvae.compare.decisions`: ``results.json["comparisons"]`` holds each test, ``results["best"]``
+each use's answer); otherwise it is "not decided at this budget", with the 80%-power sample size that
+would decide it where one can be computed honestly. Exact figures (e.g. the latent dimension) have no
+interval and keep a plain comparison; :func:`decide` (intervals that do not overlap) remains for
+comparisons against a fixed threshold.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from diffvae.compare.control import claim_follows_conditions, control_parts
-from diffvae.compare.curves import crossover_sentences
+from diffvae.compare.curves import crossover_decisions
+from diffvae.compare.decisions import Decider, decide_all
+from diffvae.compare.evidence import REFERENCE, load_evidence
+from diffvae.compare.refine import sequential_plan
 from diffvae.compare.figures import bpd_stack, captions as figure_captions, draw_all
 from diffvae.compare.style import short, spec_or_none, title
 from diffvae.compare.verdicts import (UNDECIDED, Figure, _stored_interval, comparison_entry, comparison_text,  # noqa: F401 (re-exported)
@@ -28,6 +33,7 @@ from diffvae.compare.verdicts import (UNDECIDED, Figure, _stored_interval, compa
                                       samples_to_decide, separated, store_comparisons, undecided_text, unpaired_difference)
 from diffvae.contract import FamilySpec
 from diffvae.runs import atomic_write_text
+from diffvae.compare.decisions import decide_all
 
 
 # A cell is a list of parts: plain text, (prefix, path) for a number, or (prefix, path, kind) for a
@@ -232,22 +238,23 @@ def _outcome(comparisons: list[str]) -> str:
     return "did not hold" if "b" in comparisons else UNDECIDED
 
 
-def _need(pairs: list[tuple[str, Figure, Figure]], key: str) -> str:
-    """"; about N samples per family would decide it" for the undecided comparisons, else ""."""
-    sizes = [samples_to_decide(a, b) for outcome, a, b in pairs if outcome == "undecided"]
-    sizes = [n for n in sizes if n is not None]
-    return f"; about {max(sizes):,} {SAMPLE_SIZES.get(key, ('', 'samples per family'))[1]} would decide it" if sizes else ""
-
-
-def _compared(results, key, better, others, lower) -> tuple[list[str], str, Figure | None, dict[str, Figure]]:
-    """decide(better, other) for each measured other family; (outcomes, the '; about N ...' text, figures)."""
+def _compared(decider, question: str, key: str, better: str, others) -> tuple[list[str], str, Figure | None, dict[str, Figure]]:
+    """The paired test of ``better`` against each measured other family (:class:`diffvae.compare.decisions.Decider`,
+    Holm over them, recorded as ``question``): (outcomes "a" | "b" | "undecided", the '; about N ...' text, figures)."""
+    results = decider.results
     a = figure(results, better, key)
     figs = {f: figure(results, f, key) for f in others}
     figs = {f: v for f, v in figs.items() if v is not None}
-    if a is None:
-        return [], "", None, figs
-    pairs = [(decide(a, b, lower), a, b) for b in figs.values()]
-    return [p[0] for p in pairs], _need(pairs, key), a, figs
+    if a is None or not figs:
+        return [], "", a, figs
+    entries = decider.question(question, key, [(better, f) for f in figs])
+    return [e["decided"] or "undecided" for e in entries], _need_entries(entries, key), a, figs
+
+
+def _need_entries(entries: list[dict[str, Any]], key: str) -> str:
+    """"; about N ... would decide it" (80% power, the largest over the undecided entries), else ""."""
+    sizes = [e["n_to_decide"] for e in entries if e["decided"] is None and e.get("n_to_decide")]
+    return f"; about {max(sizes):,} {SAMPLE_SIZES.get(key, ('', 'samples per family'))[1]} would decide it" if sizes else ""
 
 
 def _listing(figs: dict[str, Figure], names: dict[str, str] | None = None) -> str:
@@ -282,26 +289,30 @@ def roles(results: dict[str, Any]) -> Roles:
                  tuple(f for f, s in specs.items() if s.iterative and s.has_encoder))
 
 
-def claims(results: dict[str, Any]) -> list[dict[str, str]]:
+def claims(results: dict[str, Any], decider=None) -> list[dict[str, str]]:
     """Each classic claim with a verdict (held / did not hold / not decided at this budget / not
-    measured) and the evidence: held or did not hold only when the intervals separate. The families
-    are picked by their traits (:func:`roles`); a family's own claims come from its spec."""
+    measured) and the evidence: held or did not hold only when the paired test of the claim's question
+    rejects (``decider``, :class:`diffvae.compare.decisions.Decider`, which records each test in its
+    entries; without one, tests from the stored intervals). The families are picked by their traits
+    (:func:`roles`); a family's own claims come from its spec."""
+
+    d = decider or Decider(results)
     r = roles(results)
     out: list[dict[str, str]] = []
 
     def claim(text: str, verdict: str | None, evidence: str) -> None:
         out.append({"claim": text, "verdict": verdict or "not measured", "evidence": evidence})
 
-    _claim_sample_quality(results, r, claim)
+    _claim_sample_quality(d, r, claim)
     if r.autoencoder is not None:
-        _claim_blur_speed_dimension(results, r, claim)
-        _claim_interpolation(results, r, claim)
+        _claim_blur_speed_dimension(d, r, claim)
+        _claim_interpolation(d, r, claim)
     for fam in _family_names(results):
         spec = spec_or_none(fam)
         out.extend(spec.claims(results, fam) if spec is not None else [])
     if r.autoencoder is not None:
-        _claim_representation(results, r, claim)
-        _claim_latent_diffusion(results, r, claim)
+        _claim_representation(d, r, claim)
+        _claim_latent_diffusion(d, r, claim)
     if results.get("conditional"):
         checked = claim_follows_conditions(results, r.autoencoder, r.iterative)
         claim(*checked) if checked else claim("Conditioning: diffusion follows conditions better than a VAE", None,
@@ -309,37 +320,46 @@ def claims(results: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _claim_sample_quality(results, r: Roles, claim) -> None:
+SAMPLE_CLAIM = "Sample quality: diffusion is state of the art, VAEs lag"
+
+
+def _claim_sample_quality(d, r: Roles, claim) -> None:
+    results = d.results
     fid_vae = figure(results, r.autoencoder, "fid") if r.autoencoder else None
     diffusion = {f: figure(results, f, "fid") for f in r.iterative}
     diffusion = {f: v for f, v in diffusion.items() if v is not None}
     if fid_vae is not None and diffusion:
-        pairs = [(decide(v, fid_vae, True), v, fid_vae) for v in diffusion.values()]
-        outcomes = [p[0] for p in pairs]
-        verdict = "held" if "a" in outcomes else "did not hold" if all(o == "b" for o in outcomes) else UNDECIDED
-        ahead = [short(f) for f, outcome in zip(diffusion, outcomes) if outcome == "a"]  # say which family carried it
-        claim("Sample quality: diffusion is state of the art, VAEs lag", verdict,
-              f"FID {_listing(diffusion)} vs {short(r.autoencoder)} {figure_text(fid_vae)}"
-              + (f"; ahead of the {short(r.autoencoder)}: {', '.join(ahead)} only" if verdict == "held" and len(ahead) < len(pairs) else "")
-              + (_need(pairs, "fid") if verdict == UNDECIDED else ""))
+        # held if any diffusion family beats the VAE: one test per family, Holm over them
+        entries = d.question(f"claim:{SAMPLE_CLAIM}", "fid", [(f, r.autoencoder) for f in diffusion])
+        outcomes = [e["decided"] or "undecided" for e in entries]
+        verdict = "held" if "a" in outcomes else "did not hold" if outcomes and all(o == "b" for o in outcomes) else UNDECIDED
+        ahead = [short(e["a"]) for e in entries if e["decided"] == "a"]  # say which family carried it
+        claim(SAMPLE_CLAIM, verdict,
+              f"FID@N {_listing(diffusion)} vs {short(r.autoencoder)} {figure_text(fid_vae)}"
+              + (f"; ahead of the {short(r.autoencoder)}: {', '.join(ahead)} only" if verdict == "held" and len(ahead) < len(entries) else "")
+              + (_need_entries(entries, "fid") if verdict == UNDECIDED else ""))
     else:
         claim("Sample quality: diffusion is state of the art, VAEs lag", None, "needs the VAE and a diffusion family")
 
 
-def _claim_blur_speed_dimension(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
-    outcomes, need, sharp_vae, others = _compared(results, "sharpness_ratio", vae, r.iterative, True)
+BLUR_CLAIM = "VAE samples are often blurry"
+SPEED_CLAIM = "Generation: a VAE decodes once, diffusion denoises iteratively (slower)"
+
+
+def _claim_blur_speed_dimension(d, r: Roles, claim) -> None:
+    results, vae = d.results, r.autoencoder
+    outcomes, need, sharp_vae, others = _compared(d, f"claim:{BLUR_CLAIM}", "sharpness_ratio", vae, r.iterative)
     if sharp_vae is not None:
         threshold = decide(sharp_vae, Figure(0.8), True)
         verdict = _outcome([threshold, *outcomes])
-        claim("VAE samples are often blurry", verdict, f"sharpness vs real data (blurry: below ×0.8 and below the others): "
+        claim(BLUR_CLAIM, verdict, f"sharpness vs real data (blurry: below ×0.8 and below the others): "
               f"{short(vae)} ×{figure_text(sharp_vae)}" + "".join(f", {f} ×{figure_text(v)}" for f, v in others.items())
               + (need if verdict == UNDECIDED else ""))
-    outcomes, need, ms_vae, ms = _compared(results, "ms_per_sample", vae, r.pixel, True)
+    outcomes, need, ms_vae, ms = _compared(d, f"claim:{SPEED_CLAIM}", "ms_per_sample", vae, r.pixel)
     nfe = {f: _get(results, f, "nfe") for f in (vae, *r.iterative)}
     if ms_vae is not None and ms:
         verdict = _outcome(outcomes)
-        claim("Generation: a VAE decodes once, diffusion denoises iteratively (slower)", verdict,
+        claim(SPEED_CLAIM, verdict,
               f"{short(vae)} {figure_text(ms_vae)} ms/sample ({nfe[vae]} NFE) vs " + "; ".join(
                   f"{short(f)} {figure_text(v)} ms/sample ({nfe[f]} NFE): {fmt(v.value / max(ms_vae.value, 1e-9))}×"
                   for f, v in ms.items()) + (need if verdict == UNDECIDED else ""))
@@ -352,26 +372,32 @@ def _claim_blur_speed_dimension(results, r: Roles, claim) -> None:
               + "".join(f", {short(f)} {fmt(lat[f])}" for f in r.latent if lat[f]))
 
 
-def _claim_interpolation(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
+INTERPOLATION_CLAIM = "Interpolation: direct in a VAE's latent (better for latent manipulation) vs via DDIM inversion"
+
+
+def _claim_interpolation(d, r: Roles, claim) -> None:
+    results, vae = d.results, r.autoencoder
     rt = {f: _get(results, f, "roundtrip_psnr_db") for f in (vae, *r.iterative)}
-    outcomes, need, mid_vae, mid = _compared(results, "midpoint_fid", vae, r.iterative, True)
+    outcomes, need, mid_vae, mid = _compared(d, f"claim:{INTERPOLATION_CLAIM}", "midpoint_fid", vae, r.iterative)
     if mid_vae is not None and mid:
         verdict = _outcome(outcomes)
-        claim("Interpolation: direct in a VAE's latent (better for latent manipulation) vs via DDIM inversion", verdict,
+        claim(INTERPOLATION_CLAIM, verdict,
               f"midpoint FID (lower = more realistic midpoints): {short(vae)} " + figure_text(mid_vae) +
               "".join(f", {f} {figure_text(v)}" for f, v in mid.items()) + f"; round trip PSNR: {short(vae)} " + fmt(rt[vae]) +
               " dB (encode→decode)" + "".join(f", {f} {fmt(rt[f])} dB (invert→regenerate)" for f in mid if rt[f] is not None)
               + (need if verdict == UNDECIDED else ""))
 
 
-def _claim_representation(results, r: Roles, claim) -> None:
-    vae = r.autoencoder
-    outcomes, need, probe_vae, probe = _compared(results, "probe_accuracy", vae, r.pixel, False)
+REPRESENTATION_CLAIM = "VAEs learn representations (diffusion's latent is just noise)"
+
+
+def _claim_representation(d, r: Roles, claim) -> None:
+    results, vae = d.results, r.autoencoder
+    outcomes, need, probe_vae, probe = _compared(d, f"claim:{REPRESENTATION_CLAIM}", "probe_accuracy", vae, r.pixel)
     if probe_vae is not None and probe:
         verdict = _outcome(outcomes)
         latent_probes = {f: figure(results, f, "probe_accuracy") for f in r.latent}
-        claim("VAEs learn representations (diffusion's latent is just noise)", verdict,
+        claim(REPRESENTATION_CLAIM, verdict,
               f"linear probe: {short(vae)} {figure_text(probe_vae)}" + "".join(
                   f", {short(f)} inverted noise {figure_text(v)}" for f, v in probe.items()) +
               "".join(f", {short(f)} {figure_text(v)}" for f, v in latent_probes.items() if v is not None)
@@ -419,12 +445,13 @@ def matched_cost(ldm: list[Setting], pixel: list[Setting]) -> tuple[Setting, Set
     return (best(cheap), target, True) if cheap else (best(ldm), target, False)
 
 
-def _claim_latent_diffusion(results, r: Roles, claim) -> None:
+def _claim_latent_diffusion(d, r: Roles, claim) -> None:
     """LDM vs pixel diffusion on the quality–cost plane of their sampler sweeps (and main evaluations),
     not their default samplers: at the cost of each pixel family's best setting, is the LDM's best setting
     that costs no more better (FID difference with its interval; Holm over the pixel families)? Held when
     it is for every pixel family; did not hold when a pixel family is decided better at matched cost, or
     better and cheaper than every LDM setting; else not decided."""
+    results = d.results
     for ldm in r.latent[:1]:
         matches = {f: matched_cost(quality_cost_settings(results, ldm), quality_cost_settings(results, f)) for f in r.pixel}
         found = {f: m for f, m in matches.items() if m is not None}
@@ -436,7 +463,7 @@ def _claim_latent_diffusion(results, r: Roles, claim) -> None:
         tested = [f for f, e in raw.items() if e["p_value"] is not None]
         adjusted = dict(zip(tested, holm([raw[f]["p_value"] for f in tested])))
         method = (f"FID at matched cost (the LDM's best setting costing no more than the pixel family's best, on measured "
-                  f"ms/sample); difference of two independent 95% intervals; Holm over {len(tested)}")
+                  f"ms/sample); difference of two independent 95% intervals" + (f"; Holm over {len(tested)}" if len(tested) > 1 else ""))
         entries = {f: comparison_entry(raw[f]["question"], raw[f]["metric"], (ldm, f), m[0].fid, m[1].fid, True, method,
                                        adjusted.get(f)) for f, m in found.items()}
         store_comparisons(results, list(entries.values()))
@@ -454,37 +481,15 @@ def _matched_text(ldm: str, pixel: str, match: tuple[Setting, Setting, bool], en
             + ("" if entry["ci95"] is not None else " (a FID without an interval decides nothing)"))
 
 
-CRITERIA = [
-    ("sample quality", "fid", True, "FID"),
-    ("generation speed", "ms_per_sample", True, "ms/sample"),
-    ("likelihood", "bpd", True, "bits/dim"),
-    ("representation", "probe_accuracy", False, "linear-probe accuracy"),
-    ("interpolation realism", "midpoint_fid", True, "midpoint FID"),
-    ("sharpness closest to real data", "sharpness_gap", True, "|log sharpness ratio|"),
-]
-
-
 def when_to_use(results: dict[str, Any]) -> list[str]:
-    """Statements derived from the measured numbers: who was best at what, by how much — or that
-    the best and the runner-up are not decided at this budget (their intervals overlap)."""
-    lines = []
-    for name, key, lower, label in CRITERIA:
-        figs = {fam: figure(results, fam, key) for fam in results.get("families", {})}
-        ranked = sorted(((f, v) for f, v in figs.items() if v is not None), key=lambda fv: fv[1].value if lower else -fv[1].value)
-        if len(ranked) < 2:
-            continue
-        (best, a), (second, b) = ranked[0], ranked[1]
-        outcome = decide(a, b, lower)
-        if outcome == "undecided":
-            unit = SAMPLE_SIZES.get(key, ("", "samples per family"))[1]
-            lines.append(f"Best {name}: {undecided_text(label, (title(best), title(second)), a, b, unit)}.")
-            continue
-        if outcome == "b":  # the intervals say the other way round (FID's are bias-corrected)
-            (best, a), (second, b) = (second, b), (best, a)
-        ratio = (b.value / a.value if lower else a.value / b.value) if a.value and b.value else float("nan")
-        lines.append(f"Best {name}: {title(best)} ({label} {figure_text(a)}; next {title(second)} "
-                     f"{figure_text(b)}, {fmt(ratio)}× {'better' if ratio >= 1 else 'worse'}).")
-    return lines
+    """The "best" sentence of each use (``results["best"]``, :mod:`diffvae.compare.decisions`): the leader by the
+    printed figure, decided only when its paired test against every other family rejects (Holm), and the
+    difference to the runner-up with its interval — the estimand tested. Computed from the stored intervals
+    when ``results`` has no "best" yet."""
+    best = results.get("best")
+    if not isinstance(best, dict):
+        best = decide_all(results).best_entries
+    return [entry["text"] for entry in best.values() if isinstance(entry, dict) and entry.get("text")]
 
 
 # ----------------------------------------------------------------------------- likelihood: bounds apart from estimates
@@ -617,11 +622,32 @@ def _images(results: dict[str, Any], figures: dict[str, str]) -> list[tuple[str,
     return items
 
 
+def decide_results(out: Path, results: dict[str, Any]):
+    """The statistics step: every "best" and claim test from the evidence in ``out`` (``results["best"]``,
+    ``results["claims"]``, ``results["comparisons"]``, the learning curves' crossover entries included);
+    returns the crossover sentences."""
+    evidence = load_evidence(out, [*results.get("families", {}), REFERENCE])
+    plan = sequential_plan(results)  # α split over the refine stage's looks, when it was planned
+    decider = decide_all(results, evidence, plan, look=min(plan.looks, int((results.get("sequential") or {}).get("looks", 1))))
+    results["best"] = decider.best_entries
+    results["comparisons"] = []  # the claims that test from stored figures (matched cost, collapse) add theirs here
+    results["claims"] = claims(results, decider)
+    entries, sentences = crossover_decisions(results)
+    results["comparisons"] = decider.entries + results["comparisons"] + entries
+    return sentences
+
+
 def write_report(out: Path, results: dict[str, Any]) -> None:
+    """The statistics step (:func:`decide_results`), then the report drawn from its entries."""
+    render_report(out, results, decide_results(out, results))
+
+
+def render_report(out: Path, results: dict[str, Any], crossovers: list[str] | None = None) -> None:
+    """report.md, report.html and the figures from ``results`` as they are (its "best", claims and
+    comparisons already decided), with the learning curves' crossover sentences."""
     figures = draw_all(out, results)
     results["figures"] = figures
-    results["claims"] = claims(results)
-    results["when_to_use"] = when_to_use(results) + crossover_sentences(results)  # + where learning curves cross
+    results["when_to_use"] = when_to_use(results) + list(crossovers or [])  # + where learning curves cross
     images = [(c, p) for c, p in _images(results, figures) if (out / p).exists()]
     atomic_write_text(out / "report.md", render_markdown(results, images))
     atomic_write_text(out / "report.html", render_html(results, images))
@@ -631,9 +657,22 @@ def _intro(results: dict[str, Any]) -> str:
     return (f"Data: {results.get('data')} ({results.get('train_size')} training / {results.get('test_size')} held-out images of "
             f"{'×'.join(map(str, results.get('image_shape', [])))}). Budget {fmt(results.get('budget_minutes'))} min, "
             f"used {fmt(results.get('elapsed_minutes'))} min. Sample-quality metrics use {results.get('feature_space', 'diffvae features')} "
-            "(a locally trained network; not comparable to Inception FID). [low, high] is a 95% interval; FID's is for the "
-            "population value, corrected for the upward bias of FID at finite sample size, so it can lie below the printed "
-            "FID. A verdict is given only when the intervals of the compared figures do not overlap.")
+            "(a locally trained network; not comparable to Inception FID). [low, high] is a 95% interval around the printed "
+            "figure, for that figure: FID@N is FID at the sample count N every family shares, against the shared held-out "
+            "reference (FID at finite N is biased upward, by an amount that depends on N: compare FIDs only at equal N). A "
+            "verdict is a paired test of the difference (the same held-out images, the same reference), decided at 5% with "
+            "Holm's correction where a claim or a 'best' rests on several families" + _looks_text(results)
+            + "; results.json's \"comparisons\" holds every test.")
+
+
+def _looks_text(results: dict[str, Any]) -> str:
+    """How α was spent when the refine stage could look again (diffvae.compare.refine)."""
+    sequential = results.get("sequential") or {}
+    looks = int(sequential.get("max_looks", 1))
+    if looks <= 1:
+        return ""
+    return (f", and split over up to {looks} looks at the evidence (each at 5%/{looks}: the refine stage added held-out "
+            f"images or samples where a verdict was open; {int(sequential.get('looks', 1))} looks were taken)")
 
 
 GLANCE_TITLE = "At a glance: the family to pick for each use (this data, this budget)"

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 
 from diffvae.api import load, train_run
+from diffvae.compare.evidence import REFERENCE, evidence_path, save_evidence
 from diffvae.contract import CompareContext
 from diffvae.evaluate import EvalConfig, evaluate
 from diffvae.families import get_family
 from diffvae.images import save_grid
 from diffvae.interpolation import interpolation_strip
-from diffvae.metrics.distances import fid
-from diffvae.metrics.sharpness import sharpness
+from diffvae.metrics.distances import as_feature_matrix, fid
+from diffvae.metrics.sharpness import laplacian_variance, sharpness
 from diffvae.precision import sampling_precision
 from diffvae.recipes import describe, for_budget
 from diffvae.runs import RunDir
@@ -219,8 +220,13 @@ def evaluate_family(family: str, ctx: CompareContext, seconds: float, n_samples:
     n_samples = n_samples or compare_samples(config.budget_minutes)
     eval_config = sized_eval_config(model, family, left * spec.eval_main_share(), config.seed,
                                     n_samples=n_samples, controllability=not config.conditional, midpoints=midpoints)
-    result = evaluate(model, eval_config, dataset=dataset, progress=not config.quiet, extractor=extractor)
+    evidence: dict[str, torch.Tensor] = {}
+    result = evaluate(model, eval_config, dataset=dataset, progress=not config.quiet, extractor=extractor, evidence=evidence)
     result["eval_config"] = dataclasses.asdict(eval_config)
+    save_evidence(out, family, evidence, {"family": family})
+    if not evidence_path(out, REFERENCE).is_file():
+        save_evidence(out, REFERENCE, {"features": as_feature_matrix(extractor.features(dataset.test)),
+                                       "sharpness": laplacian_variance(dataset.test)})
 
     g = torch.Generator().manual_seed(config.seed)
     with torch.inference_mode():

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from diffvae.metrics.paired import samples_for_power
+
 UNDECIDED = "not decided at this budget"
 MI_CEILING_TOLERANCE = 0.01  # MI within 1% of log N is at the estimator's ceiling
 
@@ -79,24 +81,15 @@ def decide(a: Figure, b: Figure, lower_is_better: bool) -> str:
 
 
 def samples_to_decide(a: Figure, b: Figure) -> int | None:
-    """Sample size per family at which the intervals would just separate, if the centres stay and
-    the half-widths h shrink ∝ 1/√n:  h_a √(n_a / n) + h_b √(n_b / n) = |c_a − c_b|  ⇒
+    """Sample size per family at which a two-sided 5% test of the difference of the two figures has 80% power
+    (:func:`diffvae.metrics.paired.samples_for_power`), if the true difference is the printed one: each
+    interval's half-width h gives one unit's spread σ = h √n / 1.96, and σ² = σ_a² + σ_b² (independent
+    figures; a figure with no interval or no n, a fixed threshold, adds none). None when the figures coincide
+    or nothing has a size."""
+    def variance(f: Figure) -> float:
+        return 0.0 if f.ci is None or f.n is None else ((f.ci[1] - f.ci[0]) / 2.0 / 1.959963984540054) ** 2 * f.n
 
-        n = ((h_a √n_a + h_b √n_b) / |c_a − c_b|)²,  rounded up
-
-    (= n · ((h_a + h_b) / |c_a − c_b|)² for equal n). A figure with no interval or no n (a fixed
-    threshold) contributes no width. None when the centres coincide or nothing has a size."""
-    def width(f: Figure) -> float:
-        return 0.0 if f.ci is None or f.n is None else (f.ci[1] - f.ci[0]) / 2.0 * math.sqrt(f.n)
-
-    def centre(f: Figure) -> float:
-        return f.value if f.ci is None else (f.ci[0] + f.ci[1]) / 2.0
-
-    gap = abs(centre(a) - centre(b))
-    total = width(a) + width(b)
-    if gap == 0 or total == 0:
-        return None
-    return math.ceil((total / gap) ** 2 * (1 - 1e-12))  # the factor: 800.0000000001 is 800, not 801
+    return samples_for_power(a.value - b.value, math.sqrt(variance(a) + variance(b)))
 
 
 def figure_text(f: Figure) -> str:

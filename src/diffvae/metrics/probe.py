@@ -27,6 +27,18 @@ def linear_probe(
     max_iter: int = 1000,
 ) -> float:
     """Test accuracy of multinomial logistic regression (L2, C = 1, lbfgs) on standardised features."""
+    return float(probe_correct(train_feats, train_labels, test_feats, test_labels, max_iter).mean())
+
+
+def probe_correct(
+    train_feats: np.ndarray | torch.Tensor,
+    train_labels: np.ndarray | torch.Tensor,
+    test_feats: np.ndarray | torch.Tensor,
+    test_labels: np.ndarray | torch.Tensor,
+    max_iter: int = 1000,
+) -> np.ndarray:
+    """Whether the probe (:func:`linear_probe`) classifies each test image correctly, (N,) bool, in order:
+    the per-image outcomes a paired comparison of two latents on the same test images needs."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -43,4 +55,4 @@ def linear_probe(
         raise DiffvaeError("linear_probe: features contain NaN or infinite values")
     scaler = StandardScaler().fit(x_train)
     classifier = LogisticRegression(max_iter=max_iter).fit(scaler.transform(x_train), y_train)
-    return float((classifier.predict(scaler.transform(x_test)) == y_test).mean())
+    return classifier.predict(scaler.transform(x_test)) == y_test
