@@ -130,6 +130,19 @@ def run_coverage(quick: bool) -> dict:
     return table
 
 
+def run_supplement(quick: bool) -> dict:
+    """More repeats at N = 500, where the main table has 20: the per-item intervals (cheap) and precision@N."""
+    repeats = 40 if quick else 200
+    row = coverage_per_item(500, repeats, seed=2)
+    gauss = Gaussians(seed=3)
+    reference = gauss.draw("ref", REFERENCE)
+    truth = sum(P.estimate("precision", reference, gauss.draw("a", 500)) for _ in range(TRUTH_DRAWS)) / TRUTH_DRAWS
+    n_pr = 12 if quick else 60
+    row["precision@N"] = sum(_covered(P.metric_interval("precision", reference, gauss.draw("a", 500))[1], truth)
+                             for _ in range(n_pr)) / n_pr
+    return {"500": {"repeats": repeats, "precision_repeats": n_pr, "coverage": row}}
+
+
 def run_false_decisions(quick: bool, splits: int = 60, n: int = 200) -> dict:
     """Two disjoint random sets of n real training images against the held-out split, ``splits`` times."""
     from diffvae.data import load_data
@@ -170,7 +183,7 @@ def render(coverage: dict, false: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("coverage", "false"), default=None)
+    parser.add_argument("--only", choices=("coverage", "false", "supplement"), default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--render", action="store_true", help="print RESULTS.md's tables from the last JSON files")
     args = parser.parse_args()
@@ -186,6 +199,9 @@ def main() -> None:
         print(json.dumps(out["false_decisions"]), flush=True)
     if args.only in (None, "coverage"):
         out["coverage"] = run_coverage(args.quick)
+    if args.only in (None, "supplement"):
+        out["supplement"] = run_supplement(args.quick)
+        print(json.dumps(out["supplement"]), flush=True)
     out["cpu_seconds"] = time.process_time() - t0
     suffix = f"_{args.only}" if args.only else ""
     write_json(results_path(f"bench_calibration{suffix}", args.quick), out)
