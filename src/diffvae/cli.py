@@ -246,6 +246,8 @@ def add_compare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--forecast", default=None, metavar="MINUTES|Ngflop",
+                   help="forecast every family's learning curves at this budget (e.g. 150, or 2e5gflop; default 10× --budget)")
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -697,7 +699,8 @@ def cmd_compare(args) -> int:
 
     run_compare(CompareConfig(data=args.data, out=args.out, budget_minutes=args.budget, families=args.families,
                               split=args.split, seed=args.seed, conditional=args.conditional, device=args.device, size=args.size, key=args.key,
-                              binarize=args.binarize, limit=args.limit, resume=args.resume, force=args.force, quiet=args.quiet))
+                              binarize=args.binarize, limit=args.limit, resume=args.resume, force=args.force, quiet=args.quiet,
+                              forecast=args.forecast))
     return 0
 
 
@@ -727,3 +730,4 @@ SUBCOMMANDS.append(Subcommand("score", "FID/KID/precision-recall/sharpness of an
 SUBCOMMANDS.append(Subcommand("export", "export a trained run to another library (--to diffusers: pipeline folder, EMA weights, "
                               "safetensors)", module="diffvae.export"))
 SUBCOMMANDS.append(Subcommand("plot", "draw a run's loss and evaluation curves (metrics.jsonl) to a PNG", module="diffvae.plot"))
+SUBCOMMANDS.append(Subcommand("forecast", "forecast a finished compare's learning curves at another budget (no training)", module="diffvae.forecast_command"))

@@ -95,7 +95,8 @@ class PowerLawFit:
     def summary(self) -> dict[str, float | list[float] | int]:
         return {"E": self.E, "E_ci95": self.interval("E"), "A": self.A, "A_ci95": self.interval("A"),
                 "alpha": self.alpha, "alpha_ci95": self.interval("alpha"), "x_ref": self.x_ref,
-                "points": int(len(self.sigma)), "birge_ratio": self.scale, "chi2": self.chi2}
+                "points": int(len(self.sigma)),
+                "birge_ratio": None if math.isnan(self.scale) else self.scale, "chi2": self.chi2}
 
 
 def percentile_interval(values: np.ndarray) -> list[float]:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
+from diffvae.compare.forecasts import draw_band
 from diffvae.errors import DiffvaeError
 from diffvae.runs import load_tensors, split_prefixed
 from diffvae.snapshots import read_index, snapshot_folder
@@ -335,6 +336,7 @@ def _curve_figure(results: dict[str, Any], path: Path, key: str, ylabel: str, ti
             for x, p in zip(xs, pts):
                 if p.get(f"{key}_ci95"):
                     ax.vlines(x, *p[f"{key}_ci95"], color=color(fam), alpha=0.5)
+            draw_band(ax, results, fam, key, axis, color(fam))  # the fitted curve past the last point, if forecast
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")

@@ -255,7 +255,10 @@ def _gflop_at(s: np.ndarray, entry: dict[str, Any], target: dict[str, Any]) -> n
 
 def section_lines(forecast: dict[str, Any]) -> list[str]:
     """The report section (one line each): predictions with intervals, refusals, winners, crossings."""
-    lines = []
+    if forecast.get("error"):
+        return [f"The forecast failed: {forecast['error']}."]
+    lines = [f"Method: {forecast['method']}. Dashed lines and shaded bands in the learning-curve figures are these "
+             "forecasts, not measurements."]
     for fam, metrics in forecast.get("families", {}).items():
         for key, e in metrics.items():
             label = forecast["metrics"].get(key, key)
@@ -298,3 +301,8 @@ def draw_band(ax, results: dict[str, Any], fam: str, key: str, axis: str, colour
     ax.plot(xs, [r["value"] for r in rows], linestyle="--", color=colour, label=f"{fam} forecast")
     ax.fill_between(xs, [r["low"] for r in rows], [r["high"] for r in rows], color=colour, alpha=0.15,
                     label=f"{fam} forecast 95%")
+
+
+def section_heading(forecast: dict[str, Any]) -> str:
+    target = forecast.get("target") or {}
+    return f"{target.get('label', 'At a larger budget')}: forecast from the learning curves"

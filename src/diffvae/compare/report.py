@@ -587,6 +587,14 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
     atomic_write_text(out / "report.html", render_html(results, images))
 
 
+def _forecast_section(results: dict[str, Any]) -> tuple[str, list[str]]:
+    """(heading, lines) of the forecast at a larger budget (:mod:`diffvae.compare.forecasts`), if any."""
+    from diffvae.compare.forecasts import section_heading, section_lines
+
+    forecast = results.get("forecast")
+    return (section_heading(forecast), section_lines(forecast)) if forecast else ("", [])
+
+
 def _intro(results: dict[str, Any]) -> str:
     return (f"Data: {results.get('data')} ({results.get('train_size')} training / {results.get('test_size')} held-out images of "
             f"{'×'.join(map(str, results.get('image_shape', [])))}). Budget {fmt(results.get('budget_minutes'))} min, "
@@ -604,6 +612,8 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> s
     lines += ["", "## The classic claims, checked on this data", ""]
     lines += [f"- **{c['claim']}** — {c['verdict']}: {c['evidence']}" for c in results.get("claims", [])]
     lines += ["", "## When to use each (measured here)", ""] + [f"- {s}" for s in results.get("when_to_use", [])]
+    heading, forecast = _forecast_section(results)
+    lines += ["", f"## {heading}", "", *[f"- {s}" for s in forecast]] if forecast else []
     failed = {k: v for k, v in (results.get("stages") or {}).items() if v.get("status") != "done"}
     if failed:
         lines += ["", "## Stages that did not finish", ""] + [f"- {k}: {v.get('status')} — {v.get('error', '')}" for k, v in failed.items()]
@@ -630,6 +640,9 @@ def render_html(results: dict[str, Any], images: list[tuple[str, str]]) -> str:
     parts += ["</ul>", "<h2>When to use each (measured here)</h2>", "<ul>"]
     parts += [f"<li>{e(s)}</li>" for s in results.get("when_to_use", [])]
     parts.append("</ul>")
+    heading, forecast = _forecast_section(results)
+    if forecast:
+        parts += [f"<h2>{e(heading)}</h2>", '<ul id="forecast">', *[f"<li>{e(s)}</li>" for s in forecast], "</ul>"]
     failed = {k: v for k, v in (results.get("stages") or {}).items() if v.get("status") != "done"}
     if failed:
         parts += ["<h2>Stages that did not finish</h2>", "<ul>"]
