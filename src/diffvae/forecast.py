@@ -147,15 +147,14 @@ def _point_sigma(y: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
 
 
 def _check_falls(logu: np.ndarray, y: np.ndarray, s: np.ndarray, known: bool) -> None:
-    """Refuse a curve whose weighted linear trend against log C is not clearly downward (its standard
-    error from the residuals, and never below what the points' own σ give when ``known``)."""
+    """Refuse a curve whose weighted linear trend against log C is not clearly downward: its standard
+    error from the points' σ when ``known``, else from the residuals of the line."""
     w = 1.0 / s**2
     xm = np.sum(w * logu) / np.sum(w)
     sxx = np.sum(w * (logu - xm) ** 2)
     slope = np.sum(w * (logu - xm) * y) / sxx
     resid = y - (np.sum(w * y) / np.sum(w) + slope * (logu - xm))
-    scatter = float(np.sum(w * resid**2)) / (len(y) - 2)
-    scatter = max(1.0, scatter) if known else scatter  # noise beyond σ widens the slope's error
+    scatter = 1.0 if known else float(np.sum(w * resid**2)) / (len(y) - 2)  # a power law is not a line: its σ, if known
     if slope >= -SLOPE_Z * math.sqrt(scatter / sxx):
         raise ForecastRefused("the curve is flat or rising over the measured range (no fall beyond its noise to extrapolate)")
 
