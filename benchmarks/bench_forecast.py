@@ -1,0 +1,150 @@
+"""Validation of the learning-curve forecasts (issue 25): forecast from a B-minute compare what the families
+measure after k·B minutes, run the k·B-minute compare with the same seed, and count how often the 95%
+intervals held the measured value.
+
+For each seed: ``diffvae compare --budget B --forecast k·B`` and ``diffvae compare --budget k·B`` (both with
+``--seed``; a folder with a results.json is reused, so an interrupted validation continues). The longer
+compare's final weights of each family are measured again with the *shorter* compare's curve settings
+(sample count, bound images, seed: :class:`diffvae.compare.curves.CurveSettings`), so the value compared
+with the forecast is the same estimand as the points it was fitted on (compare's curves take 200 samples
+from 30 minutes on, 100 below).
+
+A cell is a family × metric × seed. It is *covered* when the measured value lies in the forecast's ``pi95``
+(the curve's interval plus one measurement's noise; ``ci95``, the curve's alone, is counted too). Refused
+forecasts are listed with their reason and not counted. The ranking *held* when the measured order of the
+forecast families is the predicted one; a decided winner *held* when it measured best.
+
+    python benchmarks/bench_forecast.py --data mnist --budget 15 --multiple 4 --seeds 0,1
+    python benchmarks/bench_forecast.py --data colours --budget 15 --multiple 3 --seeds 0,1
+    python benchmarks/bench_forecast.py --data digits --budget 2 --multiple 3 --seeds 0   # small
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS_DIR, machine_info, machine_line, write_json  # noqa: E402
+
+from diffvae.api import DataConfig, load  # noqa: E402
+from diffvae.compare.curves import CurveSettings, SnapshotMeasure  # noqa: E402
+from diffvae.compare.forecasts import curve_metrics, forecast_results, parse_target  # noqa: E402
+from diffvae.metrics.features import get_feature_extractor  # noqa: E402
+from diffvae.runs import read_json  # noqa: E402
+from diffvae.snapshots import read_index, snapshot_folder  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_compare(data: str, budget: float, seed: int, out: Path, forecast: float | None = None) -> dict:
+    """``diffvae compare`` in a subprocess (this checkout's source), unless ``out`` already has its results."""
+    if not (out / "results.json").exists() or "elapsed_minutes" not in read_json(out / "results.json"):
+        argv = [sys.executable, "-m", "diffvae", "compare", "--data", data, "--budget", f"{budget:g}", "--seed", str(seed),
+                "--out", str(out), "--quiet"] + (["--force"] if out.exists() else [])  # an unfinished one starts again
+        if forecast is not None:
+            argv += ["--forecast", f"{forecast:g}"]
+        env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        subprocess.run(argv, check=True, env=env)
+    return read_json(out / "results.json")
+
+
+def remeasure(long_out: Path, families: list[str], settings: dict, data: str) -> dict[str, dict]:
+    """The final weights of each family of the longer compare, measured with the shorter one's curve settings."""
+    dataset = DataConfig(spec=data).load()
+    fields = {f.name for f in dataclasses.fields(CurveSettings)}
+    measure = SnapshotMeasure(get_feature_extractor(dataset, progress=False), dataset,
+                              CurveSettings(**{k: v for k, v in settings.items() if k in fields}))
+    points = {}
+    for fam in families:
+        run = long_out / "runs" / fam
+        index = read_index(run)
+        if index is None or not index.get("snapshots"):
+            continue
+        entry = index["snapshots"][-1]
+        points[fam] = measure(load(run, device="cpu"), snapshot_folder(run) / entry["file"], entry)
+    return points
+
+
+def score(forecast: dict, measured: dict[str, dict], seed: int) -> dict:
+    """Cells (family × metric) with coverage, and per metric whether the ranking and the winner held."""
+    cells, refused, rankings = [], [], []
+    for fam, metrics in forecast["families"].items():
+        for key, entry in metrics.items():
+            value = (measured.get(fam) or {}).get(key)
+            if entry["status"] != "forecast":
+                refused.append({"seed": seed, "family": fam, "metric": key, "reason": entry["reason"]})
+            elif value is not None:
+                cells.append({"seed": seed, "family": fam, "metric": key, "predicted": entry["value"], "ci95": entry["ci95"],
+                              "pi95": entry["pi95"], "measured": value,
+                              "covered": entry["pi95"][0] <= value <= entry["pi95"][1],
+                              "curve_covered": entry["ci95"][0] <= value <= entry["ci95"][1]})
+    for key, winner in forecast["winners"].items():
+        mine = [c for c in cells if c["metric"] == key]
+        predicted = [c["family"] for c in sorted(mine, key=lambda c: c["predicted"])]
+        actual = [c["family"] for c in sorted(mine, key=lambda c: c["measured"])]
+        rankings.append({"seed": seed, "metric": key, "predicted_order": predicted, "measured_order": actual,
+                         "ranking_held": predicted == actual if len(mine) > 1 else None,
+                         "decided_winner": winner.get("family"),
+                         "winner_held": (actual[:1] == [winner["family"]]) if winner.get("family") else None})
+    return {"cells": cells, "refused": refused, "rankings": rankings}
+
+
+def markdown(report: dict) -> str:
+    args, cells = report["settings"], report["cells"]
+    covered = sum(c["covered"] for c in cells)
+    lines = [f"## Forecast validation: {args['data']}, {args['budget']:g} → {args['budget'] * args['multiple']:g} minutes "
+             f"(issue 25)", "", f"Measured by `python benchmarks/bench_forecast.py --data {args['data']} --budget {args['budget']:g} "
+             f"--multiple {args['multiple']:g} --seeds {args['seeds']}` on {report['machine_line']}.", "",
+             f"Coverage of the 95% forecast intervals (a measurement's): **{covered} of {len(cells)}** family × metric × seed cells "
+             f"({covered / len(cells):.0%})" if cells else "No cell could be scored (every forecast was refused).",
+             "", "| seed | family | metric | predicted [95%] | measured | covered |", "|---:|---|---|---|---:|---|"]
+    lines += [f"| {c['seed']} | {c['family']} | {c['metric']} | {c['predicted']:.4g} [{c['pi95'][0]:.4g}, {c['pi95'][1]:.4g}] | "
+              f"{c['measured']:.4g} | {'yes' if c['covered'] else 'no'} |" for c in cells]
+    lines += ["", "Refused forecasts:" if report["refused"] else "No forecast was refused."]
+    lines += [f"- seed {r['seed']}, {r['family']} {r['metric']}: {r['reason']}" for r in report["refused"]]
+    lines += ["", "Rankings:"]
+    lines += [f"- seed {r['seed']}, {r['metric']}: predicted {' < '.join(r['predicted_order']) or '—'}, measured "
+              f"{' < '.join(r['measured_order']) or '—'}; decided winner {r['decided_winner'] or 'none'}"
+              + (f" ({'held' if r['winner_held'] else 'did not hold'})" if r["decided_winner"] else "") for r in report["rankings"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="mnist")
+    parser.add_argument("--budget", type=float, default=15.0, help="minutes of the short compare")
+    parser.add_argument("--multiple", type=float, default=4.0, help="the long compare runs this many times longer")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--work", default=os.path.join(RESULTS_DIR, "forecast_runs"), help="where the compares are kept")
+    parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "bench_forecast.json"))
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    target_minutes = args.budget * args.multiple
+    report = {"settings": {"data": args.data, "budget": args.budget, "multiple": args.multiple, "seeds": args.seeds},
+              "machine": machine_info(), "cells": [], "refused": [], "rankings": []}
+    report["machine_line"] = machine_line(report["machine"])
+    for seed in seeds:
+        work = Path(args.work) / f"{args.data}_s{seed}"
+        short = run_compare(args.data, args.budget, seed, work / f"{args.budget:g}min", forecast=target_minutes)
+        long = run_compare(args.data, target_minutes, seed, work / f"{target_minutes:g}min")
+        forecast = forecast_results(short, parse_target(f"{target_minutes:g}", args.budget), seed=seed)
+        measured = remeasure(work / f"{target_minutes:g}min", list(forecast["families"]), short["learning_curve_settings"], args.data)
+        keys = [k for k, _, _ in curve_metrics([p for pts in short["learning_curves"].values() for p in pts])]
+        measured = {f: {k: p.get(k) for k in keys} for f, p in measured.items()}
+        for part, rows in score(forecast, measured, seed).items():
+            report[part] += rows
+        report.setdefault("long_compare_minutes", {})[seed] = long.get("elapsed_minutes")
+    write_json(args.out, report)
+    text = markdown(report)
+    Path(args.out).with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
