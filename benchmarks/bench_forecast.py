@@ -16,7 +16,7 @@ forecast families is the predicted one; a decided winner *held* when it measured
 
     python benchmarks/bench_forecast.py --data mnist --budget 15 --multiple 4 --seeds 0,1
     python benchmarks/bench_forecast.py --data colours --budget 15 --multiple 3 --seeds 0,1
-    python benchmarks/bench_forecast.py --data digits --budget 2 --multiple 3 --seeds 0   # small
+    python benchmarks/bench_forecast.py --data digits --budget 2 --multiple 3 --seeds 0 --cpu-clock  # small, shared machine
 """
 
 from __future__ import annotations
@@ -41,15 +41,20 @@ from diffvae.snapshots import read_index, snapshot_folder  # noqa: E402
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def run_compare(data: str, budget: float, seed: int, out: Path, forecast: float | None = None) -> dict:
+# --cpu-clock: compare's clock (and the engine's) becomes the process's CPU time on one thread, as in
+# tests/compare/test_compare_e2e.py, so other processes on a shared machine cannot shrink the budgets
+CPU_CLOCK = ("import sys, time, torch; time.perf_counter = time.process_time; torch.set_num_threads(1); "
+             "from diffvae.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def run_compare(data: str, budget: float, seed: int, out: Path, forecast: float | None = None, cpu_clock: bool = False) -> dict:
     """``diffvae compare`` in a subprocess (this checkout's source), unless ``out`` already has its results."""
     if not (out / "results.json").exists() or "elapsed_minutes" not in read_json(out / "results.json"):
-        argv = [sys.executable, "-m", "diffvae", "compare", "--data", data, "--budget", f"{budget:g}", "--seed", str(seed),
-                "--out", str(out), "--quiet"] + (["--force"] if out.exists() else [])  # an unfinished one starts again
-        if forecast is not None:
-            argv += ["--forecast", f"{forecast:g}"]
+        argv = ["compare", "--data", data, "--budget", f"{budget:g}", "--seed", str(seed), "--out", str(out), "--quiet"]
+        argv += (["--force"] if out.exists() else []) + (["--forecast", f"{forecast:g}"] if forecast is not None else [])
         env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        subprocess.run(argv, check=True, env=env)
+        start = [sys.executable, "-c", CPU_CLOCK] if cpu_clock else [sys.executable, "-m", "diffvae"]
+        subprocess.run(start + argv, check=True, env=env)
     return read_json(out / "results.json")
 
 
@@ -99,7 +104,7 @@ def markdown(report: dict) -> str:
     covered = sum(c["covered"] for c in cells)
     lines = [f"## Forecast validation: {args['data']}, {args['budget']:g} → {args['budget'] * args['multiple']:g} minutes "
              f"(issue 25)", "", f"Measured by `python benchmarks/bench_forecast.py --data {args['data']} --budget {args['budget']:g} "
-             f"--multiple {args['multiple']:g} --seeds {args['seeds']}` on {report['machine_line']}.", "",
+             f"--multiple {args['multiple']:g} --seeds {args['seeds']}{' --cpu-clock' if args.get('cpu_clock') else ''}` on {report['machine_line']}.", "",
              f"Coverage of the 95% forecast intervals (a measurement's): **{covered} of {len(cells)}** family × metric × seed cells "
              f"({covered / len(cells):.0%})" if cells else "No cell could be scored (every forecast was refused).",
              "", "| seed | family | metric | predicted [95%] | measured | covered |", "|---:|---|---|---|---:|---|"]
@@ -122,16 +127,19 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--work", default=os.path.join(RESULTS_DIR, "forecast_runs"), help="where the compares are kept")
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "bench_forecast.json"))
+    parser.add_argument("--cpu-clock", action="store_true", help="budgets in this process's CPU time on one thread (a shared machine)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     target_minutes = args.budget * args.multiple
-    report = {"settings": {"data": args.data, "budget": args.budget, "multiple": args.multiple, "seeds": args.seeds},
+    report = {"settings": {"data": args.data, "budget": args.budget, "multiple": args.multiple, "seeds": args.seeds,
+                           "cpu_clock": args.cpu_clock},
               "machine": machine_info(), "cells": [], "refused": [], "rankings": []}
     report["machine_line"] = machine_line(report["machine"])
     for seed in seeds:
         work = Path(args.work) / f"{args.data}_s{seed}"
-        short = run_compare(args.data, args.budget, seed, work / f"{args.budget:g}min", forecast=target_minutes)
-        long = run_compare(args.data, target_minutes, seed, work / f"{target_minutes:g}min")
+        short = run_compare(args.data, args.budget, seed, work / f"{args.budget:g}min", forecast=target_minutes,
+                            cpu_clock=args.cpu_clock)
+        long = run_compare(args.data, target_minutes, seed, work / f"{target_minutes:g}min", cpu_clock=args.cpu_clock)
         forecast = forecast_results(short, parse_target(f"{target_minutes:g}", args.budget), seed=seed)
         measured = remeasure(work / f"{target_minutes:g}min", list(forecast["families"]), short["learning_curve_settings"], args.data)
         keys = [k for k, _, _ in curve_metrics([p for pts in short["learning_curves"].values() for p in pts])]
