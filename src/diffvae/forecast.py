@@ -65,14 +65,13 @@ class PowerLawFit:
     E: float
     A: float
     alpha: float
-    x_ref: float
+    x_ref: float  # C_ref: the last measured compute
     sigma: np.ndarray  # the σ of each point used (after the Birge ratio)
     scale: float  # the Birge ratio applied (1 = the points' own intervals were enough; nan: σ from residuals)
-    chi2: float
+    chi2: float | None  # of the fit against the points' own σ (None: they had none)
     boot_E: np.ndarray
     boot_A: np.ndarray
     boot_alpha: np.ndarray
-    x_last: float
 
     def predict(self, x: float | np.ndarray) -> float | np.ndarray:
         return self.E + self.A * (np.asarray(x, dtype=float) / self.x_ref) ** (-self.alpha)
@@ -119,21 +118,20 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], sigma: Sequence[float]
     s = _point_sigma(y, None if sigma is None else np.asarray(sigma, dtype=float)[order])
     _check_falls(np.log(u), y, s, known=sigma is not None)
     E, A, alpha, chi2 = (float(v[0]) for v in _fit_rows(u, y[None, :], 1.0 / s**2, floor_at_zero))
-    if sigma is None:  # σ from the residuals of this (unweighted) fit
-        s = np.full_like(y, max(math.sqrt(chi2 * s[0] ** 2 / (len(y) - 3)) if len(y) > 3 else 0.0,
-                                RELATIVE_SIGMA_FLOOR * float(np.median(np.abs(y)))))
+    _check_alpha(alpha, "the best fit")
+    dof = len(y) - 3  # >= 1: MIN_POINTS
+    if sigma is None:  # unweighted (σ = 1): χ² is the residual sum of squares
+        s = np.full_like(y, max(math.sqrt(chi2 / dof), RELATIVE_SIGMA_FLOOR * float(np.median(np.abs(y)))))
         scale = float("nan")
     else:
-        scale = max(1.0, math.sqrt(chi2 / (len(y) - 3))) if len(y) > 3 else 1.0
+        scale = max(1.0, math.sqrt(chi2 / dof))
         s = s * scale
-    _check_alpha(alpha, "the best fit")
     boot = _bootstrap(u, E + A * u ** (-alpha), s, floor_at_zero, replicates, seed)
     at_bound = float(np.mean(_at_bound(boot[2])))
     if at_bound > MAX_BOUND_SHARE:
         raise ForecastRefused(f"not identifiable: the exponent ran to an end of its range ({ALPHA_RANGE[0]}–{ALPHA_RANGE[1]}) in "
                               f"{at_bound:.0%} of the bootstrap refits (the curve does not say where it flattens)")
-    chi2_w = float(np.sum(((y - E - A * u ** (-alpha)) / s) ** 2))
-    return PowerLawFit(E, A, alpha, float(x[-1]), s, scale, chi2_w, boot[0], boot[1], boot[2], float(x[-1]))
+    return PowerLawFit(E, A, alpha, float(x[-1]), s, scale, chi2 if sigma is not None else None, *boot)
 
 
 def _point_sigma(y: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:

@@ -240,9 +240,9 @@ def _grid(target: dict[str, Any], fits: list[tuple[Any, dict[str, Any]]]) -> np.
     """Budget minutes (or GFLOP) from where both curves were measured to the target, log-spaced."""
     end = float(target["value"])
     if target["kind"] == "minutes":  # a family's last point sits at this share of its target compute
-        start = end * max(fit.x_last / entry["target_gflop"] for fit, entry in fits)
+        start = end * max(fit.x_ref / entry["target_gflop"] for fit, entry in fits)
     else:
-        start = max(fit.x_last for fit, _ in fits)
+        start = max(fit.x_ref for fit, _ in fits)
     return np.exp(np.linspace(math.log(start), math.log(end), CROSSING_GRID))
 
 
