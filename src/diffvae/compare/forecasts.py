@@ -98,8 +98,10 @@ def forecast_results(results: dict[str, Any], target: dict[str, Any], *, seed: i
     budget = results.get("budget_minutes")
     clock = (results.get("learning_curve_settings") or {}).get("clock", "CPU-minutes")
     metrics = curve_metrics([p for pts in curves.values() for p in pts])
+    n = (results.get("learning_curve_settings") or {}).get("n_samples")
+    estimand = f"; predictions are of the curves' own estimands (sample quality of {n} samples per snapshot)" if n else ""
     out: dict[str, Any] = {"target": {**target, "label": target_label(target, budget, clock)},
-                           "method": METHOD.format(n=replicates), "metrics": {k: label for k, label, _ in metrics},
+                           "method": METHOD.format(n=replicates) + estimand, "metrics": {k: label for k, label, _ in metrics},
                            "families": {}, "comparisons": [], "winners": {}, "crossovers": []}
     fits: dict[str, dict[str, Any]] = {}
     for i, (fam, pts) in enumerate(curves.items()):
