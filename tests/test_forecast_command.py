@@ -58,6 +58,11 @@ def test_bad_arguments_are_one_line(report, capsys, at, setup, message):
     assert len(err) == 1 and err[0].startswith("diffvae: error:") and message in err[0]
 
 
+def test_a_bad_seed_is_one_line(report, capsys):
+    assert main(["forecast", str(report), "--at", "20", "--seed", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("diffvae: error:")
+
+
 def test_a_damaged_or_missing_results_json_is_one_line(tmp_path, capsys):
     assert main(["forecast", str(tmp_path), "--at", "20"]) == 2
     (tmp_path / "results.json").write_text('{"learning_curves": {')

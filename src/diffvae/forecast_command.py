@@ -13,14 +13,17 @@ from typing import Any
 
 from diffvae.compare.forecasts import forecast_results, parse_target, section_heading, section_lines
 from diffvae.errors import DiffvaeError
+from diffvae.ranges import MAX_SEED, Range
 from diffvae.runs import read_json
+
+SEED = Range(int, 0, MAX_SEED)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("report", metavar="REPORT_DIR", help="the --out folder of a finished diffvae compare")
     parser.add_argument("--at", required=True, metavar="MINUTES|Ngflop",
                         help="the budget to forecast: compare minutes (e.g. 120) or training GFLOP per family (e.g. 1e5gflop)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    parser.add_argument("--seed", type=SEED.parser(), default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--json", action="store_true", help="print the forecast as JSON")
 
 
