@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -33,7 +34,10 @@ from common import RESULTS_DIR, machine_info, machine_line, write_json  # noqa: 
 
 from diffvae.api import DataConfig, load  # noqa: E402
 from diffvae.compare.curves import CurveSettings, SnapshotMeasure  # noqa: E402
+import numpy as np  # noqa: E402
+
 from diffvae.compare.forecasts import curve_metrics, forecast_results, parse_target  # noqa: E402
+from diffvae.forecast import ForecastRefused, fit_power_law  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor  # noqa: E402
 from diffvae.runs import read_json  # noqa: E402
 from diffvae.snapshots import read_index, snapshot_folder  # noqa: E402
@@ -119,6 +123,46 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --synthetic: the bootstrap's calibration where the truth is known. (E, A at the last point, α, relative σ)
+SYNTHETIC_LAWS = ((20.0, 80.0, 0.6, 0.03), (5.0, 200.0, 0.4, 0.05), (50.0, 50.0, 1.0, 0.02), (0.5, 3.0, 0.3, 0.01),
+                  (1.0, 0.3, 0.5, 0.005))
+
+
+def synthetic_calibration(repeats: int, points: int = 7, multiple: float = 10.0) -> list[dict]:
+    """Coverage of the 95% intervals of E, A, α and of the prediction at ``multiple``× the last compute,
+    over ``repeats`` noisy draws of each law in ``SYNTHETIC_LAWS`` (doubling compute, ``points`` points)."""
+    x = 2.0 ** np.arange(points)
+    u = x / x[-1]
+    rows = []
+    for E, A, alpha, rel in SYNTHETIC_LAWS:
+        rng = np.random.default_rng(0)
+        true = E + A * u ** -alpha
+        hits, refused = {"E": 0, "A": 0, "alpha": 0, "prediction": 0}, 0
+        for r in range(repeats):
+            y = true + rel * true * rng.standard_normal(points)
+            try:
+                fit = fit_power_law(x, y, rel * true, seed=r)
+            except ForecastRefused:
+                refused += 1
+                continue
+            for name, value in (("E", E), ("A", A), ("alpha", alpha)):
+                low, high = fit.interval(name)
+                hits[name] += low <= value <= high
+            low, high = fit.prediction(multiple * x[-1], seed=r)["ci95"]
+            hits["prediction"] += low <= E + A * multiple ** -alpha <= high
+        fitted = repeats - refused
+        rows.append({"law": [E, A, alpha, rel], "repeats": repeats, "refused": refused,
+                     **{k: v / fitted if fitted else math.nan for k, v in hits.items()}})
+    return rows
+
+
+def synthetic_markdown(rows: list[dict]) -> str:
+    lines = ["| E | A | α | σ/L | refused | E covered | A covered | α covered | L(10×C) covered |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['law'][0]:g} | {r['law'][1]:g} | {r['law'][2]:g} | {r['law'][3]:.1%} | {r['refused']} of {r['repeats']} | "
+              f"{r['E']:.0%} | {r['A']:.0%} | {r['alpha']:.0%} | {r['prediction']:.0%} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="mnist")
@@ -128,7 +172,14 @@ def main() -> None:
     parser.add_argument("--work", default=os.path.join(RESULTS_DIR, "forecast_runs"), help="where the compares are kept")
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "bench_forecast.json"))
     parser.add_argument("--cpu-clock", action="store_true", help="budgets in this process's CPU time on one thread (a shared machine)")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="REPEATS",
+                        help="only the calibration on known power laws, over this many draws each (no training)")
     args = parser.parse_args()
+    if args.synthetic:
+        rows = synthetic_calibration(args.synthetic)
+        write_json(os.path.join(RESULTS_DIR, "bench_forecast_synthetic.json"), {"rows": rows, "machine": machine_info()})
+        print(synthetic_markdown(rows))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     target_minutes = args.budget * args.multiple
     report = {"settings": {"data": args.data, "budget": args.budget, "multiple": args.multiple, "seeds": args.seeds,
