@@ -14,9 +14,13 @@ A cell is a family × metric × seed. It is *covered* when the measured value li
 forecasts are listed with their reason and not counted. The ranking *held* when the measured order of the
 forecast families is the predicted one; a decided winner *held* when it measured best.
 
+``--all-snapshots`` fits every EMA snapshot of the short compare, measured here with the same settings, instead of
+the points its curves stage had time for (a 2-minute compare measures 0–3 per family: too few to fit): it checks
+the forecasting method on the compare's own runs, not the compare's choice of points.
+
     python benchmarks/bench_forecast.py --data mnist --budget 15 --multiple 4 --seeds 0,1
     python benchmarks/bench_forecast.py --data colours --budget 15 --multiple 3 --seeds 0,1
-    python benchmarks/bench_forecast.py --data digits --budget 2 --multiple 3 --seeds 0 --cpu-clock  # small, shared machine
+    python benchmarks/bench_forecast.py --data digits --budget 2 --multiple 3 --seeds 0 --cpu-clock --all-snapshots  # small
 """
 
 from __future__ import annotations
@@ -62,20 +66,26 @@ def run_compare(data: str, budget: float, seed: int, out: Path, forecast: float 
     return read_json(out / "results.json")
 
 
-def remeasure(long_out: Path, families: list[str], settings: dict, data: str) -> dict[str, dict]:
-    """The final weights of each family of the longer compare, measured with the shorter one's curve settings."""
+def snapshot_measure(settings: dict, data: str) -> SnapshotMeasure:
+    """What compare's curves measure a snapshot with, at the short compare's ``learning_curve_settings``."""
     dataset = DataConfig(spec=data).load()
     fields = {f.name for f in dataclasses.fields(CurveSettings)}
-    measure = SnapshotMeasure(get_feature_extractor(dataset, progress=False), dataset,
-                              CurveSettings(**{k: v for k, v in settings.items() if k in fields}))
+    return SnapshotMeasure(get_feature_extractor(dataset, progress=False), dataset,
+                           CurveSettings(**{k: v for k, v in settings.items() if k in fields}))
+
+
+def measure_runs(out: Path, families: list[str], measure: SnapshotMeasure, final_only: bool) -> dict[str, list[dict]]:
+    """Each family's snapshots in ``out/runs`` (only the final weights with ``final_only``), measured as compare's
+    curves measure them."""
     points = {}
     for fam in families:
-        run = long_out / "runs" / fam
+        run = out / "runs" / fam
         index = read_index(run)
         if index is None or not index.get("snapshots"):
             continue
-        entry = index["snapshots"][-1]
-        points[fam] = measure(load(run, device="cpu"), snapshot_folder(run) / entry["file"], entry)
+        model = load(run, device="cpu")
+        entries = index["snapshots"][-1:] if final_only else index["snapshots"]
+        points[fam] = [measure(model, snapshot_folder(run) / e["file"], e) for e in entries]
     return points
 
 
@@ -108,12 +118,14 @@ def markdown(report: dict) -> str:
     covered = sum(c["covered"] for c in cells)
     lines = [f"## Forecast validation: {args['data']}, {args['budget']:g} → {args['budget'] * args['multiple']:g} minutes "
              f"(issue 25)", "", f"Measured by `python benchmarks/bench_forecast.py --data {args['data']} --budget {args['budget']:g} "
-             f"--multiple {args['multiple']:g} --seeds {args['seeds']}{' --cpu-clock' if args.get('cpu_clock') else ''}` on {report['machine_line']}.", "",
+             f"--multiple {args['multiple']:g} --seeds {args['seeds']}{' --cpu-clock' if args.get('cpu_clock') else ''}{' --all-snapshots' if args.get('all_snapshots') else ''}` on {report['machine_line']}.", "",
              f"Coverage of the 95% forecast intervals (a measurement's): **{covered} of {len(cells)}** family × metric × seed cells "
              f"({covered / len(cells):.0%})" if cells else "No cell could be scored (every forecast was refused).",
              "", "| seed | family | metric | predicted [95%] | measured | covered |", "|---:|---|---|---|---:|---|"]
     lines += [f"| {c['seed']} | {c['family']} | {c['metric']} | {c['predicted']:.4g} [{c['pi95'][0]:.4g}, {c['pi95'][1]:.4g}] | "
               f"{c['measured']:.4g} | {'yes' if c['covered'] else 'no'} |" for c in cells]
+    lines += ["", "Points fitted per family: " + "; ".join(f"seed {seed}: " + ", ".join(f"{f} {n}" for f, n in counts.items())
+                                                      for seed, counts in report.get("points", {}).items())]
     lines += ["", "Refused forecasts:" if report["refused"] else "No forecast was refused."]
     lines += [f"- seed {r['seed']}, {r['family']} {r['metric']}: {r['reason']}" for r in report["refused"]]
     lines += ["", "Rankings:"]
@@ -172,6 +184,8 @@ def main() -> None:
     parser.add_argument("--work", default=os.path.join(RESULTS_DIR, "forecast_runs"), help="where the compares are kept")
     parser.add_argument("--out", default=os.path.join(RESULTS_DIR, "bench_forecast.json"))
     parser.add_argument("--cpu-clock", action="store_true", help="budgets in this process's CPU time on one thread (a shared machine)")
+    parser.add_argument("--all-snapshots", action="store_true",
+                        help="fit every snapshot of the short compare, measured here, not only the points its curves stage measured")
     parser.add_argument("--synthetic", type=int, default=0, metavar="REPEATS",
                         help="only the calibration on known power laws, over this many draws each (no training)")
     args = parser.parse_args()
@@ -183,7 +197,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     target_minutes = args.budget * args.multiple
     report = {"settings": {"data": args.data, "budget": args.budget, "multiple": args.multiple, "seeds": args.seeds,
-                           "cpu_clock": args.cpu_clock},
+                           "cpu_clock": args.cpu_clock, "all_snapshots": args.all_snapshots},
               "machine": machine_info(), "cells": [], "refused": [], "rankings": []}
     report["machine_line"] = machine_line(report["machine"])
     for seed in seeds:
@@ -191,10 +205,15 @@ def main() -> None:
         short = run_compare(args.data, args.budget, seed, work / f"{args.budget:g}min", forecast=target_minutes,
                             cpu_clock=args.cpu_clock)
         long = run_compare(args.data, target_minutes, seed, work / f"{target_minutes:g}min", cpu_clock=args.cpu_clock)
+        measure = snapshot_measure(short["learning_curve_settings"], args.data)
+        families = list(short.get("families_requested") or short["learning_curves"])
+        if args.all_snapshots:  # the compare's curves stage measures only what its time share allows
+            short = {**short, "learning_curves": measure_runs(work / f"{args.budget:g}min", families, measure, final_only=False)}
+        report.setdefault("points", {})[seed] = {f: len(p) for f, p in short["learning_curves"].items()}
         forecast = forecast_results(short, parse_target(f"{target_minutes:g}", args.budget), seed=seed)
-        measured = remeasure(work / f"{target_minutes:g}min", list(forecast["families"]), short["learning_curve_settings"], args.data)
+        finals = measure_runs(work / f"{target_minutes:g}min", families, measure, final_only=True)
         keys = [k for k, _, _ in curve_metrics([p for pts in short["learning_curves"].values() for p in pts])]
-        measured = {f: {k: p.get(k) for k in keys} for f, p in measured.items()}
+        measured = {f: {k: pts[-1].get(k) for k in keys} for f, pts in finals.items()}
         for part, rows in score(forecast, measured, seed).items():
             report[part] += rows
         report.setdefault("long_compare_minutes", {})[seed] = long.get("elapsed_minutes")
