@@ -49,6 +49,11 @@ def _damage(report, change):
     ("20", lambda r: r.pop("learning_curves"), "no learning curves"),
     ("20", lambda r: r["learning_curves"]["vae"][0].update(gflop="many"), "learning_curves.vae[0].gflop"),
     ("20", lambda r: r.update(budget_minutes=-1), "budget_minutes"),
+    ("20", lambda r: r["learning_curves"]["ddpm"][2].update(fid="bad"), "learning_curves.ddpm[2].fid"),
+    ("20", lambda r: r["learning_curves"]["ddpm"][1].update(fid_ci95=[1.0]), "learning_curves.ddpm[1].fid_ci95"),
+    ("20", lambda r: r["training"]["vae"].update(gflop=-3), "training.vae.gflop"),
+    ("20", lambda r: r["training"]["ddpm"].update(recipe={"recipe": "x", "budget_gflop": "lots", "candidates": {}}), "training.ddpm.recipe"),
+    ("20", lambda r: r.update(training=[1]), "training is not an object"),
 ])
 def test_bad_arguments_are_one_line(report, capsys, at, setup, message):
     if setup is not None:

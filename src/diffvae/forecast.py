@@ -52,7 +52,7 @@ class ForecastRefused(DiffvaeError):
 
 def sigma_from_interval(ci: Sequence[float] | None) -> float | None:
     """σ of a symmetric normal 95% interval [low, high]; None without one (or a degenerate one)."""
-    if ci is None or len(ci) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
         return None
     width = float(ci[1]) - float(ci[0])
     return width / (2 * Z95) if width > 0 else None

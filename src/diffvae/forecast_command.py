@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from diffvae.compare.forecasts import forecast_results, parse_target, section_heading, section_lines
+from diffvae.compare.forecasts import QUALITY_KEYS, forecast_results, parse_target, section_heading, section_lines
 from diffvae.errors import DiffvaeError
 from diffvae.ranges import MAX_SEED, Range
 from diffvae.runs import read_json
@@ -59,7 +59,27 @@ def read_results(folder: Path) -> dict[str, Any]:
         raise DiffvaeError(f"{path} has no learning curves (the compare's curves stage did not run or measured no snapshot)")
     for fam, points in curves.items():
         _check_points(points, f"{path}: learning_curves.{fam}")
+    training = results.get("training") or {}
+    if not isinstance(training, dict):
+        raise DiffvaeError(f"{path}: training is not an object")
+    for fam, summary in training.items():
+        _check_training(summary, f"{path}: training.{fam}")
     return results
+
+
+def _check_training(summary: Any, where: str) -> None:
+    """The fields of a family's training summary that a forecast reads: its GFLOP and its recipe."""
+    if not isinstance(summary, dict):
+        raise DiffvaeError(f"{where} is not an object")
+    if summary.get("gflop") is not None and not (_number(summary["gflop"]) and summary["gflop"] > 0):
+        raise DiffvaeError(f"{where}.gflop must be a positive number, got {summary['gflop']!r}")
+    recipe = summary.get("recipe")
+    if recipe is None:
+        return
+    candidates = recipe.get("candidates") if isinstance(recipe, dict) else None
+    if not (isinstance(candidates, dict) and all(_number(v) for v in candidates.values()) and _number(recipe.get("budget_gflop"))
+            and isinstance(recipe.get("recipe"), str)):
+        raise DiffvaeError(f"{where}.recipe needs recipe, budget_gflop and candidates (name: GFLOP), got {recipe!r}"[:300])
 
 
 def _check_points(points: Any, where: str) -> None:
@@ -71,6 +91,12 @@ def _check_points(points: Any, where: str) -> None:
         for field in ("gflop", "minutes"):
             if not (_number(p.get(field)) and p[field] >= 0):
                 raise DiffvaeError(f"{where}[{i}].{field} must be a non-negative number, got {p.get(field)!r}")
+        for field in (*QUALITY_KEYS, "bpd"):  # a metric may be null (a diverged snapshot), never another type
+            if (p.get(field) is not None and not isinstance(p[field], (int, float))) or isinstance(p.get(field), bool):
+                raise DiffvaeError(f"{where}[{i}].{field} must be a number or null, got {p.get(field)!r}")
+            ci = p.get(f"{field}_ci95")
+            if ci is not None and not (isinstance(ci, list) and len(ci) == 2 and all(_number(v) for v in ci)):
+                raise DiffvaeError(f"{where}[{i}].{field}_ci95 must be [low, high] or null, got {ci!r}")
 
 
 def check_beyond(results: dict[str, Any], target: dict[str, Any]) -> None:
