@@ -96,3 +96,13 @@ def test_sigma_from_interval():
     assert sigma_from_interval(None) is None
     assert sigma_from_interval([3.0, 3.0]) is None
     assert sigma_from_interval([float("nan"), 1.0]) is None
+
+
+def test_the_interval_of_a_measurement_never_goes_below_zero():
+    """A floor near 0 and noise of σ = 3: unclipped, the measurement's interval would reach -8.6 here."""
+    rng = np.random.default_rng(4)
+    sigma = np.full(len(U), 3.0)
+    y = law(U, 0.5, 10.0, 0.8) + sigma * rng.standard_normal(len(U))
+    fit = fit_power_law(X, np.abs(y) + 25 * (1 - U), sigma, replicates=300)
+    low, high = fit.prediction(100 * X[-1])["pi95"]
+    assert 0.0 <= low < high

@@ -72,6 +72,7 @@ class PowerLawFit:
     boot_E: np.ndarray
     boot_A: np.ndarray
     boot_alpha: np.ndarray
+    floor_at_zero: bool = True  # the metric is never negative (E >= 0, and so are measurements)
 
     def predict(self, x: float | np.ndarray) -> float | np.ndarray:
         return self.E + self.A * (np.asarray(x, dtype=float) / self.x_ref) ** (-self.alpha)
@@ -88,8 +89,8 @@ class PowerLawFit:
         """The prediction at ``x``: value, the curve's 95% interval and that of one new measurement."""
         replicates = self.predict_replicates(x)
         noise = np.random.default_rng(seed).standard_normal(replicates.shape) * float(self.sigma[-1])
-        return {"value": float(self.predict(x)), "ci95": percentile_interval(replicates),
-                "pi95": percentile_interval(replicates + noise)}
+        measured = np.maximum(replicates + noise, 0.0) if self.floor_at_zero else replicates + noise  # FID is never < 0
+        return {"value": float(self.predict(x)), "ci95": percentile_interval(replicates), "pi95": percentile_interval(measured)}
 
     def summary(self) -> dict[str, float | list[float] | int]:
         return {"E": self.E, "E_ci95": self.interval("E"), "A": self.A, "A_ci95": self.interval("A"),
@@ -131,7 +132,7 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], sigma: Sequence[float]
     if at_bound > MAX_BOUND_SHARE:
         raise ForecastRefused(f"not identifiable: the exponent ran to an end of its range ({ALPHA_RANGE[0]}–{ALPHA_RANGE[1]}) in "
                               f"{at_bound:.0%} of the bootstrap refits (the curve does not say where it flattens)")
-    return PowerLawFit(E, A, alpha, float(x[-1]), s, scale, chi2 if sigma is not None else None, *boot)
+    return PowerLawFit(E, A, alpha, float(x[-1]), s, scale, chi2 if sigma is not None else None, *boot, floor_at_zero)
 
 
 def _point_sigma(y: np.ndarray, sigma: np.ndarray | None) -> np.ndarray:
