@@ -27,7 +27,7 @@ import typing
 from pathlib import Path
 
 from diffvae import __version__, export, score
-from diffvae.commands import compare, data, eval as eval_command, interpolate, invert, pack, plot, sample, train
+from diffvae.commands import compare, data, eval as eval_command, forecast, interpolate, invert, pack, plot, sample, train
 from diffvae.errors import DiffvaeError
 
 
@@ -271,4 +271,6 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("export", "export a trained run to another library (--to diffusers: pipeline folder, EMA weights, "
                "safetensors)", export.add_arguments, export.run),
     Subcommand("plot", "draw a run's loss and evaluation curves (metrics.jsonl) to a PNG", plot.add_arguments, plot.run),
+    Subcommand("forecast", "forecast a finished compare's learning curves at another budget (no training)", forecast.add_arguments,
+               forecast.run),
 ]

@@ -49,6 +49,10 @@ def test_compare_writes_the_three_files_with_every_registered_family(report):
         assert [p["minutes"] for p in curve] == sorted(p["minutes"] for p in curve), fam
     assert any(results["learning_curves"][fam] for fam in FAMILIES)
     assert results["training"]["ldm"]["gflop"] > 0 and results["training"]["vae"]["gflop_per_image"] > 0
+    forecast = results["forecast"]  # the default: 10× the budget, every family forecast or refused with a reason
+    assert forecast["target"] == {"kind": "minutes", "value": 10 * BUDGET_MINUTES, "label": forecast["target"]["label"]}
+    assert all(e["status"] == "forecast" or e["reason"] for fam in forecast["families"].values() for e in fam.values())
+    assert f"## {forecast['target']['label']}" in (out / "report.md").read_text()
 
 
 def test_budget_is_respected(report):

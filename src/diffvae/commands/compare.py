@@ -25,10 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--forecast", default=None, metavar="MINUTES|Ngflop",
+                   help="forecast every family's learning curves at this budget (e.g. 150, or 2e5gflop; default 10× --budget)")
 
 
 def run(args) -> int:
     run_compare(CompareConfig(data=args.data, out=args.out, budget_minutes=args.budget, families=args.families,
                               split=args.split, seed=args.seed, conditional=args.conditional, device=args.device, size=args.size, key=args.key,
-                              binarize=args.binarize, limit=args.limit, resume=args.resume, force=args.force, quiet=args.quiet))
+                              binarize=args.binarize, limit=args.limit, resume=args.resume, force=args.force, quiet=args.quiet,
+                              forecast=args.forecast))
     return 0

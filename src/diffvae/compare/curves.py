@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from diffvae.api import load
+from diffvae.compare.forecasts import draw_band
 from diffvae.compare.style import _pyplot, _save, color, title as family_title
 from diffvae.compare.verdicts import fmt
 from diffvae.contract import BoundOptions, spec_of
@@ -385,6 +386,7 @@ def _curve_figure(results: dict[str, Any], path: Path, key: str, ylabel: str, ti
             band = [(x, p[1] - 1.96 * p[2], p[1] + 1.96 * p[2]) for x, p in zip(xs, _curve_points(pts, key)) if p[2] is not None]
             if len(band) >= 2:  # each point's 95% interval, as a band (crossovers are stated only where they separate)
                 ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=color(fam), alpha=0.15)
+            draw_band(ax, results, fam, key, axis, color(fam))  # the fitted curve past the last point, if forecast
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")

@@ -89,6 +89,9 @@ def captions(results: dict[str, Any]) -> dict[str, str]:
             "training_curves": "Training curves", "fid_vs_compute": "Learning curves: FID against training compute",
             "bpd_vs_compute": "Learning curves: bits/dim against training compute",
             "guidance": "Controllability: conditional accuracy and FID against the guidance scale w"}
+    if (results.get("forecast") or {}).get("families"):  # diffvae.compare.forecasts draws its bands on the curves
+        for name in ("fid_vs_compute", "bpd_vs_compute"):
+            base[name] += " (dashed lines and shaded bands past the last point: forecasts, not measurements)"
     return {**base, **{extra.name: extra.caption for _, extra in _extra_figures(results)}}
 
 

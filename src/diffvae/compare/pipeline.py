@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from diffvae.compare import stages as st
 from diffvae.compare.control import check_conditional, control_family
+from diffvae.compare.forecasts import default_target, forecast_results, parse_target
 from diffvae.compare.curves import learning_curves
 from diffvae.compare.report import write_report
 from diffvae.compare.stages import StageInputs
@@ -77,6 +78,7 @@ class CompareConfig:
     resume: bool = False
     force: bool = False
     quiet: bool = False
+    forecast: str | None = None  # --forecast MINUTES|<N>gflop (default: 10× the budget; diffvae.compare.forecasts)
 
     def data_config(self):
         return DataConfig(spec=self.data, size=self.size, key=self.key, binarize=self.binarize, limit=self.limit)
@@ -189,6 +191,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     _check_out(out, resume=config.resume, force=config.force)
     stored = read_settings(out) if config.resume else None
     config = config.resolved(stored)
+    forecast_target(config)  # a bad --forecast is refused before anything is written
     data_config = config.data_config()
     dataset = data_config.load()  # fails early, before anything is written, on bad data
     if config.conditional:
@@ -331,12 +334,28 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
         _write_results(out, results)
     results["stages"] = run.stages.status
     results["elapsed_minutes"] = (earlier + time.perf_counter() - run.start) / 60.0  # reused stages count; the report takes seconds
+    results["forecast"] = _forecast(results, forecast_target(config), config.seed)
 
     write_report(out, results)
     _write_results(out, results)
     _log(f"diffvae compare: wrote {out / 'report.html'}, {out / 'report.md'}, {out / 'results.json'} "
          f"in {results['elapsed_minutes']:.1f} min")
     return results
+
+
+def forecast_target(config: CompareConfig) -> dict[str, Any]:
+    """``--forecast`` checked against the budget (default: 10× it)."""
+    if config.forecast is None:
+        return default_target(config.budget_minutes)
+    return parse_target(config.forecast, config.budget_minutes)
+
+
+def _forecast(results: dict[str, Any], target: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``results["forecast"]``; a forecast that fails is reported in it, never the end of the compare."""
+    try:
+        return forecast_results(results, target, seed=seed)
+    except Exception as e:  # noqa: BLE001 — hours of training are not lost to a forecast
+        return {"target": target, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
 
 def _initial_results(ctx: StageContext, the_plan: ComparePlan) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from diffvae.compare.control import claim_follows_conditions, control_parts
+from diffvae.compare.forecasts import section_heading, section_lines
 from diffvae.compare.curves import crossover_decisions
 from diffvae.compare.decisions import Decider, decide_all
 from diffvae.compare.evidence import REFERENCE, load_evidence
@@ -462,8 +463,8 @@ def _claim_latent_diffusion(d, r: Roles, claim) -> None:
         raw = {f: comparison_entry(f"claim:{LDM_CLAIM}", metric(m), (ldm, f), m[0].fid, m[1].fid, True) for f, m in found.items()}
         tested = [f for f, e in raw.items() if e["p_value"] is not None]
         adjusted = dict(zip(tested, holm([raw[f]["p_value"] for f in tested])))
-        method = (f"FID at matched cost (the LDM's best setting costing no more than the pixel family's best, on measured "
-                  f"ms/sample); difference of two independent 95% intervals" + (f"; Holm over {len(tested)}" if len(tested) > 1 else ""))
+        method = ("FID at matched cost (the LDM's best setting costing no more than the pixel family's best, on measured "
+                  "ms/sample); difference of two independent 95% intervals" + (f"; Holm over {len(tested)}" if len(tested) > 1 else ""))
         entries = {f: comparison_entry(raw[f]["question"], raw[f]["metric"], (ldm, f), m[0].fid, m[1].fid, True, method,
                                        adjusted.get(f)) for f, m in found.items()}
         store_comparisons(results, list(entries.values()))
@@ -653,6 +654,12 @@ def render_report(out: Path, results: dict[str, Any], crossovers: list[str] | No
     atomic_write_text(out / "report.html", render_html(results, images))
 
 
+def _forecast_section(results: dict[str, Any]) -> tuple[str, list[str]]:
+    """(heading, lines) of the forecast at a larger budget (:mod:`diffvae.compare.forecasts`), if any."""
+    forecast = results.get("forecast")
+    return (section_heading(forecast), section_lines(forecast)) if forecast else ("", [])
+
+
 def _intro(results: dict[str, Any]) -> str:
     return (f"Data: {results.get('data')} ({results.get('train_size')} training / {results.get('test_size')} held-out images of "
             f"{'×'.join(map(str, results.get('image_shape', [])))}). Budget {fmt(results.get('budget_minutes'))} min, "
@@ -710,6 +717,8 @@ def render_markdown(results: dict[str, Any], images: list[tuple[str, str]]) -> s
     lines += ["", "## The classic claims, checked on this data", ""]
     lines += [f"- **{c['claim']}** — {c['verdict']}: {c['evidence']}" for c in results.get("claims", [])]
     lines += ["", "## When to use each (measured here)", ""] + [f"- {s}" for s in results.get("when_to_use", [])]
+    heading, forecast = _forecast_section(results)
+    lines += ["", f"## {heading}", "", *[f"- {s}" for s in forecast]] if forecast else []
     failed = {k: v for k, v in (results.get("stages") or {}).items() if v.get("status") != "done"}
     if failed:
         lines += ["", "## Stages that did not finish", ""] + [f"- {k}: {v.get('status')} — {v.get('error', '')}" for k, v in failed.items()]
@@ -740,6 +749,9 @@ def render_html(results: dict[str, Any], images: list[tuple[str, str]]) -> str:
     parts += ["</ul>", "<h2>When to use each (measured here)</h2>", "<ul>"]
     parts += [f"<li>{e(s)}</li>" for s in results.get("when_to_use", [])]
     parts.append("</ul>")
+    heading, forecast = _forecast_section(results)
+    if forecast:
+        parts += [f"<h2>{e(heading)}</h2>", '<ul id="forecast">', *[f"<li>{e(s)}</li>" for s in forecast], "</ul>"]
     failed = {k: v for k, v in (results.get("stages") or {}).items() if v.get("status") != "done"}
     if failed:
         parts += ["<h2>Stages that did not finish</h2>", "<ul>"]
