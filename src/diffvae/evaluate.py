@@ -59,7 +59,7 @@ from diffvae.precision import precision_name, sampling_precision
 @dataclass
 class EvalConfig:
     n_samples: int = 1000  # samples for FID / KID / precision-recall / sharpness
-    bootstrap: int = 200  # resamples for the 95% intervals of FID / KID / precision / recall (0 = none)
+    bootstrap: int = 200  # 0 = no 95% intervals of FID / KID / precision / recall (they are jackknife intervals: metrics/paired.py)
     bound_n: int = 200  # held-out images for the bound
     bound_timesteps: int = 16  # diffusion: K > 0 = the unbiased importance-sampled K-draw estimate; 0 = all T terms
     variance_fit_n: int = 64  # training images the reverse variances are fitted on (0 = fixed-small, no fit)

@@ -59,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="a run: sampling steps")
     parser.add_argument("--eta", type=float, default=None, help="a run: DDIM η")
     parser.add_argument("--seed", type=int, default=0, help="KID subsets and bootstrap (and a run's samples), as eval")
-    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% intervals "
-                                                                      "(default as eval: 200; 0 = none)")
+    parser.add_argument("--bootstrap", type=int, default=None, help="0 = no 95%% intervals (they are jackknife "
+                                                                      "intervals around each figure; default as eval: on)")
     parser.add_argument("--device", default="auto", help="a run (and Inception features): auto | cpu | cuda[:N] | mps")
     parser.add_argument("--features", default="local", metavar="SPACE",
                         help="feature space: local (diffvae's feature network for --data, default) | "
