@@ -21,13 +21,13 @@ often the intervals cover what a longer run measures.
 from __future__ import annotations
 
 import math
-import re
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 
-from diffvae.compare.style import spec_or_none
+from diffvae.compare.style import short
+from diffvae.compare.verdicts import fmt
 from diffvae.errors import DiffvaeError
 from diffvae.forecast import REPLICATES, ForecastRefused, fit_power_law, percentile_interval, sigma_from_interval
 from diffvae.recipes import Recipe, choose
@@ -277,13 +277,9 @@ def section_lines(forecast: dict[str, Any]) -> list[str]:
     return lines
 
 
-def short(fam: str) -> str:
-    spec = spec_or_none(fam)
-    return spec.short if spec is not None else fam
-
-
 def _num(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else "—"
+    """A forecast's number as every figure of the report is printed (:func:`diffvae.compare.verdicts.fmt`)."""
+    return fmt(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
 def _finite(value: Any) -> bool:
