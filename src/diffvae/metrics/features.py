@@ -17,7 +17,8 @@ initialisation, shuffling and augmentation draw from generators seeded by it and
 torch RNG is left untouched.
 
 The cache is ``$DIFFVAE_CACHE`` (default ``~/.cache/diffvae``)
-``/features/<content hash>-<kind>-seed<S>-<config digest>.safetensors``: the weights, with the
+``/features/<content hash>-<kind>[-labels<labels digest>]-seed<S>-<config digest>.safetensors`` (a classifier's
+file names its labels too: a relabelled data set gets its own classifier): the weights, with the
 configuration and training record as JSON in the safetensors metadata, written atomically
 (temporary file + ``os.replace``, via :func:`diffvae.runs.save_tensors`). A file that cannot be
 read or does not match its configuration is rebuilt, with a warning.
@@ -262,6 +263,15 @@ def _labels_of(dataset) -> tuple[torch.Tensor | None, torch.Tensor | None, int |
     return torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long(), int(num_classes)
 
 
+def labels_digest(train_labels: torch.Tensor, test_labels: torch.Tensor) -> str:
+    """8 hex digits of sha256 over both splits' labels (the data's content hash covers the images only)."""
+    digest = hashlib.sha256()
+    for part, labels in (("train", train_labels), ("test", test_labels)):
+        digest.update(f"{part}:{labels.shape[0]};".encode())
+        digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:8]
+
+
 def _held_out_score(net: FeatureNet, test: torch.Tensor, test_labels: torch.Tensor | None) -> dict:
     extractor = FeatureExtractor(net, "", {})
     if net.config.kind == "classifier":
@@ -317,7 +327,8 @@ def get_feature_extractor(
         steps=steps,
     )
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / "features" / f"{dataset.content_hash()}-{config.kind}-seed{seed}-{config.digest()}.safetensors"
+    labels = f"-labels{labels_digest(train_labels, test_labels)}" if num_classes else ""  # a relabelled set: another classifier
+    path = folder / "features" / f"{dataset.content_hash()}-{config.kind}{labels}-seed{seed}-{config.digest()}.safetensors"
     dataset_name = getattr(dataset, "name", None) or "dataset"
     cached = _load_cached(path, config)
     if cached is not None:
