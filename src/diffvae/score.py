@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.train import resolve_device
 
 SAMPLE_PREFIXES = ("folder", "npz", "idx")
 
@@ -74,6 +75,7 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
     from diffvae.metrics.inception import feature_extractor_for, parse_features
 
     config = _eval_config(seed, bootstrap, n)
+    resolve_device(device)  # an unavailable --device is one line, even where SAMPLES are files
     space = parse_features(features)
     extractor = _inception_extractor(space, device) if space.kind == "inception" else None
     run_path = _run_directory(samples)
@@ -95,7 +97,8 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
     c, h, w = dataset.image_shape
     header.update({"data": dataset.name, "image_shape": [c, h, w], "data_dims": c * h * w})
     if progress:
-        print(f"diffvae score: {images.shape[0]} samples against {dataset.name} ...", file=sys.stderr, flush=True)
+        chose = f" (--device auto: {resolve_device(device)})" if device == "auto" else ""
+        print(f"diffvae score: {images.shape[0]} samples against {dataset.name}{chose} ...", file=sys.stderr, flush=True)
     extractor = extractor or feature_extractor_for(space, dataset)
     return {**header, **sample_quality(images, dataset, config, extractor=extractor)}
 

@@ -181,6 +181,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     if config.resume and config.force:
         raise DiffvaeError("--resume reuses the finished stages and --force replaces the folder: pass one of them")
     out = Path(config.out)
+    _check_device(config.device)
     _check_out(out, resume=config.resume, force=config.force)
     stored = read_settings(out) if config.resume else None
     config = config.resolved(stored)
@@ -309,7 +310,7 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
 
     config, out, dataset, families = ctx.config, ctx.out, ctx.dataset, ctx.config.families
     the_plan = plan(config.data, config.budget_minutes, families, config.split, config.conditional)
-    _log(f"diffvae compare: {the_plan.describe()}")
+    _log(f"diffvae compare: {the_plan.describe()}; {_device_note(config.device)}")
     run = StageRunner(the_plan, Stages(out, config.resume), out, config.budget_minutes)
     earlier = sum(v.get("seconds", 0.0) for v in run.stages.status.values() if v.get("status") == "done")  # --resume reuses them
     results = _initial_results(ctx, the_plan)
@@ -372,6 +373,20 @@ def _store(results: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _reserve(budget_s: float) -> float:
     """Seconds kept back for figures and the report."""
     return min(30.0, 0.04 * budget_s)
+
+
+def _check_device(name: str) -> None:
+    """``--device`` refused in one line when unavailable here (every stage trains on it), before anything is written."""
+    from diffvae.train import resolve_device
+
+    resolve_device(name)
+
+
+def _device_note(name: str) -> str:
+    """Which device the stages train on (what ``auto`` chose)."""
+    from diffvae.train import resolve_device
+
+    return f"device {resolve_device(name)}" + (" (auto)" if name == "auto" else "")
 
 
 def _check_out(out: Path, resume: bool, force: bool) -> None:
