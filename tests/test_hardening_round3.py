@@ -12,7 +12,7 @@ import torch
 
 from diffvae.cli import main
 
-from test_bad_input import _one_error_line, _snapshot
+from test_bad_input import SMALL_VAE, _one_error_line, _snapshot
 
 W = "{ws}"
 
@@ -20,7 +20,15 @@ W = "{ws}"
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("round3")
-    np.savez(root / "samples.npz", images=np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8))
+    rng = np.random.default_rng(0)
+    np.savez(root / "samples.npz", images=rng.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8))
+    for name in ("swapped-shape", "swapped-pixels"):  # a run on an .npz, whose file is then replaced
+        data = root / f"{name}.npz"
+        np.savez(data, images=rng.integers(0, 256, (120, 8, 8), dtype=np.uint8))
+        assert main(["train", "vae", "--data", f"npz:{data}", "--steps", "4", "--checkpoint-every", "2", *SMALL_VAE,
+                     "--out", str(root / f"run-{name}")]) == 0
+    np.savez(root / "swapped-shape.npz", images=rng.integers(0, 256, (120, 28, 28), dtype=np.uint8))
+    np.savez(root / "swapped-pixels.npz", images=rng.integers(0, 256, (120, 8, 8), dtype=np.uint8))
     return root
 
 
@@ -34,6 +42,13 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
     "score-device-cuda": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--device", "cuda"], "CUDA is not available"),
     "score-device-mps": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--device", "mps"], "MPS"),
     "score-device-bogus": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--device", "gpu0"], "--device"),
+    # ------------------------------------------------ a run is bound to its data (--resume, eval, sample)
+    "resume-data-swapped-shape": (["train", "vae", "--resume", "--out", f"{W}/run-swapped-shape"], "changed since"),
+    "resume-data-swapped-pixels": (["train", "vae", "--resume", "--out", f"{W}/run-swapped-pixels"], "changed since"),
+    "resume-data-swapped-steps": (["train", "vae", "--resume", "--steps", "4", "--out", f"{W}/run-swapped-pixels"],
+                                  "changed since"),
+    "eval-data-swapped-pixels": (["eval", f"{W}/run-swapped-pixels", "--out", f"{W}/e.json"], "changed since"),
+    "eval-data-swapped-shape": (["eval", f"{W}/run-swapped-shape", "--out", f"{W}/e.json"], "changed since"),
 }
 
 

@@ -90,6 +90,8 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     train_config = train_config or TrainConfig(**fam.train_defaults)
     train_config.validate()
     dataset = dataset or data.load()
+    if resume:
+        check_same_data(saved["data"], dataset, out)
     if given_model is not None:
         from diffvae.presets import preset_config
 
@@ -155,6 +157,18 @@ def check_resume(saved: dict[str, Any], family: str, out: str | Path, requested:
     if differences:
         raise DiffvaeError(f"--resume: {out} was made with other settings: {'; '.join(differences)}; "
                            "drop these flags or start a new run")
+
+
+def check_same_data(stored: dict[str, Any], dataset, out: str | Path) -> None:
+    """``--resume`` trains on the data the run was made with: the content hash (and shape) recorded in
+    config.json must match the data read again (a swapped .npz or folder is refused, not trained on)."""
+    shape = list(dataset.image_shape)
+    if stored.get("image_shape") is not None and list(stored["image_shape"]) != shape:
+        raise DiffvaeError(f"--resume: the data {stored.get('spec')!r} is now {'×'.join(map(str, shape))} images; "
+                           f"{out} was trained on {'×'.join(map(str, stored['image_shape']))}: the data has changed since")
+    if stored.get("content_hash") and dataset.content_hash() != stored["content_hash"]:
+        raise DiffvaeError(f"--resume: the data {stored.get('spec')!r} has changed since {out} was trained "
+                           f"(content hash {dataset.content_hash()}, the run has {stored['content_hash']})")
 
 
 def _json_value(value: Any) -> Any:
