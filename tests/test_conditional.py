@@ -69,6 +69,7 @@ BAD = {
     "class-and-classes": (["sample", "{ddpm}", "--n", "2", "--class", "1", "--classes", "1", "--out", "{tmp}/a.png"], "not both"),
     "negative-guidance": (["sample", "{ddpm}", "--n", "2", "--class", "1", "--guidance", "-1", "--out", "{tmp}/a.png"], ">= 0"),
     "guidance-on-vae": (["sample", "{vae}", "--n", "2", "--class", "1", "--guidance", "2", "--out", "{tmp}/a.png"], "one step"),
+    "guidance-without-class": (["sample", "{ddpm}", "--n", "2", "--guidance", "3", "--out", "{tmp}/a.png"], "give --class K"),
     "eval-guidance-unconditional": (["eval", "{plain}", "--quick", "--guidance", "2"], "unconditionally"),
     "conditional-without-labels": (["train", "vae", "--conditional", "--data", "npz:{root}/unlabelled.npz", "--steps", "2",
                                     "--out", "{tmp}/new"], "needs labelled data"),

@@ -554,9 +554,10 @@ def cmd_sample(args) -> int:
     check_sampling_precision(args.precision)
     model = load(args.run, device=_device(args))
     kwargs = _sampling_kwargs(args, model)
-    from diffvae.conditioning import sampling_labels
+    from diffvae.conditioning import check_guidance_has_classes, sampling_labels
 
     kwargs.update(sampling_labels(model, args.n, args.class_, args.classes, args.guidance))  # --class/--classes/--guidance
+    check_guidance_has_classes(args.class_, args.classes, args.guidance)
     _check_fits_in_memory(args.n, model)
     generator = torch.Generator(device=_device(args)).manual_seed(args.seed)
     with torch.inference_mode(), sampling_precision(model, args.precision):

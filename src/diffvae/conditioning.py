@@ -149,6 +149,14 @@ def sampling_labels(model, n: int, class_: int | None = None, classes: str | tup
     return out
 
 
+def check_guidance_has_classes(class_: int | None, classes: str | tuple[int, ...] | None, guidance: float | None) -> None:
+    """``sample --guidance W`` steers toward a class: without ``--class``/``--classes`` the samples are the null
+    label's (unconditional) and W would change nothing, so it is refused rather than silently ignored."""
+    if guidance is not None and class_ is None and classes is None:
+        raise DiffvaeError(f"--guidance {guidance:g} steers the samples toward a class: give --class K or --classes A,B,... "
+                           "(without them the samples are unconditional and guidance does nothing)")
+
+
 def _parse_classes(classes: str | tuple[int, ...]) -> list[int]:
     if isinstance(classes, str):
         try:
