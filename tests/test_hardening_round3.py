@@ -4,6 +4,7 @@ guidance, the monitor, caches, devices and odd paths. Each bad case ends in exac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,13 @@ def ws(tmp_path_factory) -> Path:
                      "--out", str(root / f"run-{name}")]) == 0
     np.savez(root / "swapped-shape.npz", images=rng.integers(0, 256, (120, 28, 28), dtype=np.uint8))
     np.savez(root / "swapped-pixels.npz", images=rng.integers(0, 256, (120, 8, 8), dtype=np.uint8))
+    (root / "force.json").write_text('{"force": true, "data": "digits", "steps": 2}')
+    (root / "resume.toml").write_text('resume = true\nsteps = 2\n')
+    (root / "out.json").write_text(json.dumps({"out": str(root / "run-swapped-pixels"), "data": "digits", "steps": 2}))
+    (root / "lr.json").write_text('{"lr": 0.01}')
+    (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (root / "deep.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (root / "latin1.toml").write_bytes("steps = 2 # caf\xe9\n".encode("latin-1"))
     return root
 
 
@@ -49,6 +57,26 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
                                   "changed since"),
     "eval-data-swapped-pixels": (["eval", f"{W}/run-swapped-pixels", "--out", f"{W}/e.json"], "changed since"),
     "eval-data-swapped-shape": (["eval", f"{W}/run-swapped-shape", "--out", f"{W}/e.json"], "changed since"),
+    # ------------------------------------------------ --config: one file, no destructive keys, no abbreviations
+    "config-sets-force": (["train", "vae", "--config", f"{W}/force.json", "--out", f"{W}/run-swapped-pixels"],
+                          "'force' cannot come from a file"),
+    "config-sets-resume": (["train", "vae", "--config", f"{W}/resume.toml", "--out", f"{W}/run-swapped-pixels"],
+                           "'resume' cannot come from a file"),
+    "config-chooses-out-under-force": (["train", "vae", "--config", f"{W}/out.json", "--force"], "give --out on the command line"),
+    "compare-config-sets-force": (["compare", "--config", f"{W}/force.json", "--out", f"{W}/c"], "'force' cannot come from a file"),
+    "config-twice": (["train", "vae", "--config", f"{W}/lr.json", "--config", f"{W}/out.json", "--out", f"{W}/n"],
+                     "--config given 2 times"),
+    "config-twice-equals": (["compare", "--config=" + f"{W}/lr.json", "--config", f"{W}/lr.json", "--data", "digits",
+                             "--out", f"{W}/c"], "--config given 2 times"),
+    "config-abbreviated": (["train", "vae", "--confi", f"{W}/lr.json", "--data", "digits", "--steps", "2", "--out", f"{W}/n"],
+                           "unrecognized arguments: --confi"),
+    "out-abbreviated": (["train", "vae", "--data", "digits", "--steps", "2", "--ou", f"{W}/n"], "--ou"),
+    "steps-abbreviated": (["train", "vae", "--data", "digits", "--step", "2", "--out", f"{W}/n"], "--step"),
+    "sample-n-abbreviated-force": (["sample", f"{W}/run-swapped-pixels", "--n", "2", "--out", f"{W}/s.png", "--forc"], "--forc"),
+    "compare-budget-abbreviated": (["compare", "--data", "digits", "--budg", "1", "--out", f"{W}/c"], "--budg"),
+    "config-nested-json": (["train", "vae", "--config", f"{W}/deep.json", "--out", f"{W}/n"], "--config"),
+    "config-nested-toml": (["train", "vae", "--config", f"{W}/deep.toml", "--out", f"{W}/n"], "--config"),
+    "config-not-utf8": (["train", "vae", "--config", f"{W}/latin1.toml", "--data", "digits", "--out", f"{W}/n"], "not valid TOML"),
 }
 
 

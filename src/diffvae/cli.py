@@ -35,7 +35,12 @@ OUTPUT_SUFFIXES = (".png", ".npz")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, not usage + message."""
+    """argparse, but a usage error is one line, not usage + message; no abbreviated flags (``--confi FILE`` was
+    taken for ``--config`` after the file had been looked for, so the file was never read)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         raise DiffvaeError(f"{self.prog.split(' ', 1)[-1]}: {message}" if " " in self.prog else message)
@@ -291,6 +296,7 @@ def with_config_file(argv: list[str]) -> list[str]:
 
 
 def _pop_config(argv: list[str]) -> tuple[list[str], str | None]:
+    _check_one_config(argv)
     rest = list(argv)
     for i, token in enumerate(rest):
         if token == "--config":
@@ -300,6 +306,29 @@ def _pop_config(argv: list[str]) -> tuple[list[str], str | None]:
         if token.startswith("--config="):
             return rest[:i] + rest[i + 1:], token[len("--config="):]
     return rest, None
+
+
+def _check_one_config(argv: list[str]) -> None:
+    """A second ``--config`` was silently ignored: refused."""
+    count = sum(1 for token in argv if token == "--config" or token.startswith("--config="))
+    if count > 1:
+        raise DiffvaeError(f"--config given {count} times; give one file (merge the others into it)")
+
+
+# keys a --config file may not set: they replace or continue a folder, so they must be typed on the command line
+CONFIG_COMMAND_LINE_ONLY = ("force", "resume")
+
+
+def _check_config_safety(values: dict[str, typing.Any], given: list[str], path: str) -> None:
+    """``force``/``resume`` in a file would replace or continue a folder without the flag ever being typed; an
+    ``out`` from a file under a typed ``--force`` would let the file choose the folder that is replaced."""
+    for key in values:
+        if str(key).replace("-", "_") in CONFIG_COMMAND_LINE_ONLY:
+            raise DiffvaeError(f"--config {path}: {key!r} cannot come from a file; type --{str(key).replace('_', '-')} "
+                               "on the command line")
+    if "out" in values and "--force" in given and not any(t == "--out" or t.startswith("--out=") for t in given):
+        raise DiffvaeError(f"--config {path}: with --force, give --out on the command line too "
+                           "(the folder to replace is not taken from a file)")
 
 
 def read_config_file(path: str) -> dict[str, typing.Any]:
@@ -317,8 +346,10 @@ def read_config_file(path: str) -> dict[str, typing.Any]:
             values = tomllib.loads(text)
     except OSError as e:
         raise DiffvaeError(f"cannot read --config {path}: {e.strerror or e}") from None
-    except ValueError as e:  # JSONDecodeError, TOMLDecodeError
-        raise DiffvaeError(f"--config {path} is not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
+        raise DiffvaeError(f"--config {path} is not valid {suffix[1:].upper()}: {(str(e).splitlines() or [''])[0][:200]}") from None
+    except RecursionError:  # "[[[[..." nested beyond the parser's stack
+        raise DiffvaeError(f"--config {path} is nested too deeply (a config is one table of flag = value)") from None
     if not isinstance(values, dict):
         raise DiffvaeError(f"--config {path} must hold one table of flag = value, got {type(values).__name__}")
     return values
@@ -341,6 +372,7 @@ def config_tokens(values: dict[str, typing.Any], parser: argparse.ArgumentParser
     for group in parser._mutually_exclusive_groups:
         if on_command_line & set(group._group_actions):
             on_command_line |= set(group._group_actions)
+    _check_config_safety(values, given, path)
     tokens: list[str] = []
     for key, value in values.items():
         flag = "--" + str(key).replace("_", "-")
