@@ -37,6 +37,17 @@ def ws(tmp_path_factory) -> Path:
     (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (root / "deep.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
     (root / "latin1.toml").write_bytes("steps = 2 # caf\xe9\n".encode("latin-1"))
+    for name, files in {"someones-config": {"config.json": '{"lr": 0.1}', "notes.txt": "precious"},
+                        "someones-results": {"results.json": "{}", "stages.json": "{}", "thesis.tex": "precious"},
+                        "someones-export": {"model_index.json": "{}", "README.md": "# my pipeline"}}.items():
+        (root / name).mkdir()
+        for file, text in files.items():
+            (root / name / file).write_text(text)
+    (root / "marked-compare").mkdir()
+    (root / "marked-compare" / ".diffvae").write_text('{"kind": "compare", "made_by": "diffvae"}')
+    (root / "marked-compare" / "results.json").write_text("{}")
+    (root / "holder").mkdir()
+    (root / "holder" / "inner").mkdir()
     return root
 
 
@@ -77,6 +88,36 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
     "config-nested-json": (["train", "vae", "--config", f"{W}/deep.json", "--out", f"{W}/n"], "--config"),
     "config-nested-toml": (["train", "vae", "--config", f"{W}/deep.toml", "--out", f"{W}/n"], "--config"),
     "config-not-utf8": (["train", "vae", "--config", f"{W}/latin1.toml", "--data", "digits", "--out", f"{W}/n"], "not valid TOML"),
+    # ------------------------------------------------ --force replaces only what diffvae made; no output over a run
+    "train-force-someones-config": (["train", "vae", "--data", "digits", "--steps", "2", "--force", "--out", f"{W}/someones-config"],
+                                    "not a diffvae run folder: it holds 'config.json', 'notes.txt'"),
+    "train-force-a-compare-folder": (["train", "vae", "--data", "digits", "--steps", "2", "--force", "--out", f"{W}/marked-compare"],
+                                     "it is a diffvae compare folder"),
+    "train-force-someones-results": (["train", "vae", "--data", "digits", "--steps", "2", "--force", "--out", f"{W}/someones-results"],
+                                     "not a diffvae run folder"),
+    "compare-force-someones-results": (["compare", "--data", "digits", "--budget", "1", "--force", "--out", f"{W}/someones-results"],
+                                       "not a diffvae compare folder: it holds 'results.json', 'stages.json', 'thesis.tex'"),
+    "compare-force-someones-config": (["compare", "--data", "digits", "--budget", "1", "--force", "--out", f"{W}/someones-config"],
+                                      "not a diffvae compare folder"),
+    "compare-force-a-run": (["compare", "--data", "digits", "--budget", "1", "--force", "--out", f"{W}/run-swapped-pixels"],
+                            "it is a diffvae run folder"),
+    "export-force-someones-folder": (["export", f"{W}/run-swapped-pixels", "--to", "diffusers", "--force", f"{W}/someones-export"],
+                                     "not a diffvae export folder"),
+    "export-force-folder-holding-the-run": (["export", f"{W}/run-swapped-pixels", "--to", "diffusers", "--force", W],
+                                            "holds the run being exported"),
+    "export-force-dot-holding-the-run": (["export", f"{W}/run-swapped-pixels", "--to", "diffusers", "--force", f"{W}/."],
+                                         "holds the run being exported"),
+    "export-force-onto-the-run": (["export", f"{W}/run-swapped-pixels", "--to", "diffusers", "--force", f"{W}/run-swapped-pixels"],
+                                  "holds the run being exported"),
+    "export-force-a-compare-folder": (["export", f"{W}/run-swapped-pixels", "--to", "diffusers", "--force", f"{W}/marked-compare"],
+                                      "it is a diffvae compare folder"),
+    "export-inside-a-run": (["export", f"{W}/run-swapped-shape", "--to", "diffusers", f"{W}/run-swapped-pixels/x"],
+                            "inside a diffvae run"),
+    "pack-inside-a-run": (["data", "pack", "digits", "--out", f"{W}/run-swapped-pixels/pack"], "inside the run"),
+    "pack-deep-inside-a-run": (["data", "pack", "digits", "--out", f"{W}/run-swapped-pixels/a/b/pack"], "inside the run"),
+    "pack-force-someones-folder": (["data", "pack", "digits", "--force", "--out", f"{W}/someones-config"], "not a diffvae pack"),
+    "sample-into-a-run": (["sample", f"{W}/run-swapped-pixels", "--n", "2", "--out", f"{W}/run-swapped-shape/s.png"],
+                          "inside the run"),
 }
 
 
@@ -99,4 +140,30 @@ def test_hostile_case_is_one_line_and_changes_nothing(case, ws, capsys, no_accel
     assert rc == 2, (rc, captured.err)
     assert fragment in _one_error_line(captured.err)
     assert captured.out == ""
+    assert _snapshot(ws) == before
+
+
+def test_force_replaces_marked_and_older_runs_and_outputs_may_sit_beside_a_stray_config(tmp_path, capsys):
+    """The other side of the refusals: a run made before marks (config.json by schema) is still replaced by --force;
+    a new run carries the mark; an output in a folder that merely holds someone's config.json is written."""
+    from diffvae.marker import MARKER, marker_kind
+
+    run = tmp_path / "run"
+    argv = ["train", "vae", "--data", "digits", "--steps", "2", *SMALL_VAE, "--out", str(run)]
+    assert main(argv) == 0 and marker_kind(run) == "run"
+    (run / MARKER).unlink()  # as an older diffvae left it
+    assert main([*argv, "--force"]) == 0 and marker_kind(run) == "run"
+    stray = tmp_path / "project"
+    stray.mkdir()
+    (stray / "config.json").write_text('{"lr": 0.1}')
+    assert main(["sample", str(run), "--n", "2", "--out", str(stray / "s.png")]) == 0
+    assert (stray / "s.png").is_file()
+
+
+def test_export_force_dot_is_refused_in_one_line(ws, capsys, monkeypatch):
+    """``export --force .`` in the folder holding the run: one line (an internal error before)."""
+    monkeypatch.chdir(ws)
+    before = _snapshot(ws)
+    assert main(["export", "run-swapped-pixels", "--to", "diffusers", "--force", "."]) == 2
+    assert "holds the run being exported" in _one_error_line(capsys.readouterr().err)
     assert _snapshot(ws) == before

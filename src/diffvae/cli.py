@@ -565,14 +565,12 @@ def _check_output(path: str, force: bool, suffixes: tuple[str, ...] = OUTPUT_SUF
 
 
 def _enclosing_run(folder: Path) -> Path | None:
-    """The run folder (one holding config.json) that ``folder`` is or lies in, if any."""
-    from diffvae.runs import CONFIG
+    """The run folder that ``folder`` is or lies in, if any: a folder with diffvae's run mark, or an older run
+    whose config.json passes the run schema (not any folder that merely holds a config.json)."""
+    from diffvae.marker import enclosing_folder
+    from diffvae.runs import is_unmarked_run
 
-    folder = folder.resolve()
-    for candidate in (folder, *folder.parents):
-        if (candidate / CONFIG).is_file():
-            return candidate
-    return None
+    return enclosing_folder(folder.resolve(), "run", legacy=is_unmarked_run)
 
 
 def cmd_sample(args) -> int:

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from diffvae.errors import DiffvaeError
+from diffvae.marker import write_marker
 
 TARGETS = ("diffusers",)
 
@@ -44,7 +45,7 @@ def export_diffusers(run_path: str | Path, out: str | Path, pipeline: str = "ddi
     from diffvae.api import load
     from diffvae.contract import spec_of
 
-    out = _check_out(Path(out), force)
+    out = _check_out(Path(out), force, Path(run_path))
     _diffusers()
     model = load(run_path, device="cpu")
     spec = spec_of(model)
@@ -60,23 +61,45 @@ def _diffusers():
     return diffusers
 
 
-def _check_out(out: Path, force: bool) -> Path:
-    from diffvae.runs import CONFIG
+def _check_out(out: Path, force: bool, run_path: Path) -> Path:
+    """OUT as an absolute path (``.`` included), refused in one line where it cannot be written or replaced."""
+    from diffvae.marker import check_replaceable, enclosing_folder
+    from diffvae.runs import is_unmarked_run
 
+    out = Path(os.path.abspath(out.expanduser()))
+    _check_not_over_the_run(out, run_path)
     if out.exists() and not out.is_dir():
         raise DiffvaeError(f"{out} exists and is not a folder")
     if out.exists() and not force:
         raise DiffvaeError(f"{out} already exists; use --force to replace it")
-    if out.exists() and (out / CONFIG).is_file():
+    if out.exists() and is_unmarked_run(out):
         raise DiffvaeError(f"{out} is a diffvae run; export to another folder")
-    parent = out.resolve().parent
+    if out.exists():
+        check_replaceable(out, "export", legacy=_is_unmarked_export)
+    parent = out.parent
     if not parent.is_dir():
         raise DiffvaeError(f"the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise DiffvaeError(f"cannot write in {parent}")
-    if any((p / CONFIG).is_file() for p in (parent, *parent.parents)):
+    if enclosing_folder(parent, "run", legacy=is_unmarked_run) is not None:
         raise DiffvaeError(f"{out} is inside a diffvae run; write the export outside run folders")
     return out
+
+
+def _is_unmarked_export(folder: Path) -> bool:
+    """An export made before folders carried diffvae's mark: the README.md diffvae writes into it."""
+    try:
+        with open(folder / "README.md", encoding="utf-8") as f:
+            return f.read(64).startswith("# diffvae export")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _check_not_over_the_run(out: Path, run_path: Path) -> None:
+    """OUT may not be the run being exported nor a folder holding it (--force would remove the run)."""
+    run = Path(os.path.abspath(run_path.expanduser()))
+    if out == run or out in run.parents:
+        raise DiffvaeError(f"{out} holds the run being exported ({run}); export to a folder outside it")
 
 
 def _write_atomically(out: Path, force: bool, write) -> None:
@@ -85,6 +108,7 @@ def _write_atomically(out: Path, force: bool, write) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
         write(staging)
+        write_marker(staging, "export")  # what --force may replace later
         if out.exists() and force:
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
             os.replace(out, old / out.name)

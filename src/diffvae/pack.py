@@ -136,7 +136,18 @@ def check_out_dir(out_dir: str | Path, *, force: bool) -> Path:
     parent = _existing_parent(out)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DiffvaeError(f"cannot write the pack: {parent} is not writable")
+    _check_outside_runs(out)
     return out
+
+
+def _check_outside_runs(out: Path) -> None:
+    """A pack is never written into a run folder (its files belong to the run)."""
+    from diffvae.marker import enclosing_folder
+    from diffvae.runs import is_unmarked_run
+
+    run = enclosing_folder(_existing_parent(out), "run", legacy=is_unmarked_run)
+    if run is not None:
+        raise DiffvaeError(f"--out {out} is inside the run {run}; write the pack outside run folders")
 
 
 def _existing_parent(path: Path) -> Path:

@@ -4,6 +4,7 @@ A run directory holds, at its top level:
 
 * ``config.json``            — family, model config, training config, data spec (dataclasses as JSON)
 * ``metrics.jsonl``          — one JSON object per logged step
+* ``.diffvae``               — diffvae's mark (:mod:`diffvae.marker`): ``--force`` replaces only marked runs
 * ``checkpoint.safetensors`` — model, EMA, optimizer and RNG state in one file (key prefixes
   ``model/``, ``ema/``, ``optimizer/``, ``rng/``), its JSON metadata holding the step and
   everything else exact resumption needs. One file means one atomic rename: a kill at any moment
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.marker import check_replaceable, write_marker
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -210,6 +212,16 @@ def _is_current_file(fd: int, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
+def is_unmarked_run(folder: Path) -> bool:
+    """A run made before folders carried diffvae's mark (:mod:`diffvae.marker`): its config.json passes the
+    run schema (someone else's config.json does not)."""
+    try:
+        RunDir(folder).read_config()
+    except DiffvaeError:
+        return False
+    return True
+
+
 class RunDir:
     """A run directory on disk (see the module docstring for its files)."""
 
@@ -241,8 +253,7 @@ class RunDir:
         if p.is_dir() and any(q.name != LOCK for q in p.iterdir()):
             if not force:
                 raise DiffvaeError(f"--out {p} already exists; use --resume to continue it or --force to replace it")
-            if not run.exists():
-                raise DiffvaeError(f"--force refuses to replace {p}: it is not a diffvae run")
+            check_replaceable(p, "run", legacy=is_unmarked_run)
         return run
 
     @classmethod
@@ -266,6 +277,7 @@ class RunDir:
             raise DiffvaeError(f"cannot create {p}: {e.strerror}") from None
         if not os.access(p, os.W_OK):
             raise DiffvaeError(f"cannot write in {p}")
+        write_marker(p, "run")  # what --force may replace later
         return run
 
     def write_config(self, config: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from diffvae.contract import CompareContext
 from diffvae.errors import DiffvaeError
+from diffvae.marker import check_replaceable, write_marker
 from diffvae.runs import LOCK, WriterLock, atomic_write_text, read_json, write_json
 
 SETTINGS = "compare.json"  # data spec + content hash, families, budget, split, seed: what --resume must match
@@ -401,10 +402,18 @@ def _check_out(out: Path, resume: bool, force: bool) -> None:
             return
         if not force:
             raise DiffvaeError(f"--out {out} already exists; use --resume to reuse its finished stages or --force to replace it")
-        if not is_report:
-            raise DiffvaeError(f"--force refuses to replace {out}: it is not a diffvae compare folder")
+        check_replaceable(out, "compare", legacy=_is_unmarked_compare)
     elif resume:
         raise DiffvaeError(f"--resume: {out} does not exist")
+
+
+def _is_unmarked_compare(out: Path) -> bool:
+    """A compare folder made before folders carried diffvae's mark: its compare.json passes the schema."""
+    try:
+        read_settings(out)
+    except DiffvaeError:
+        return False
+    return True
 
 
 def _open_out(out: Path, resume: bool, force: bool) -> WriterLock:
@@ -420,6 +429,7 @@ def _open_out(out: Path, resume: bool, force: bool) -> WriterLock:
             for entry in out.iterdir():
                 if entry.name != LOCK:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        write_marker(out, "compare")  # what --force may replace later
         (out / "figures").mkdir(exist_ok=True)
         (out / "runs").mkdir(exist_ok=True)
     except OSError as e:
