@@ -4,7 +4,9 @@ guidance, the monitor, caches, devices and odd paths. Each bad case ends in exac
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +169,89 @@ def test_export_force_dot_is_refused_in_one_line(ws, capsys, monkeypatch):
     assert main(["export", "run-swapped-pixels", "--to", "diffusers", "--force", "."]) == 2
     assert "holds the run being exported" in _one_error_line(capsys.readouterr().err)
     assert _snapshot(ws) == before
+
+
+# ----------------------------------------------------------------------------- writes are complete or absent
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    from diffvae.errors import DiffvaeError
+    from diffvae.runs import atomic_write_bytes
+
+    path = tmp_path / "checkpoint.safetensors"
+    path.write_bytes(b"the previous checkpoint")
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    with pytest.raises(DiffvaeError) as refused:
+        atomic_write_bytes(path, b"x" * 5000)
+    assert str(refused.value) == f"cannot write {path}: No space left on device (4.9 KiB to write)"
+    assert path.read_bytes() == b"the previous checkpoint" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_train_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """Regression (issue 27): a full disk during train was an internal error."""
+    monkeypatch.setattr(os, "fsync", _disk_full)
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--data", "digits", "--steps", "2", *SMALL_VAE, "--out", str(run)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"diffvae: error: cannot write {run}/") and "No space left on device" in line
+    assert not run.exists()
+
+
+def test_a_full_disk_while_training_names_the_file(tmp_path, monkeypatch, capsys):
+    """The disk fills after the run was created: the metrics or the checkpoint write is one line naming it."""
+    from diffvae.runs import RunDir
+
+    real = RunDir.write_config
+    monkeypatch.setattr(RunDir, "write_config", lambda self, config: (real(self, config), monkeypatch.setattr(os, "fsync", _disk_full)))
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--data", "digits", "--steps", "4", "--checkpoint-every", "2", *SMALL_VAE,
+                 "--out", str(run)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"cannot write {run}" in line and "No space left on device" in line
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_pack_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """Regression (issue 27): data pack on a full disk left its partial shards in a hidden temporary folder."""
+    import diffvae.pack as pack_module
+
+    class FullFile:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pack_module, "open", FullFile, raising=False)
+    out = tmp_path / "pack"
+    assert main(["data", "pack", "digits", "--out", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"diffvae: error: cannot write {out}: No space left on device (") and "to write)" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EACCES])
+def test_export_that_cannot_be_written_keeps_the_earlier_export(tmp_path, err):
+    from diffvae.errors import DiffvaeError
+    from diffvae.export import _write_atomically
+    from diffvae.marker import write_marker
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model_index.json").write_text("the earlier export")
+    write_marker(out, "export")
+
+    def write(folder):
+        (folder / "unet").mkdir()
+        raise OSError(err, os.strerror(err), str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    with pytest.raises(DiffvaeError, match=f"cannot write .*diffusion_pytorch_model.safetensors: {os.strerror(err)}"):
+        _write_atomically(out, True, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert (out / "model_index.json").read_text() == "the earlier export"

@@ -112,10 +112,20 @@ def _write_atomically(out: Path, force: bool, write) -> None:
         if out.exists() and force:
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
             os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(staging, out)
+            except OSError:
+                os.replace(old / out.name, out)  # the earlier export stays where it was
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, out)
+    except OSError as e:  # ENOSPC, EACCES, ...: one line, nothing left behind
+        shutil.rmtree(staging, ignore_errors=True)
+        from diffvae.runs import write_error
+
+        raise write_error(e.filename or out, e) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -201,9 +201,17 @@ class PackWriter:
     def __enter__(self) -> "PackWriter":
         return self
 
-    def __exit__(self, exc_type, *_) -> None:
+    def __exit__(self, exc_type, exc, _) -> None:
         if exc_type is not None:
             self.abort()
+        if isinstance(exc, OSError):  # ENOSPC, EACCES, ...: one line; the partial pack is gone with the temporary folder
+            from diffvae.runs import write_error
+
+            raise write_error(self.out, exc, self.bytes_needed()) from None
+
+    def bytes_needed(self) -> int:
+        """The size of the pack's shards."""
+        return math.prod(self.shape) * (self.sizes["train"] + self.sizes["test"])
 
     def write(self, part: str, images) -> None:
         """Append a chunk of uint8 images (k, C, H, W) (tensor or array) to split ``part``."""

@@ -40,8 +40,24 @@ CHECKPOINT = "checkpoint.safetensors"
 LOCK = ".lock"
 
 
+def write_error(path: str | Path, err: OSError, needed_bytes: int | None = None) -> DiffvaeError:
+    """One line for a failed write (disk full, no permission, read-only, ...): the path, the reason, the space needed."""
+    needed = f" ({_size_text(needed_bytes)} to write)" if needed_bytes else ""
+    where = repr(str(path))[1:-1] if any(ord(c) < 32 for c in str(path)) else str(path)
+    return DiffvaeError(f"cannot write {where}: {err.strerror or type(err).__name__}{needed}")
+
+
+def _size_text(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part; a failed
+    write (ENOSPC, EACCES, ...) leaves the old file and no temporary file, and is one line naming the path."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -54,6 +70,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e, len(data)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -313,8 +332,12 @@ class RunDir:
         return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        line = json.dumps(row, sort_keys=True) + "\n"
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as e:  # a torn last line is skipped by read_metrics; the checkpoint decides where a resume starts
+            raise write_error(self.metrics_path, e, len(line)) from None
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only rows up to ``last_step`` (used on resume, so the log matches the checkpoint)."""
