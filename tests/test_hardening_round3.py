@@ -50,7 +50,34 @@ def ws(tmp_path_factory) -> Path:
     (root / "marked-compare" / "results.json").write_text("{}")
     (root / "holder").mkdir()
     (root / "holder" / "inner").mkdir()
+    _hostile_data(root)
     return root
+
+
+def _hostile_data(root: Path) -> None:
+    """.npz files whose headers or labels claim more than they hold, and a pack edited to declare 20 classes."""
+    import io
+    import zipfile
+
+    def npz_declaring(name: str, shape: tuple[int, ...], real: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        with zipfile.ZipFile(root / name, "w") as archive:
+            archive.writestr("images.npy", buffer.getvalue() + real.tobytes())
+
+    zeros = np.zeros((40, 8, 8), np.uint8)
+    npz_declaring("huge-header.npz", (12_250_000_000, 8, 8), zeros)  # 784 billion bytes declared
+    npz_declaring("short-data.npz", (400, 8, 8), zeros)  # declares 10× the bytes it holds
+    np.savez(root / "label-1e12.npz", images=zeros, labels=np.array([10**12] + [0] * 39))
+    np.savez(root / "label-inf.npz", images=zeros, y=np.array([np.inf] + [0.0] * 39))
+    np.savez(root / "labels-short.npz", images=zeros, y=np.zeros(7, np.int64))
+    np.savez(root / "two-arrays.npz", a=zeros, b=zeros)
+    from diffvae.pack import pack
+
+    tampered = pack("digits", root / "pack-20-classes", limit=200)
+    manifest = json.loads((tampered / "pack.json").read_text())
+    manifest["num_classes"], manifest["class_names"] = 20, None  # consistent with each other, not with the labels
+    (tampered / "pack.json").write_text(json.dumps(manifest))
 
 
 CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the error line must hold)
@@ -120,6 +147,25 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
     "pack-force-someones-folder": (["data", "pack", "digits", "--force", "--out", f"{W}/someones-config"], "not a diffvae pack"),
     "sample-into-a-run": (["sample", f"{W}/run-swapped-pixels", "--n", "2", "--out", f"{W}/run-swapped-shape/s.png"],
                           "inside the run"),
+    # ------------------------------------------------ inputs against the resources they claim
+    "npz-header-declares-784-gb": (["train", "vae", "--data", f"npz:{W}/huge-header.npz", "--steps", "2", "--out", f"{W}/n"],
+                                   "declares 784000000000 bytes"),
+    "npz-header-beyond-the-file": (["train", "vae", "--data", f"npz:{W}/short-data.npz", "--steps", "2", "--out", f"{W}/n"],
+                                   "declares 25600 bytes of data but the file holds 2560"),
+    "data-info-npz-header-784-gb": (["data", "info", f"npz:{W}/huge-header.npz"], "declares 784000000000 bytes"),
+    "score-samples-header-784-gb": (["score", f"npz:{W}/huge-header.npz", "--data", "digits"], "declares 784000000000 bytes"),
+    "pack-npz-header-784-gb": (["data", "pack", f"npz:{W}/huge-header.npz", "--out", f"{W}/p"], "declares 784000000000 bytes"),
+    "npz-label-1e12": (["train", "vae", "--conditional", "--data", f"npz:{W}/label-1e12.npz", "--steps", "2", "--out", f"{W}/n"],
+                       "class label of 1000000000000"),
+    "npz-label-inf": (["train", "vae", "--conditional", "--data", f"npz:{W}/label-inf.npz", "--steps", "2", "--out", f"{W}/n"],
+                      "class labels beyond"),
+    "npz-labels-wrong-length": (["train", "vae", "--conditional", "--data", f"npz:{W}/labels-short.npz", "--steps", "2",
+                                 "--out", f"{W}/n"], "holds 7 labels for 40 images"),
+    "npz-labels-wrong-length-unconditional": (["data", "info", f"npz:{W}/labels-short.npz"], "holds 7 labels for 40 images"),
+    "npz-several-arrays-names-the-flag": (["data", "info", f"npz:{W}/two-arrays.npz"], "pick one with --key NAME"),
+    "pack-declares-20-classes": (["train", "vae", "--conditional", "--data", f"packed:{W}/pack-20-classes", "--steps", "2",
+                                  "--out", f"{W}/n"], "'num_classes' is 20 but the labels are 0..9"),
+    "pack-declares-20-classes-info": (["data", "info", f"packed:{W}/pack-20-classes"], "'num_classes' is 20"),
 }
 
 

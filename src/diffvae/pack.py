@@ -555,7 +555,23 @@ def _read_labels(root: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor
         if labels is not None and (labels.dtype != torch.int64 or (classes is not None and len(labels)
                                    and not 0 <= int(labels.min()) <= int(labels.max()) < classes)):
             raise DiffvaeError(f"{root / LABELS}: {name!r} must be int64 class labels in 0..{classes}-1")
+    _check_class_count(root, manifest, tensors)
     return tensors
+
+
+def _check_class_count(root: Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """The manifest's ``num_classes`` against the labels: a pack made by ``data pack`` has K = largest label + 1
+    (or as many as its ``class_names`` name); a manifest edited to declare 20 classes of 10 is refused."""
+    from diffvae.data import MAX_CLASSES
+
+    classes = manifest["num_classes"]
+    if classes is None or not manifest["labels"]:
+        return
+    seen = max(int(tensors[name].max()) for name in ("train_labels", "test_labels") if len(tensors[name])) + 1
+    named = manifest["class_names"] is not None and len(manifest["class_names"]) == classes
+    if classes > MAX_CLASSES or (classes != seen and not named):
+        raise DiffvaeError(f"{root / MANIFEST}: 'num_classes' is {classes} but the labels are 0..{seen - 1}; "
+                           "the pack is damaged: pack the data again")
 
 
 # --------------------------------------------------------------------------------------------
