@@ -166,6 +166,15 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
     "pack-declares-20-classes": (["train", "vae", "--conditional", "--data", f"packed:{W}/pack-20-classes", "--steps", "2",
                                   "--out", f"{W}/n"], "'num_classes' is 20 but the labels are 0..9"),
     "pack-declares-20-classes-info": (["data", "info", f"packed:{W}/pack-20-classes"], "'num_classes' is 20"),
+    # ------------------------------------------------ numbers against their documented ranges
+    "score-seed-huge": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--seed", str(10**30)], "--seed must be an integer in [0, 4294967295]"),
+    "score-seed-negative": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--seed", "-1"], "--seed must be"),
+    "score-bootstrap-huge": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--bootstrap", str(10**12)],
+                             "--bootstrap must be an integer in [0, 100000]"),
+    "score-n-huge": (["score", f"{W}/run-swapped-pixels", "--n", str(10**12)], "--n must be an integer in [2, 1000000]"),
+    "score-n-one": (["score", f"{W}/run-swapped-pixels", "--n", "1"], "--n must be"),
+    "sample-guidance-1e39": (["sample", f"{W}/run-swapped-pixels", "--n", "2", "--class", "0", "--guidance", "1e39",
+                              "--out", f"{W}/s.png"], "trained unconditionally"),
 }
 
 

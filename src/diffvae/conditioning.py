@@ -19,6 +19,7 @@ import math
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.ranges import GUIDANCE
 
 __all__ = ["CONDITION_FIELDS", "check_condition_fields", "is_conditional", "num_classes", "conditioned_config",
            "null_labels", "drop_labels", "check_labels", "check_condition", "null_condition", "sampling_labels",
@@ -137,8 +138,8 @@ def sampling_labels(model, n: int, class_: int | None = None, classes: str | tup
 
         if not spec_of(model).iterative:
             raise DiffvaeError(f"--guidance applies to iterative samplers; a {spec_of(model).short} run decodes in one step")
-        if not (guidance >= 0 and math.isfinite(guidance)):
-            raise DiffvaeError(f"--guidance must be a finite number >= 0, got {guidance}")
+        if not GUIDANCE.contains(guidance):  # 1e39 overflowed the guided prediction
+            raise DiffvaeError(f"--guidance must be a finite number >= 0 and <= {GUIDANCE.high:g}, got {guidance}")
         out["guidance"] = float(guidance)
     if class_ is not None or classes is not None:
         wanted = [class_] if class_ is not None else _parse_classes(classes)

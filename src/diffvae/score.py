@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from diffvae.errors import DiffvaeError
+from diffvae.ranges import SCORE_RANGES
 from diffvae.train import resolve_device
 
 SAMPLE_PREFIXES = ("folder", "npz", "idx")
@@ -115,9 +116,9 @@ def _eval_config(seed: int, bootstrap: int | None, n: int | None):
     from diffvae.evaluate import EvalConfig
 
     config = EvalConfig(seed=seed)
-    for name, value, low in (("--seed", seed, 0), ("--bootstrap", bootstrap, 0), ("--n", n, 2)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise DiffvaeError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("--seed", seed), ("--bootstrap", bootstrap), ("--n", n)):
+        if value is not None:
+            SCORE_RANGES[name].check(value, name)  # a seed of 10^30 or 10^12 resamples: one line, not an overflow
     if bootstrap is not None:
         config.bootstrap = bootstrap
     if n is not None:
