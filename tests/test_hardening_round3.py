@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,10 @@ def ws(tmp_path_factory) -> Path:
     (root / "holder").mkdir()
     (root / "holder" / "inner").mkdir()
     _hostile_data(root)
+    for name, file, text in [("stage-metrics-latin1", "autoencoder_metrics.jsonl", b'{"step": 1, "loss": 1.0}\n\xff\xfe\n'),
+                             ("metrics-latin1", "metrics.jsonl", b'{"step": 1, "loss": 1.0}\n\xe9t\xe9\n')]:
+        shutil.copytree(root / "run-swapped-pixels", root / name)
+        (root / name / file).write_bytes(text)
     return root
 
 
@@ -175,6 +180,9 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
     "score-n-one": (["score", f"{W}/run-swapped-pixels", "--n", "1"], "--n must be"),
     "sample-guidance-1e39": (["sample", f"{W}/run-swapped-pixels", "--n", "2", "--class", "0", "--guidance", "1e39",
                               "--out", f"{W}/s.png"], "trained unconditionally"),
+    # ------------------------------------------------ damaged files read through the schema
+    "plot-stage-metrics-not-utf8": (["plot", f"{W}/stage-metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),
+    "plot-metrics-not-utf8": (["plot", f"{W}/metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),
 }
 
 
