@@ -183,6 +183,12 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
     # ------------------------------------------------ damaged files read through the schema
     "plot-stage-metrics-not-utf8": (["plot", f"{W}/stage-metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),
     "plot-metrics-not-utf8": (["plot", f"{W}/metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),
+    # ------------------------------------------------ one line, whatever the path holds
+    "newline-in-run-path": (["sample", f"{W}/no\nsuch run", "--n", "2", "--out", f"{W}/s.png"], "no\\nsuch run"),
+    "newline-in-data-path": (["train", "vae", "--data", f"npz:{W}/x\ny.npz", "--steps", "2", "--out", f"{W}/n"], "x\\ny.npz"),
+    "escape-in-data-path": (["train", "vae", "--data", f"npz:{W}/e\x1b[2J.npz", "--steps", "2", "--out", f"{W}/n"], "e\\x1b[2J.npz"),
+    "carriage-return-in-config-path": (["train", "vae", "--config", f"{W}/a\rb.json", "--out", f"{W}/n"], "a\\rb.json"),
+    "newline-in-export-out": (["export", f"{W}/run-swapped-pixels", "--to", "diffusers", f"{W}/no\nparent/e"], "no\\nparent"),
 }
 
 
@@ -318,3 +324,34 @@ def test_export_that_cannot_be_written_keeps_the_earlier_export(tmp_path, err):
         _write_atomically(out, True, write)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     assert (out / "model_index.json").read_text() == "the earlier export"
+
+
+@pytest.mark.parametrize("argv, resumable", [(["data", "pack", "digits", "--out", "{tmp}/p"], False),
+                                            (["score", "npz:{tmp}/s.npz", "--data", "digits"], False),
+                                            (["export", "{tmp}/run", "--to", "diffusers", "{tmp}/e"], False),
+                                            (["train", "vae", "--data", "digits", "--steps", "2", "--out", "{tmp}/r"], True)])
+def test_an_interrupt_suggests_resume_only_where_there_is_one(argv, resumable, tmp_path, monkeypatch, capsys):
+    """Issue 27: interrupting pack/export/score suggested --resume, which they do not have."""
+    import diffvae.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    real_build = cli.build_parser
+
+    def build():
+        parser = real_build()
+        parser.set_defaults(_run_command=interrupted)
+        for action in parser._subparsers._group_actions:
+            for sub in action.choices.values():
+                sub.set_defaults(_run_command=interrupted)
+                for inner in getattr(sub, "_subparsers", None) and sub._subparsers._group_actions or []:
+                    for leaf in inner.choices.values():
+                        leaf.set_defaults(_run_command=interrupted)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build)
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 130
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and line.startswith("diffvae: interrupted; ")
+    assert ("--resume" in line) is resumable

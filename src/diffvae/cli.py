@@ -431,12 +431,11 @@ def _run(argv: list[str]) -> int:
         sys.stdout.flush()  # inside the try: a reader that has gone (`| head`) is met here, not at exit
         return code
     except DiffvaeError as e:
-        _say(f"diffvae: error: {e}")
+        _say(f"diffvae: error: {one_line(str(e))}")
         return 2
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        _say(f"diffvae: {'terminated' if terminated else 'interrupted'}; the files written so far are kept "
-             "(a run continues from its last checkpoint with --resume)")
+        _say(interrupted_line(argv, terminated))
         return 143 if terminated else 130
     except BrokenPipeError:  # `diffvae ... | head`: the reader has gone; say nothing more
         _silence_stdout()
@@ -446,9 +445,28 @@ def _run(argv: list[str]) -> int:
     except Exception as e:  # never a traceback for the user; DIFFVAE_DEBUG=1 shows it
         if os.environ.get("DIFFVAE_DEBUG"):
             raise
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        first = one_line((str(e).strip().splitlines() or [""])[0][:300])
         _say(f"diffvae: error: internal error ({type(e).__name__}: {first}); rerun with DIFFVAE_DEBUG=1 for details")
         return 1
+
+
+RESUMABLE_COMMANDS = ("train", "compare")  # the commands that have --resume
+
+
+def interrupted_line(argv: list[str], terminated: bool) -> str:
+    """What Ctrl-C / SIGTERM leaves: train and compare keep their files and continue with --resume; every other
+    command writes its output whole or not at all (pack, export, score, sample, ...), so there is nothing to resume."""
+    word = "terminated" if terminated else "interrupted"
+    if argv and argv[0] in RESUMABLE_COMMANDS:
+        return f"diffvae: {word}; the files written so far are kept (continue with the same command and --resume)"
+    return f"diffvae: {word}; nothing was written (outputs are written whole or not at all)"
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: control characters (a newline or escape in a path, ...) escaped as repr does."""
+    if not any(ord(c) < 32 or ord(c) == 127 for c in message):
+        return message
+    return "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in message)
 
 
 def _say(line: str) -> None:
