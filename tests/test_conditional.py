@@ -71,6 +71,7 @@ BAD = {
     "guidance-on-vae": (["sample", "{vae}", "--n", "2", "--class", "1", "--guidance", "2", "--out", "{tmp}/a.png"], "one step"),
     "guidance-1e39": (["sample", "{ddpm}", "--n", "2", "--class", "1", "--guidance", "1e39", "--out", "{tmp}/a.png"], "<= 1000"),
     "eval-guidance-1e39": (["eval", "{ddpm}", "--quick", "--guidance", "1e39"], "<= 1000"),
+    "export-conditional-run": (["export", "{ddpm}", "--to", "diffusers", "{tmp}/e"], "class-conditional run"),
     "guidance-without-class": (["sample", "{ddpm}", "--n", "2", "--guidance", "3", "--out", "{tmp}/a.png"], "give --class K"),
     "eval-guidance-unconditional": (["eval", "{plain}", "--quick", "--guidance", "2"], "unconditionally"),
     "conditional-without-labels": (["train", "vae", "--conditional", "--data", "npz:{root}/unlabelled.npz", "--steps", "2",

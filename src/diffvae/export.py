@@ -46,11 +46,23 @@ def export_diffusers(run_path: str | Path, out: str | Path, pipeline: str = "ddi
     from diffvae.contract import spec_of
 
     out = _check_out(Path(out), force, Path(run_path))
+    _check_unconditional(Path(run_path))
     _diffusers()
     model = load(run_path, device="cpu")
     spec = spec_of(model)
     _write_atomically(out, force, lambda folder: spec.export(model, "diffusers", folder, pipeline=pipeline, run_path=run_path))
     return out
+
+
+def _check_unconditional(run_path: Path) -> None:
+    """A conditional run's class embeddings have no place in the exported UNet2DModel/pipeline (they were dropped,
+    or the export failed late): refused up front, before diffusers is imported or the weights are read."""
+    from diffvae.runs import RunDir
+
+    model = RunDir(run_path).read_config().get("model") or {}
+    if isinstance(model, dict) and model.get("conditional"):
+        raise DiffvaeError(f"export --to diffusers: {run_path} is a class-conditional run; its class embeddings have no "
+                           "counterpart in the exported pipeline, so it is not exported (export an unconditional run)")
 
 
 def _diffusers():
