@@ -161,3 +161,17 @@ def test_a_relabelled_data_set_gets_its_own_classifier(digits, tmp_path):
     fresh = get_feature_extractor(relabelled, cache_dir=tmp_path / "fresh", steps=QUICK_STEPS)
     np.testing.assert_array_equal(cached.predict_proba(digits.test), fresh.predict_proba(digits.test))
     assert len(list((tmp_path / "features").iterdir())) == 2
+
+
+def test_an_unusable_cache_folder_is_refused_before_training(digits, tmp_path, monkeypatch):
+    """Issue 27: an unwritable DIFFVAE_CACHE failed score/eval only after the feature network had trained."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although the cache cannot be written")
+
+    monkeypatch.setattr(features_module, "train_feature_net", refuse)
+    monkeypatch.setenv("DIFFVAE_CACHE", str(blocker / "cache"))
+    with pytest.raises(DiffvaeError, match="cannot create the feature cache folder .*set DIFFVAE_CACHE"):
+        get_feature_extractor(digits, steps=QUICK_STEPS)

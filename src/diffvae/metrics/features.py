@@ -334,17 +334,25 @@ def get_feature_extractor(
     if cached is not None:
         return FeatureExtractor(cached[0], dataset_name, cached[1])
 
+    _check_cache_writable(path.parent)  # before minutes of training, not after
     started = time.perf_counter()
     net = train_feature_net(config, train, train_labels, seed=seed, progress=progress)
     info = {"seed": seed, "steps": config.steps, "train_seconds": time.perf_counter() - started,
             "dataset": dataset_name, "content_hash": dataset.content_hash()}
     info.update(_held_out_score(net, _as_uint8_images(dataset.test), test_labels))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DiffvaeError(f"cannot create the cache folder {path.parent}: {err.strerror}") from None
     save_tensors(path, net.state_dict(), {"config": asdict(config), "info": info})
     return FeatureExtractor(net, dataset_name, info)
+
+
+def _check_cache_writable(folder: Path) -> None:
+    """The feature cache folder exists (created) and can be written, else one line naming it and $DIFFVAE_CACHE."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DiffvaeError(f"cannot create the feature cache folder {folder}: {err.strerror} (set DIFFVAE_CACHE to a "
+                           "writable folder)") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DiffvaeError(f"cannot write in the feature cache folder {folder} (set DIFFVAE_CACHE to a writable folder)")
 
 
 def recognisability(probs: np.ndarray | torch.Tensor) -> dict:
