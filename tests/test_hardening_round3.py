@@ -77,6 +77,8 @@ def _hostile_data(root: Path) -> None:
     np.savez(root / "label-inf.npz", images=zeros, y=np.array([np.inf] + [0.0] * 39))
     np.savez(root / "labels-short.npz", images=zeros, y=np.zeros(7, np.int64))
     np.savez(root / "two-arrays.npz", a=zeros, b=zeros)
+    np.savez(root / "three-samples.npz", images=zeros[:3])
+    np.savez(root / "thirty-images.npz", images=np.random.default_rng(1).integers(0, 256, (30, 8, 8), dtype=np.uint8))
     from diffvae.pack import pack
 
     tampered = pack("digits", root / "pack-20-classes", limit=200)
@@ -176,10 +178,13 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
     "score-seed-negative": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--seed", "-1"], "--seed must be"),
     "score-bootstrap-huge": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--bootstrap", str(10**12)],
                              "--bootstrap must be an integer in [0, 100000]"),
-    "score-n-huge": (["score", f"{W}/run-swapped-pixels", "--n", str(10**12)], "--n must be an integer in [2, 1000000]"),
+    "score-n-huge": (["score", f"{W}/run-swapped-pixels", "--n", str(10**12)], "--n must be an integer in [4, 1000000]"),
     "score-n-one": (["score", f"{W}/run-swapped-pixels", "--n", "1"], "--n must be"),
     "sample-guidance-1e39": (["sample", f"{W}/run-swapped-pixels", "--n", "2", "--class", "0", "--guidance", "1e39",
                               "--out", f"{W}/s.png"], "trained unconditionally"),
+    "score-three-samples": (["score", f"npz:{W}/three-samples.npz", "--data", "digits"], "3 samples: FID, KID and precision/recall"),
+    "score-three-held-out": (["score", f"npz:{W}/samples.npz", "--data", f"npz:{W}/thirty-images.npz"],
+                             "3 held-out images: FID, KID and precision/recall"),
     # ------------------------------------------------ damaged files read through the schema
     "plot-stage-metrics-not-utf8": (["plot", f"{W}/stage-metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),
     "plot-metrics-not-utf8": (["plot", f"{W}/metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),

@@ -106,6 +106,6 @@ def train_flag(field: str) -> str:
 SCORE_RANGES: dict[str, Range] = {
     "--seed": Range(int, 0, MAX_SEED),
     "--bootstrap": Range(int, 0, MAX_BOOTSTRAP),
-    "--n": Range(int, 2, MAX_IMAGES),
+    "--n": Range(int, 4, MAX_IMAGES),  # precision/recall (k = 3 neighbours) need 4 samples
 }
 GUIDANCE = Range(float, 0, MAX_GUIDANCE)

@@ -72,7 +72,7 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
           device: str = "auto", progress: bool = False, features: str | None = "local") -> dict[str, Any]:
     """The sample-quality figures of ``samples`` against ``data``'s held-out split (module docstring), in the
     feature space ``features`` names (:func:`diffvae.metrics.inception.parse_features`)."""
-    from diffvae.evaluate import sample_quality
+    from diffvae.evaluate import check_quality_counts, sample_quality
     from diffvae.metrics.inception import feature_extractor_for, parse_features
 
     config = _eval_config(seed, bootstrap, n)
@@ -93,8 +93,7 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
         dataset = _reference(data, size, key, binarize) if data is not None else _run_dataset(model)
         images = _run_samples(model, dataset, config, sampling or {}, progress)
         header = {"samples": str(run_path), "family": model.family, **(sampling or {})}
-    if images.shape[0] < 2:
-        raise DiffvaeError(f"{header['samples']} holds {images.shape[0]} image; FID and KID need at least 2 samples")
+    check_quality_counts(images.shape[0], dataset.test.shape[0])  # precision/recall need 4 (it said 2, then failed inside)
     c, h, w = dataset.image_shape
     header.update({"data": dataset.name, "image_shape": [c, h, w], "data_dims": c * h * w})
     if progress:
