@@ -185,6 +185,12 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
     "score-three-samples": (["score", f"npz:{W}/three-samples.npz", "--data", "digits"], "3 samples: FID, KID and precision/recall"),
     "score-three-held-out": (["score", f"npz:{W}/samples.npz", "--data", f"npz:{W}/thirty-images.npz"],
                              "3 held-out images: FID, KID and precision/recall"),
+    "budget-recipe-then-refusal-ddpm": (["train", "ddpm", "--data", "digits", "--budget", "1", "--out", f"{W}/run-swapped-pixels"],
+                                        "already exists"),
+    "budget-recipe-then-refusal-vae": (["train", "vae", "--data", "digits", "--budget", "1", "--out", f"{W}/run-swapped-pixels"],
+                                       "already exists"),
+    "budget-recipe-then-bad-data": (["train", "ldm", "--data", f"npz:{W}/label-1e12.npz", "--conditional", "--budget", "1",
+                                     "--out", f"{W}/n"], "class label of"),
     # ------------------------------------------------ damaged files read through the schema
     "plot-stage-metrics-not-utf8": (["plot", f"{W}/stage-metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),
     "plot-metrics-not-utf8": (["plot", f"{W}/metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),

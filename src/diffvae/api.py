@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def run_config(family: str, model_config, train_config: TrainConfig, data_config
 
 def train_run(family: str, data: DataConfig, model_config=None, train_config: TrainConfig | None = None, *,
               out: str | Path, resume: bool = False, force: bool = False, progress: bool = True, dataset=None,
-              requested: dict[str, dict[str, Any]] | None = None):
+              requested: dict[str, dict[str, Any]] | None = None, note: str | None = None):
     """Train ``family`` on ``data`` into the run directory ``out``; returns the EMA model.
 
     A new run refuses an existing ``out`` unless ``force``; ``resume`` continues ``out`` exactly
@@ -105,6 +106,8 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     spec.check_fit(model, train_config, dataset)  # refuse now what training would refuse at its first step
     make_config = lambda: run_config(family, model_config, train_config, data, dataset)  # noqa: E731
     lock = on_rank_zero(lambda: open_run(out, resume=resume, force=force, make_config=make_config))
+    if note and lock is not None:  # e.g. the --budget recipe: said once everything was accepted, never before a refusal
+        print(note, file=sys.stderr, flush=True)
     try:  # under torchrun only rank 0 creates the run and holds its lock; the other ranks wait for it
         return spec.fit(model, dataset, train_config, RunDir(out), resume=resume, progress=progress)
     finally:
