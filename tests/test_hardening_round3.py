@@ -50,6 +50,13 @@ def ws(tmp_path_factory) -> Path:
     (root / "marked-compare" / ".diffvae").write_text('{"kind": "compare", "made_by": "diffvae"}')
     (root / "marked-compare" / "results.json").write_text("{}")
     (root / "holder").mkdir()
+    np.savez(root / "big-samples.npz", images=np.zeros((10, 28, 28), np.uint8))
+    np.savez(root / "float-samples.npz", images=np.zeros((10, 8, 8), np.float32))
+    (root / "afile").write_text("a file")
+    for name, text in {"unknown.json": '{"lrr": 1}', "bool-list.json": '{"quiet": [1]}', "flags.yaml": "lr: 1",
+                       "array.json": "[1, 2]", "nested.json": '{"lr": {"a": 1}}', "help.json": '{"help": true}',
+                       "self.json": '{"config": "self.json"}'}.items():
+        (root / name).write_text(text)
     (root / "holder" / "inner").mkdir()
     _hostile_data(root)
     for name, file, text in [("stage-metrics-latin1", "autoencoder_metrics.jsonl", b'{"step": 1, "loss": 1.0}\n\xff\xfe\n'),
@@ -191,6 +198,60 @@ CASES: dict[str, tuple[list[str], str]] = {  # name -> (argv, a fragment the err
                                        "already exists"),
     "budget-recipe-then-bad-data": (["train", "ldm", "--data", f"npz:{W}/label-1e12.npz", "--conditional", "--budget", "1",
                                      "--out", f"{W}/n"], "class label of"),
+    # ------------------------------------------------ score
+    "score-samples-key-on-a-folder": (["score", f"folder:{W}/holder", "--data", "digits", "--samples-key", "x"], "--samples-key applies"),
+    "score-samples-key-missing": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--samples-key", "x"], "has no array 'x'"),
+    "score-samples-other-size": (["score", f"npz:{W}/big-samples.npz", "--data", "digits"], "reference data is 1×8×8"),
+    "score-samples-floats": (["score", f"npz:{W}/float-samples.npz", "--data", "digits"], "must be uint8"),
+    "score-features-bogus": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--features", "clip"], "--features must be"),
+    "score-features-inception-empty": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--features", "inception:"],
+                                       "needs the path"),
+    "score-n-on-files": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--n", "10"], "apply when SAMPLES is a run"),
+    "score-sampler-on-files": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--sampler", "ddim"], "apply when SAMPLES"),
+    "score-bootstrap-negative": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--bootstrap", "-1"], "--bootstrap must be"),
+    "score-seed-text": (["score", f"npz:{W}/samples.npz", "--data", "digits", "--seed", "abc"], "--seed"),
+    "score-data-missing": (["score", f"npz:{W}/samples.npz", "--data", f"npz:{W}/none.npz"], "none.npz"),
+    "score-spec-empty": (["score", "npz:", "--data", "digits"], "npz"),
+    "score-without-data": (["score", f"npz:{W}/samples.npz"], "--data SPEC is required"),
+    # ------------------------------------------------ export
+    "export-to-onnx": (["export", f"{W}/run-swapped-pixels", "--to", "onnx", f"{W}/e"], "invalid choice: 'onnx'"),
+    "export-missing-run": (["export", f"{W}/no-run", "--to", "diffusers", f"{W}/e"], "no-run"),
+    "export-out-is-a-file": (["export", f"{W}/run-swapped-pixels", "--to", "diffusers", f"{W}/afile"], "exists and is not a folder"),
+    "export-out-exists": (["export", f"{W}/run-swapped-pixels", "--to", "diffusers", f"{W}/holder"], "already exists"),
+    # ------------------------------------------------ data pack / packed
+    "pack-out-is-a-file": (["data", "pack", "digits", "--out", f"{W}/afile"], "is a file"),
+    "pack-unknown-spec": (["data", "pack", "cifar", "--out", f"{W}/p"], "cifar"),
+    "pack-size-zero": (["data", "pack", "digits", "--size", "0", "--out", f"{W}/p"], "--size"),
+    "pack-limit-negative": (["data", "pack", "digits", "--limit", "-1", "--out", f"{W}/p"], "--limit"),
+    "packed-missing": (["data", "info", f"packed:{W}/no-pack"], "no such directory"),
+    "packed-not-a-pack": (["data", "info", f"packed:{W}/holder"], "not a diffvae pack"),
+    "pack-force-onto-a-run": (["data", "pack", "digits", "--force", "--out", f"{W}/run-swapped-pixels"], "not a diffvae pack"),
+    # ------------------------------------------------ --config files
+    "config-unknown-key": (["train", "vae", "--config", f"{W}/unknown.json", "--out", f"{W}/n"], "unknown key 'lrr'"),
+    "config-bool-as-list": (["train", "vae", "--config", f"{W}/bool-list.json", "--out", f"{W}/n"], "must be true or false"),
+    "config-yaml": (["train", "vae", "--config", f"{W}/flags.yaml", "--out", f"{W}/n"], "must be a .json or .toml"),
+    "config-array": (["train", "vae", "--config", f"{W}/array.json", "--out", f"{W}/n"], "must hold one table"),
+    "config-nested-value": (["train", "vae", "--config", f"{W}/nested.json", "--out", f"{W}/n"], "must be a number"),
+    "config-help-key": (["train", "vae", "--config", f"{W}/help.json", "--out", f"{W}/n"], "unknown key 'help'"),
+    "config-config-key": (["train", "vae", "--config", f"{W}/self.json", "--out", f"{W}/n"], "unknown key 'config'"),
+    "config-on-sample": (["sample", f"{W}/run-swapped-pixels", "--config", f"{W}/unknown.json", "--out", f"{W}/s.png"],
+                         "unrecognized arguments: --config"),
+    "config-missing-file": (["compare", "--config", f"{W}/none.toml", "--out", f"{W}/c"], "cannot read --config"),
+    # ------------------------------------------------ devices for every command
+    "train-device-cuda": (["train", "vae", "--data", "digits", "--steps", "2", "--device", "cuda", "--out", f"{W}/n"], "CUDA is not available"),
+    "sample-device-cuda": (["sample", f"{W}/run-swapped-pixels", "--device", "cuda", "--out", f"{W}/s.png"], "CUDA is not available"),
+    "eval-device-mps": (["eval", f"{W}/run-swapped-shape", "--device", "mps"], "MPS"),
+    "train-device-cuda-garbage": (["train", "vae", "--data", "digits", "--steps", "2", "--device", "cuda:x", "--out", f"{W}/n"], "CUDA"),
+    "score-run-device-cuda": (["score", f"{W}/run-swapped-pixels", "--device", "cuda"], "CUDA is not available"),
+    # ------------------------------------------------ monitor flags
+    "eval-every-negative": (["train", "vae", "--data", "digits", "--steps", "2", "--eval-every", "-1", "--out", f"{W}/n"], "--eval-every"),
+    "sample-every-text": (["train", "vae", "--data", "digits", "--steps", "2", "--sample-every", "x", "--out", f"{W}/n"], "--sample-every"),
+    "eval-every-float": (["train", "vae", "--data", "digits", "--steps", "2", "--eval-every", "2.5", "--out", f"{W}/n"], "--eval-every"),
+    # ------------------------------------------------ odd outputs
+    "sample-out-txt": (["sample", f"{W}/run-swapped-pixels", "--out", f"{W}/s.txt"], "--out must end in"),
+    "plot-out-inside-run": (["plot", f"{W}/run-swapped-pixels", "--out", f"{W}/run-swapped-pixels/c.png"], "inside the run"),
+    "plot-not-a-run": (["plot", f"{W}/holder", "--out", f"{W}/c.png"], "not a diffvae run"),
+    "sample-out-is-a-folder": (["sample", f"{W}/run-swapped-pixels", "--out", f"{W}/holder"], "--out must end in"),
     # ------------------------------------------------ damaged files read through the schema
     "plot-stage-metrics-not-utf8": (["plot", f"{W}/stage-metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),
     "plot-metrics-not-utf8": (["plot", f"{W}/metrics-latin1", "--out", f"{W}/c.png"], "not UTF-8 at byte 25"),
