@@ -161,7 +161,8 @@ def test_metrics_accumulator_averages_between_rows_and_measures_the_rate():
     assert metrics.row(step=13, lr=0.5, now=5.0, elapsed=5.0, batch_size=8)["loss"] == 5.0  # a fresh interval
 
 
-def test_train_step_is_the_engines_step(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False])
+def test_train_step_is_the_engines_step(monkeypatch, fused):
     """The step benchmarks/bench_train.py times is the one :func:`train` runs.
 
     What is guaranteed, and asserted: train() routes every step through :func:`train_step` with the
@@ -172,13 +173,16 @@ def test_train_step_is_the_engines_step(monkeypatch):
     The old version of this test built the by-hand optimizer from an unvalidated config
     (``fused_adamw=None`` → PyTorch's foreach AdamW) while train() used the fused one: two
     implementations that differ by float rounding (1.5e-8 in the EMA after 2 steps on 96 images here),
-    bit-equal on this data on Intel only by luck; an AMD EPYC (AVX-512) failed it deterministically.
+    bit-equal on this data on Intel only by luck; an AMD EPYC (AVX-512) failed it deterministically. Both
+    implementations are forced here, whichever this CPU's default is (``fused``: the optimizer both paths use).
     The weights are compared to 1e-6: BLAS kernels may round differently with the alignment of their
     inputs (MKL without CNR), a few ulps in a gradient; Adam's first updates are lr·g/|g| ≈ 3e-3, so
     such a difference moves a weight by ~1e-9, while a wrong batch or learning rate moves it by ~1e-3."""
     import diffvae.train as engine
-    from diffvae.train import StepSettings, TrainState, resolve_precision
+    from diffvae.train import StepSettings, TrainState, fused_adamw_available, resolve_precision
 
+    if fused and not fused_adamw_available(torch.device("cpu")):
+        pytest.skip("this torch has no fused AdamW on the CPU")
     calls = []
 
     def spy(state, x, settings, lr=None, *args, **kwargs):
@@ -193,10 +197,10 @@ def test_train_step_is_the_engines_step(monkeypatch):
     by_hand = ToyFamily()
     by_hand.load_state_dict(reference.state_dict())
     torch.manual_seed(3)  # what train seeds the global RNG with (seed 3, rank 0)
-    cfg = config(steps=2, batch_size=16, warmup_steps=0, min_lr_ratio=1.0)
+    cfg = config(steps=2, batch_size=16, warmup_steps=0, min_lr_ratio=1.0, fused_adamw=fused)
     ema, _ = train(reference, x, cfg, progress=False)
     assert len(calls) == 2
-    hand_config = config()
+    hand_config = config(fused_adamw=fused)
     hand_config.validate()  # resolves the optimizer implementation exactly as train() does
     torch.manual_seed(3)
     state = TrainState.new(by_hand, hand_config, torch.device("cpu"))
