@@ -21,7 +21,6 @@ torch-fidelity is an optional extra: ``pip install 'diffvae[inception]'``.
 from __future__ import annotations
 
 import hashlib
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -88,10 +87,10 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's text advises weights_only=False: the one thing never to do here
-        raise DiffvaeError(f"cannot read the Inception weights {path}: it holds pickled Python objects besides tensors, "
-                           "which diffvae never unpickles; use a plain state dict (.pth of tensors) or .safetensors") from None
     except Exception as err:  # torch / safetensors / zip / OS errors: all mean "cannot use this file"
+        if type(err).__name__ == "UnpicklingError":  # torch's text advises weights_only=False: never relayed
+            raise DiffvaeError(f"cannot read the Inception weights {path}: it holds pickled Python objects besides tensors, "
+                               "which diffvae never unpickles; use a plain state dict (.pth of tensors) or .safetensors") from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise DiffvaeError(f"cannot read the Inception weights {path}: {first}") from None
     if not isinstance(state, dict) or not state or not all(
