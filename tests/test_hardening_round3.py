@@ -86,7 +86,7 @@ def _hostile_data(root: Path) -> None:
     np.savez(root / "two-arrays.npz", a=zeros, b=zeros)
     np.savez(root / "three-samples.npz", images=zeros[:3])
     np.savez(root / "thirty-images.npz", images=np.random.default_rng(1).integers(0, 256, (30, 8, 8), dtype=np.uint8))
-    from diffvae.pack import pack
+    from diffvae.data import pack
 
     tampered = pack("digits", root / "pack-20-classes", limit=200)
     manifest = json.loads((tampered / "pack.json").read_text())
