@@ -427,3 +427,13 @@ def test_an_interrupt_suggests_resume_only_where_there_is_one(argv, resumable, t
     line = capsys.readouterr().err.strip()
     assert "\n" not in line and line.startswith("diffvae: interrupted; ")
     assert ("--resume" in line) is resumable
+
+
+def test_device_auto_says_what_it_chose(tmp_path, capsys):
+    from diffvae.train import resolve_device
+
+    base = ["train", "vae", "--data", "digits", "--steps", "2", "--width", "16", "--latent-dim", "4", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().err.strip().endswith(f"on {resolve_device('auto')} (--device auto)")
+    assert main([*base, "--device", "cpu", "--out", str(tmp_path / "b")]) == 0
+    assert "--device auto" not in capsys.readouterr().err

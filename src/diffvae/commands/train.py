@@ -11,6 +11,7 @@ import sys
 from diffvae.api import DataConfig, train_run
 from diffvae.commands.options import add_config_argument, add_data_arguments, add_dataclass_arguments, add_train_arguments
 from diffvae.configs import TrainConfig, config_from_dict
+from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
 from diffvae.families import FAMILIES, get_family
 from diffvae.recipes import apply, describe, for_budget
@@ -52,8 +53,16 @@ def run(args) -> int:
         train_run(args.family, data, model_config, train_config, out=args.out, force=args.force, progress=not args.quiet,
                   requested={**given, "model": model_values}, note=note)  # the shape's preset fills the model fields not given
     if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
-        print(f"diffvae: trained {args.family} → {args.out}", file=sys.stderr)
+        print(f"diffvae: trained {args.family} → {args.out}{_auto_device_note(args)}", file=sys.stderr)
     return 0
+
+
+def _auto_device_note(args) -> str:
+    """`` on cpu (--device auto)`` where auto chose: the user sees where the work ran."""
+    if getattr(args, "resume", False):
+        return ""  # a resumed run trains on the device its config.json names
+    device = getattr(args, "train__device", None) or getattr(args, "device", None)
+    return f" on {resolve_device('auto')} (--device auto)" if device in (None, "auto") else ""
 
 
 def _with_recipe(fam, given: dict[str, dict]) -> tuple[dict, dict, str | None]:
