@@ -247,7 +247,7 @@ def test_npz_key_selection_and_errors(tmp_path):
     a, b = np.zeros((6, 4, 4), np.uint8), np.full((6, 4, 4), 9, np.uint8)
     np.savez(tmp_path / "two.npz", first=a, second=b)
     assert (load_data(f"npz:{tmp_path / 'two.npz'}", key="second", test_fraction=0.5).train == 9).all()
-    with pytest.raises(DiffvaeError, match="key="):
+    with pytest.raises(DiffvaeError, match="pick one with --key NAME"):
         load_data(f"npz:{tmp_path / 'two.npz'}")
     with pytest.raises(DiffvaeError, match="first, second"):
         load_data(f"npz:{tmp_path / 'two.npz'}", key="third")

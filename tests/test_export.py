@@ -178,8 +178,13 @@ def test_bad_input_is_one_line_and_touches_nothing(runs, tmp_path):
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
-    out = export_diffusers(runs / "eps-linear", existing, force=True)  # --force replaces the folder
-    assert (out / "model_index.json").is_file() and not (out / "keep.txt").exists()
+    with pytest.raises(DiffvaeError, match="not a diffvae export folder"):
+        export_diffusers(runs / "eps-linear", existing, force=True)  # someone's folder: --force never replaces it
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    earlier = export_diffusers(runs / "eps-linear", tmp_path / "earlier")
+    (earlier / "stale.txt").write_text("x")
+    out = export_diffusers(runs / "eps-linear", earlier, force=True)  # --force replaces an earlier export
+    assert (out / "model_index.json").is_file() and not (out / "stale.txt").exists()
 
 
 def test_diffvae_export_is_a_cli_command(runs, tmp_path, capsys):

@@ -156,3 +156,19 @@ def test_hflip_flips_the_global_batch_before_the_rank_slice():
 def test_hflip_is_a_train_flag_stored_in_the_run(tmp_path):
     assert main(["train", "vae", *SMALL_VAE, "--steps", "2", "--hflip", "--out", str(tmp_path / "r")]) == 0
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["hflip"] is True
+
+
+def test_eval_every_with_a_cold_feature_cache_trains_the_feature_network(tmp_path, monkeypatch):
+    """Regression (issue 27): the first eval row trained the data's feature network inside the monitor's
+    inference mode ("element 0 of tensors does not require grad"). A cold cache now trains it first."""
+    import diffvae.metrics.features as features
+
+    cold = tmp_path / "cold-cache"
+    monkeypatch.setenv("DIFFVAE_CACHE", str(cold))
+    real = features.get_feature_extractor
+    monkeypatch.setattr(features, "get_feature_extractor", lambda dataset, *a, **kw: real(dataset, *a, **{**kw, "steps": 3}))
+    args = ["--checkpoint-every", "4", "--log-every", "2", "--steps", "4", "--eval-every", "4"]
+    assert main(["train", "vae", *SMALL_VAE, *args, "--out", str(tmp_path / "run")]) == 0
+    rows = _eval_rows(tmp_path / "run")
+    assert [r["step"] for r in rows] == [4] and rows[0]["eval_fid"] > 0
+    assert list((cold / "features").glob("*.safetensors"))  # it trained and cached the network

@@ -107,7 +107,7 @@ def _bad_inputs(tmp_path):
         "no such file": ([f"npz:{tmp_path / 'missing.npz'}", "--data", "digits"], "not found"),
         "wrong size": ([f"npz:{tmp_path / 'big.npz'}", "--data", "digits"], "reference data is 1×8×8"),
         "empty": ([f"npz:{tmp_path / 'empty.npz'}", "--data", "digits"], "no images"),
-        "one image": ([f"npz:{tmp_path / 'one.npz'}", "--data", "digits"], "at least 2"),
+        "one image": ([f"npz:{tmp_path / 'one.npz'}", "--data", "digits"], "need at least 4 samples"),
         "floats": ([f"npz:{tmp_path / 'float.npz'}", "--data", "digits"], "uint8"),
         "folder of other size": ([f"folder:{folder}", "--data", "digits"], "16×16"),
         "no --data": ([f"npz:{tmp_path / 'one.npz'}"], "--data SPEC is required"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def run_config(family: str, model_config, train_config: TrainConfig, data_config
 
 def train_run(family: str, data: DataConfig, model_config=None, train_config: TrainConfig | None = None, *,
               out: str | Path, resume: bool = False, force: bool = False, progress: bool = True, dataset=None,
-              requested: dict[str, dict[str, Any]] | None = None):
+              requested: dict[str, dict[str, Any]] | None = None, note: str | None = None):
     """Train ``family`` on ``data`` into the run directory ``out``; returns the EMA model.
 
     A new run refuses an existing ``out`` unless ``force``; ``resume`` continues ``out`` exactly
@@ -68,6 +69,8 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     train_config = train_config or TrainConfig(**fam.train_defaults)
     train_config.validate()
     dataset = dataset or data.load()
+    if resume:
+        check_same_data(saved["data"], dataset, out)
     if given_model is not None:
         model_config = preset_config(fam.spec(), model_config, dataset.image_shape, given_model)
 
@@ -78,6 +81,8 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     spec.check_fit(model, train_config, dataset)  # refuse now what training would refuse at its first step
     make_config = lambda: run_config(family, model_config, train_config, data, dataset)  # noqa: E731
     lock = on_rank_zero(lambda: open_run(out, resume=resume, force=force, make_config=make_config))
+    if note and lock is not None:  # e.g. the --budget recipe: said once everything was accepted, never before a refusal
+        print(note, file=sys.stderr, flush=True)
     try:  # under torchrun only rank 0 creates the run and holds its lock; the other ranks wait for it
         fit = spec.fit or fit_once  # a family with stages fits itself; the others are one engine run
         return fit(model, dataset, train_config, RunDir(out), resume=resume, progress=progress)
@@ -140,6 +145,18 @@ def check_resume(saved: dict[str, Any], family: str, out: str | Path, requested:
     if differences:
         raise DiffvaeError(f"--resume: {out} was made with other settings: {'; '.join(differences)}; "
                            "drop these flags or start a new run")
+
+
+def check_same_data(stored: dict[str, Any], dataset, out: str | Path) -> None:
+    """``--resume`` trains on the data the run was made with: the content hash (and shape) recorded in
+    config.json must match the data read again (a swapped .npz or folder is refused, not trained on)."""
+    shape = list(dataset.image_shape)
+    if stored.get("image_shape") is not None and list(stored["image_shape"]) != shape:
+        raise DiffvaeError(f"--resume: the data {stored.get('spec')!r} is now {'×'.join(map(str, shape))} images; "
+                           f"{out} was trained on {'×'.join(map(str, stored['image_shape']))}: the data has changed since")
+    if stored.get("content_hash") and dataset.content_hash() != stored["content_hash"]:
+        raise DiffvaeError(f"--resume: the data {stored.get('spec')!r} has changed since {out} was trained "
+                           f"(content hash {dataset.content_hash()}, the run has {stored['content_hash']})")
 
 
 def _json_value(value: Any) -> Any:

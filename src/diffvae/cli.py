@@ -19,20 +19,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import os
 import signal
 import sys
 import typing
-from pathlib import Path
 
 from diffvae import __version__, export, score
 from diffvae.commands import compare, data, eval as eval_command, forecast, interpolate, invert, pack, plot, sample, train
-from diffvae.errors import DiffvaeError
+from diffvae.commands.config_file import check_config_safety, check_one_config, read_config_file
+from diffvae.errors import DiffvaeError, one_line
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, not usage + message."""
+    """argparse, but a usage error is one line, not usage + message; no abbreviated flags (``--confi FILE`` was
+    taken for ``--config`` after the file had been looked for, so the file was never read)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         raise DiffvaeError(f"{self.prog.split(' ', 1)[-1]}: {message}" if " " in self.prog else message)
@@ -94,6 +98,7 @@ def with_config_file(argv: list[str]) -> list[str]:
 
 
 def _pop_config(argv: list[str]) -> tuple[list[str], str | None]:
+    check_one_config(argv)
     rest = list(argv)
     for i, token in enumerate(rest):
         if token == "--config":
@@ -103,28 +108,6 @@ def _pop_config(argv: list[str]) -> tuple[list[str], str | None]:
         if token.startswith("--config="):
             return rest[:i] + rest[i + 1:], token[len("--config="):]
     return rest, None
-
-
-def read_config_file(path: str) -> dict[str, typing.Any]:
-    """The flat key → value table of a .json or .toml file (one error line if unreadable)."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".json", ".toml"):
-        raise DiffvaeError(f"--config must be a .json or .toml file, got {path}")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        if suffix == ".json":
-            values = json.loads(text)
-        else:
-            import tomllib  # Python 3.11+; a .json config needs none
-
-            values = tomllib.loads(text)
-    except OSError as e:
-        raise DiffvaeError(f"cannot read --config {path}: {e.strerror or e}") from None
-    except ValueError as e:  # JSONDecodeError, TOMLDecodeError
-        raise DiffvaeError(f"--config {path} is not valid {suffix[1:].upper()}: {str(e).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise DiffvaeError(f"--config {path} must hold one table of flag = value, got {type(values).__name__}")
-    return values
 
 
 def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser | None:
@@ -144,6 +127,7 @@ def config_tokens(values: dict[str, typing.Any], parser: argparse.ArgumentParser
     for group in parser._mutually_exclusive_groups:
         if on_command_line & set(group._group_actions):
             on_command_line |= set(group._group_actions)
+    check_config_safety(values, given, path)
     tokens: list[str] = []
     for key, value in values.items():
         flag = "--" + str(key).replace("_", "-")
@@ -202,12 +186,11 @@ def _run(argv: list[str]) -> int:
         sys.stdout.flush()  # inside the try: a reader that has gone (`| head`) is met here, not at exit
         return code
     except DiffvaeError as e:
-        _say(f"diffvae: error: {e}")
+        _say(f"diffvae: error: {one_line(str(e))}")
         return 2
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        _say(f"diffvae: {'terminated' if terminated else 'interrupted'}; the files written so far are kept "
-             "(a run continues from its last checkpoint with --resume)")
+        _say(interrupted_line(argv, terminated))
         return 143 if terminated else 130
     except BrokenPipeError:  # `diffvae ... | head`: the reader has gone; say nothing more
         _silence_stdout()
@@ -217,9 +200,21 @@ def _run(argv: list[str]) -> int:
     except Exception as e:  # never a traceback for the user; DIFFVAE_DEBUG=1 shows it
         if os.environ.get("DIFFVAE_DEBUG"):
             raise
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        first = one_line((str(e).strip().splitlines() or [""])[0][:300])
         _say(f"diffvae: error: internal error ({type(e).__name__}: {first}); rerun with DIFFVAE_DEBUG=1 for details")
         return 1
+
+
+RESUMABLE_COMMANDS = ("train", "compare")  # the commands that have --resume
+
+
+def interrupted_line(argv: list[str], terminated: bool) -> str:
+    """What Ctrl-C / SIGTERM leaves: train and compare keep their files and continue with --resume; every other
+    command writes its output whole or not at all (pack, export, score, sample, ...), so there is nothing to resume."""
+    word = "terminated" if terminated else "interrupted"
+    if argv and argv[0] in RESUMABLE_COMMANDS:
+        return f"diffvae: {word}; the files written so far are kept (continue with the same command and --resume)"
+    return f"diffvae: {word}; nothing was written (outputs are written whole or not at all)"
 
 
 def _say(line: str) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from diffvae.errors import DiffvaeError
 from diffvae.families import get_family
+from diffvae.ranges import GUIDANCE
 
 __all__ = ["ConditionFields", "CONDITION_FIELDS", "check_condition_fields", "is_conditional", "num_classes", "conditioned_config",
            "null_labels", "drop_labels", "check_labels", "check_condition", "null_condition", "sampling_labels",
@@ -147,8 +148,8 @@ def sampling_labels(model, n: int, class_: int | None = None, classes: str | tup
         spec = get_family(model.family).spec()
         if not spec.iterative:
             raise DiffvaeError(f"--guidance applies to iterative samplers; a {spec.short} run decodes in one step")
-        if not (guidance >= 0 and math.isfinite(guidance)):
-            raise DiffvaeError(f"--guidance must be a finite number >= 0, got {guidance}")
+        if not GUIDANCE.contains(guidance):  # 1e39 overflowed the guided prediction
+            raise DiffvaeError(f"--guidance must be a finite number >= 0 and <= {GUIDANCE.high:g}, got {guidance}")
         out["guidance"] = float(guidance)
     if class_ is not None or classes is not None:
         wanted = [class_] if class_ is not None else _parse_classes(classes)
@@ -157,6 +158,14 @@ def sampling_labels(model, n: int, class_: int | None = None, classes: str | tup
             raise DiffvaeError(f"class {bad[0]} is out of range: this run has classes 0..{k - 1}")
         out["labels"] = torch.tensor([wanted[i % len(wanted)] for i in range(n)], dtype=torch.long)
     return out
+
+
+def check_guidance_has_classes(class_: int | None, classes: str | tuple[int, ...] | None, guidance: float | None) -> None:
+    """``sample --guidance W`` steers toward a class: without ``--class``/``--classes`` the samples are the null
+    label's (unconditional) and W would change nothing, so it is refused rather than silently ignored."""
+    if guidance is not None and class_ is None and classes is None:
+        raise DiffvaeError(f"--guidance {guidance:g} steers the samples toward a class: give --class K or --classes A,B,... "
+                           "(without them the samples are unconditional and guidance does nothing)")
 
 
 def _parse_classes(classes: str | tuple[int, ...]) -> list[int]:

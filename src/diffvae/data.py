@@ -47,7 +47,7 @@ from diffvae.configs import DataFields, config_from_dict
 from diffvae.errors import DiffvaeError
 from diffvae.pack import cached_folder, check_out_dir, open_pack, pack_dataset, shard_of
 from diffvae.schema import DATA_EXTRA_FIELDS
-from diffvae.sources import VALID_SPECS, ImageDataset, Source, check_fits_in_memory, check_options, package_file
+from diffvae.sources import MAX_CLASSES, VALID_SPECS, ImageDataset, Source, check_fits_in_memory, check_options, package_file
 
 BUILTIN_SOURCES = ("mnist", "digits", "shapes", "colours", "photos")
 PATH_SOURCES = ("folder", "npz", "idx")
@@ -472,7 +472,41 @@ def _eight_bit_rgb(img):
     return img.convert("RGB")
 
 
+def _check_npz_members(path: Path) -> None:
+    """Each array's header against what the file holds and the memory there is, before anything is allocated:
+    a header may declare any shape (784 billion bytes was a MemoryError)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    header = _npy_header(archive, info)
+                    if header is not None:
+                        _check_npz_member(path, info, *header)
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, NotImplementedError):
+        return  # np.load says what is wrong with the file itself
+
+
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[int, int] | None:
+    """(declared data bytes, header bytes) of an .npy member (formats 1.0 and 2.0; None for others)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with archive.open(info) as member:
+        reader = readers.get(np.lib.format.read_magic(member))
+        if reader is None:
+            return None
+        shape, _, dtype = reader(member)
+        return math.prod(shape) * dtype.itemsize, member.tell()
+
+
+def _check_npz_member(path: Path, info: zipfile.ZipInfo, nbytes: int, header: int) -> None:
+    name = info.filename[:-len(".npy")]
+    if nbytes > info.file_size - header:
+        raise DiffvaeError(f"{path}[{name}] is damaged: its header declares {nbytes} bytes of data but the file holds "
+                           f"{max(info.file_size - header, 0)}")
+    check_fits_in_memory(nbytes, f"{path}[{name}]")
+
+
 def _read_npz(path: Path, key: str | None) -> Source:
+    _check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -489,12 +523,15 @@ def _read_npz(path: Path, key: str | None) -> Source:
     else:
         chosen = next((k for k in ("x", "images", "arr_0") if k in arrays), None)
         if chosen is None:
-            raise DiffvaeError(f"{path} holds several arrays ({', '.join(sorted(arrays))}); pick one with key=NAME")
+            raise DiffvaeError(f"{path} holds several arrays ({', '.join(sorted(arrays))}); pick one with --key NAME (samples given to score: --samples-key NAME)")
     images = _npz_images_to_nchw(arrays[chosen], f"{path}[{chosen}]")
     labels, num_classes = None, None
     for label_key in ("y", "labels"):
         candidate = arrays.get(label_key)
-        if label_key != chosen and candidate is not None and candidate.ndim == 1 and len(candidate) == len(images):
+        if label_key != chosen and candidate is not None and candidate.ndim == 1:
+            if len(candidate) != len(images):
+                raise DiffvaeError(f"{path}[{label_key}] holds {len(candidate)} labels for {len(images)} images "
+                                   f"in {path}[{chosen}]; give one label per image")
             labels, num_classes = _integer_labels(candidate, f"{path}[{label_key}]")
             break
     return Source(f"npz:{path}", images, labels, num_classes)
@@ -529,9 +566,13 @@ def _integer_labels(values: np.ndarray, where: str) -> tuple[torch.Tensor, int]:
     if not np.issubdtype(values.dtype, np.integer):
         if not (np.issubdtype(values.dtype, np.floating) and np.all(values == np.round(values))):
             raise DiffvaeError(f"{where} must hold integer class labels, got dtype {values.dtype}")
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.abs(values) < 2.0**62):
+        raise DiffvaeError(f"{where} has class labels beyond {MAX_CLASSES - 1}; labels must be 0..K-1")
     labels = values.astype(np.int64)
     if labels.min() < 0:
         raise DiffvaeError(f"{where} has negative class labels; labels must be 0..K-1")
+    if labels.max() >= MAX_CLASSES:
+        raise DiffvaeError(f"{where} has a class label of {int(labels.max())}; labels must be 0..K-1 with K <= {MAX_CLASSES}")
     return torch.from_numpy(labels), int(labels.max()) + 1
 
 

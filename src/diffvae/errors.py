@@ -7,3 +7,10 @@ class DiffvaeError(Exception):
     Raise it with a message that says what is wrong and, where it helps, what to do instead.
     The CLI turns it into ``diffvae: error: <message>`` and exit code 2.
     """
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: control characters (a newline or escape in a path, ...) escaped as repr does."""
+    if not any(ord(c) < 32 or ord(c) == 127 for c in message):
+        return message
+    return "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in message)

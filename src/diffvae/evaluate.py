@@ -161,6 +161,17 @@ def sampling_speed(model, config: EvalConfig, generator: torch.Generator | None 
     return samples, out
 
 
+MIN_QUALITY_IMAGES = 4  # precision/recall measure each point's k = 3 nearest neighbours within its own set
+
+
+def check_quality_counts(samples: int, held_out: int) -> None:
+    """Enough samples and held-out images for every figure of :func:`sample_quality` (one line, before any work)."""
+    for count, what in ((samples, "samples"), (held_out, "held-out images")):
+        if count < MIN_QUALITY_IMAGES:
+            raise DiffvaeError(f"{count} {what}: FID, KID and precision/recall (k = 3 nearest neighbours) need at least "
+                               f"{MIN_QUALITY_IMAGES} {what}")
+
+
 def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | None = None, extractor=None,
                    generator: torch.Generator | None = None, real_features: torch.Tensor | None = None,
                    evidence: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
@@ -172,6 +183,7 @@ def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | No
     if samples_uint8.dtype != torch.uint8 or samples_uint8.dim() != 4 or tuple(samples_uint8.shape[1:]) != tuple(dataset.image_shape):
         raise DiffvaeError(f"samples must be uint8 images of shape (N, {', '.join(map(str, dataset.image_shape))}), "
                            f"got {samples_uint8.dtype} {tuple(samples_uint8.shape)}")
+    check_quality_counts(samples_uint8.shape[0], dataset.test.shape[0])
     extractor = extractor or get_feature_extractor(dataset)
     real = dataset.test
     real_features = extractor.features(real) if real_features is None else real_features

@@ -69,15 +69,18 @@ class Monitor:
             return
         was_training = ema.training
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            ema.eval()
-            try:
-                if grid:
-                    self.write_grid(step, ema)
-                if evaluate:
-                    self.write_eval_row(step, ema)
-            finally:
-                ema.train(was_training)
+        with torch.random.fork_rng(devices=devices):
+            if evaluate:
+                self._dataset()  # a cold cache trains the feature network: with autograd, before inference mode
+            with torch.inference_mode():
+                ema.eval()
+                try:
+                    if grid:
+                        self.write_grid(step, ema)
+                    if evaluate:
+                        self.write_eval_row(step, ema)
+                finally:
+                    ema.train(was_training)
 
     def _generator(self) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.config.seed)

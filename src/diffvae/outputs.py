@@ -12,7 +12,8 @@ from PIL import Image
 
 from diffvae.errors import DiffvaeError
 from diffvae.images import make_grid
-from diffvae.runs import CONFIG, atomic_write_bytes
+from diffvae.marker import enclosing_folder
+from diffvae.runs import atomic_write_bytes, is_unmarked_run
 
 OUTPUT_SUFFIXES = (".png", ".npz")
 
@@ -38,12 +39,9 @@ def check_output(path: str, force: bool, suffixes: tuple[str, ...] = OUTPUT_SUFF
 
 
 def enclosing_run(folder: Path) -> Path | None:
-    """The run folder (one holding config.json) that ``folder`` is or lies in, if any."""
-    folder = folder.resolve()
-    for candidate in (folder, *folder.parents):
-        if (candidate / CONFIG).is_file():
-            return candidate
-    return None
+    """The run folder that ``folder`` is or lies in, if any: a folder with diffvae's run mark, or an older run
+    whose config.json passes the run schema (not any folder that merely holds a config.json)."""
+    return enclosing_folder(folder.resolve(), "run", legacy=is_unmarked_run)
 
 
 def write_images(images, out: Path, nrow: int | None = None) -> None:

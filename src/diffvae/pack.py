@@ -50,9 +50,10 @@ import numpy as np
 import torch
 
 from diffvae.errors import DiffvaeError
-from diffvae.runs import _fsync_dir, load_tensors, read_json, save_tensors, write_json
+from diffvae.marker import enclosing_folder
+from diffvae.runs import _fsync_dir, is_unmarked_run, load_tensors, read_json, save_tensors, write_error, write_json
 from diffvae.schema import check_fields
-from diffvae.sources import ImageDataset, hash_header
+from diffvae.sources import MAX_CLASSES, ImageDataset, hash_header
 
 FORMAT = "diffvae-pack"
 VERSION = 1
@@ -132,7 +133,15 @@ def check_out_dir(out_dir: str | Path, *, force: bool) -> Path:
     parent = _existing_parent(out)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DiffvaeError(f"cannot write the pack: {parent} is not writable")
+    _check_outside_runs(out)
     return out
+
+
+def _check_outside_runs(out: Path) -> None:
+    """A pack is never written into a run folder (its files belong to the run)."""
+    run = enclosing_folder(_existing_parent(out), "run", legacy=is_unmarked_run)
+    if run is not None:
+        raise DiffvaeError(f"--out {out} is inside the run {run}; write the pack outside run folders")
 
 
 def _existing_parent(path: Path) -> Path:
@@ -184,9 +193,15 @@ class PackWriter:
     def __enter__(self) -> "PackWriter":
         return self
 
-    def __exit__(self, exc_type, *_) -> None:
+    def __exit__(self, exc_type, exc, _) -> None:
         if exc_type is not None:
             self.abort()
+        if isinstance(exc, OSError):  # ENOSPC, EACCES, ...: one line; the partial pack is gone with the temporary folder
+            raise write_error(self.out, exc, self.bytes_needed()) from None
+
+    def bytes_needed(self) -> int:
+        """The size of the pack's shards."""
+        return math.prod(self.shape) * (self.sizes["train"] + self.sizes["test"])
 
     def write(self, part: str, images) -> None:
         """Append a chunk of uint8 images (k, C, H, W) (tensor or array) to split ``part``."""
@@ -514,7 +529,21 @@ def _read_labels(root: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor
         if labels is not None and (labels.dtype != torch.int64 or (classes is not None and len(labels)
                                    and not 0 <= int(labels.min()) <= int(labels.max()) < classes)):
             raise DiffvaeError(f"{root / LABELS}: {name!r} must be int64 class labels in 0..{classes}-1")
+    _check_class_count(root, manifest, tensors)
     return tensors
+
+
+def _check_class_count(root: Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """The manifest's ``num_classes`` against the labels: a pack made by ``data pack`` has K = largest label + 1
+    (or as many as its ``class_names`` name); a manifest edited to declare 20 classes of 10 is refused."""
+    classes = manifest["num_classes"]
+    if classes is None or not manifest["labels"]:
+        return
+    seen = max(int(tensors[name].max()) for name in ("train_labels", "test_labels") if len(tensors[name])) + 1
+    named = manifest["class_names"] is not None and len(manifest["class_names"]) == classes
+    if classes > MAX_CLASSES or (classes != seen and not named):
+        raise DiffvaeError(f"{root / MANIFEST}: 'num_classes' is {classes} but the labels are 0..{seen - 1}; "
+                           "the pack is damaged: pack the data again")
 
 
 # --------------------------------------------------------------------------------------------

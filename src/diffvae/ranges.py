@@ -14,6 +14,8 @@ MAX_COUNT = 10**9  # steps, warm-up, logging intervals
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 1_000_000  # --n of sample/eval/invert: a bound that keeps uint8 outputs addressable
 MAX_SIZE = 1024  # --size in pixels (and the data loader checks the resized set fits in memory)
+MAX_BOOTSTRAP = 100_000  # bootstrap resamples of score/eval intervals
+MAX_GUIDANCE = 1000.0  # classifier-free guidance scale: (1 + w) ε_c − w ε_u overflows bf16/fp16 long before 1e39
 
 
 @dataclass(frozen=True)
@@ -98,3 +100,12 @@ TRAIN_FLAGS = {"budget_minutes": "--budget", "batch_size": "--batch", "warmup_st
 def train_flag(field: str) -> str:
     """The CLI flag of a TrainConfig field (``batch_size`` → ``--batch``)."""
     return TRAIN_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+# `diffvae score` and guidance (sample, eval, interpolate)
+SCORE_RANGES: dict[str, Range] = {
+    "--seed": Range(int, 0, MAX_SEED),
+    "--bootstrap": Range(int, 0, MAX_BOOTSTRAP),
+    "--n": Range(int, 4, MAX_IMAGES),  # precision/recall (k = 3 neighbours) need 4 samples
+}
+GUIDANCE = Range(float, 0, MAX_GUIDANCE)

@@ -4,6 +4,7 @@ A run directory holds, at its top level:
 
 * ``config.json``            — family, model config, training config, data spec (dataclasses as JSON)
 * ``metrics.jsonl``          — one JSON object per logged step
+* ``.diffvae``               — diffvae's mark (:mod:`diffvae.marker`): ``--force`` replaces only marked runs
 * ``checkpoint.safetensors`` — model, EMA, optimizer and RNG state in one file (key prefixes
   ``model/``, ``ema/``, ``optimizer/``, ``rng/``), its JSON metadata holding the step and
   everything else exact resumption needs. One file means one atomic rename: a kill at any moment
@@ -30,7 +31,8 @@ from typing import Any
 
 import torch
 
-from diffvae.errors import DiffvaeError
+from diffvae.errors import DiffvaeError, one_line
+from diffvae.marker import MARKER, check_replaceable, mark
 from diffvae.schema import check_checkpoint_metadata, check_metrics_row, check_run_config
 
 CONFIG = "config.json"
@@ -39,8 +41,23 @@ CHECKPOINT = "checkpoint.safetensors"
 LOCK = ".lock"
 
 
+def write_error(path: str | Path, err: OSError, needed_bytes: int | None = None) -> DiffvaeError:
+    """One line for a failed write (disk full, no permission, read-only, ...): the path, the reason, the space needed."""
+    needed = f" ({_size_text(needed_bytes)} to write)" if needed_bytes else ""
+    return DiffvaeError(f"cannot write {one_line(str(path))}: {err.strerror or type(err).__name__}{needed}")
+
+
+def _size_text(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part; a failed
+    write (ENOSPC, EACCES, ...) leaves the old file and no temporary file, and is one line naming the path."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -53,6 +70,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, e, len(data)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -85,6 +105,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_marker(folder: str | Path, kind: str) -> None:
+    """Mark ``folder`` (which exists) as a diffvae ``kind`` folder (:mod:`diffvae.marker`), atomically."""
+    write_json(Path(folder) / MARKER, mark(kind))
 
 
 def read_json(path: str | Path) -> Any:
@@ -211,6 +236,16 @@ def _is_current_file(fd: int, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
+def is_unmarked_run(folder: Path) -> bool:
+    """A run made before folders carried diffvae's mark (:mod:`diffvae.marker`): its config.json passes the
+    run schema (someone else's config.json does not)."""
+    try:
+        RunDir(folder).read_config()
+    except DiffvaeError:
+        return False
+    return True
+
+
 class RunDir:
     """A run directory on disk (see the module docstring for its files)."""
 
@@ -242,8 +277,7 @@ class RunDir:
         if p.is_dir() and any(q.name != LOCK for q in p.iterdir()):
             if not force:
                 raise DiffvaeError(f"--out {p} already exists; use --resume to continue it or --force to replace it")
-            if not run.exists():
-                raise DiffvaeError(f"--force refuses to replace {p}: it is not a diffvae run")
+            check_replaceable(p, "run", legacy=is_unmarked_run)
         return run
 
     @classmethod
@@ -267,6 +301,7 @@ class RunDir:
             raise DiffvaeError(f"cannot create {p}: {e.strerror}") from None
         if not os.access(p, os.W_OK):
             raise DiffvaeError(f"cannot write in {p}")
+        write_marker(p, "run")  # what --force may replace later
         return run
 
     def write_config(self, config: dict[str, Any]) -> None:
@@ -299,8 +334,12 @@ class RunDir:
         return rows
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        line = json.dumps(row, sort_keys=True) + "\n"
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as e:  # a torn last line is skipped by read_metrics; the checkpoint decides where a resume starts
+            raise write_error(self.metrics_path, e, len(line)) from None
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only rows up to ``last_step`` (used on resume, so the log matches the checkpoint)."""

@@ -29,8 +29,9 @@ from diffvae.contract import spec_of
 from diffvae.data import IMAGE_SUFFIXES, _read_source, check_fits_in_memory, load_data, run_data
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
-from diffvae.evaluate import EvalConfig, format_table, sample_quality, sampling_speed
+from diffvae.evaluate import EvalConfig, check_quality_counts, format_table, sample_quality, sampling_speed
 from diffvae.metrics.inception import feature_extractor_for, load_inception, parse_features
+from diffvae.ranges import SCORE_RANGES
 from diffvae.runs import CONFIG
 from diffvae.metrics.sharpness import laplacian_variance
 from diffvae.metrics.paired import sample_comparisons
@@ -153,6 +154,7 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
     """The sample-quality figures of ``samples`` against ``data``'s held-out split (module docstring), in the
     feature space ``features`` names (:func:`diffvae.metrics.inception.parse_features`)."""
     config = _eval_config(seed, bootstrap, n)
+    resolve_device(device)  # an unavailable --device is one line, even where SAMPLES are files
     space = parse_features(features)
     extractor = _inception_extractor(space, device) if space.kind == "inception" else None
     samples = _sample_spec(samples)
@@ -170,12 +172,12 @@ def score(samples: str, *, data: str | None = None, size: int | None = None, key
         dataset = _reference(data, size, key, binarize) if data is not None else _run_dataset(model)
         images = _run_samples(model, dataset, config, sampling or {}, progress)
         header = {"samples": str(run_path), "family": model.family, **(sampling or {})}
-    if images.shape[0] < 2:
-        raise DiffvaeError(f"{header['samples']} holds {images.shape[0]} image; FID and KID need at least 2 samples")
+    check_quality_counts(images.shape[0], dataset.test.shape[0])  # precision/recall need 4 (it said 2, then failed inside)
     c, h, w = dataset.image_shape
     header.update({"data": dataset.name, "image_shape": [c, h, w], "data_dims": c * h * w})
     if progress:
-        print(f"diffvae score: {images.shape[0]} samples against {dataset.name} ...", file=sys.stderr, flush=True)
+        chose = f" (--device auto: {resolve_device(device)})" if device == "auto" else ""
+        print(f"diffvae score: {images.shape[0]} samples against {dataset.name}{chose} ...", file=sys.stderr, flush=True)
     extractor = extractor or feature_extractor_for(space, dataset)
     return {**header, **sample_quality(images, dataset, config, extractor=extractor)}
 
@@ -187,9 +189,9 @@ def _inception_extractor(space, device: str):
 
 def _eval_config(seed: int, bootstrap: int | None, n: int | None):
     config = EvalConfig(seed=seed)
-    for name, value, low in (("--seed", seed, 0), ("--bootstrap", bootstrap, 0), ("--n", n, 2)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise DiffvaeError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("--seed", seed), ("--bootstrap", bootstrap), ("--n", n)):
+        if value is not None:
+            SCORE_RANGES[name].check(value, name)  # a seed of 10^30 or 10^12 resamples: one line, not an overflow
     if bootstrap is not None:
         config.bootstrap = bootstrap
     if n is not None:

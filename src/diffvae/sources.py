@@ -27,6 +27,7 @@ from diffvae.errors import DiffvaeError
 
 
 VALID_SPECS = "mnist, digits, shapes, colours, photos, folder:PATH, npz:PATH, idx:PATH (or idx:IMAGES,LABELS), packed:DIR"
+MAX_CLASSES = 100_000  # a class embedding has K + 1 rows: a label of 10^12 was an allocation failure
 
 
 @dataclass

@@ -198,17 +198,24 @@ class BatchSource:
         return self.inputs[:min(self.n, n)]
 
 
+RETARGET_TOLERANCE = 0.05  # a re-measured length within 5% of the current one leaves the schedule as it is
+
+
 class BudgetSchedule:
     """How long a run is and its learning rate: ``steps``, or as many as fit ``budget_minutes`` —
-    the step rate is measured after a few steps and the schedule's length fixed from it; the budget
-    stays a hard limit even if the rate drifts. The LR is :func:`learning_rate` over that length."""
+    the step rate is measured after a few steps and the schedule's length fixed from it, then measured
+    again at every checkpoint (:meth:`retarget`: the rate since the last one, so a machine that gets busy
+    or quiet mid-run still ends its LR schedule at the budget; the new length is in the checkpoint, and a
+    resume starts its next window at the checkpoint's step and training time, as the uninterrupted run
+    did). The budget stays a hard limit. The LR is :func:`learning_rate` over that length."""
 
-    def __init__(self, config: TrainConfig, total_steps: int | None, step: int):
+    def __init__(self, config: TrainConfig, total_steps: int | None, step: int, elapsed: float = 0.0):
         self.config = config
         self.total_steps = total_steps
         self.budget_s = config.budget_minutes * 60.0 if config.budget_minutes is not None else None
         self.rate_from_step, self.rate_from_time = step + 3, 0.0  # the first steps are slow (allocation, kernel selection)
         self.provisional_total = total_steps or 10**9
+        self.window = (step, elapsed) if total_steps is not None else None  # (step, training seconds) of the last measurement
 
     def finished(self, step: int, elapsed: float) -> bool:
         """True when the run is over before ``step``; a spent budget fixes ``total_steps`` there."""
@@ -232,8 +239,28 @@ class BudgetSchedule:
         elif step > self.rate_from_step and (step - self.rate_from_step >= 50 or now - self.rate_from_time >= min(10.0, 0.05 * self.budget_s)):
             rate = (step - self.rate_from_step) / max(now - self.rate_from_time, 1e-9)
             self.total_steps = max(step + 1, step + int(rate * (self.budget_s - elapsed)))
+            self.window = (step, elapsed)
             return True
         return False
+
+    def retarget(self, step: int, elapsed: float) -> bool:
+        """Budget mode, at a checkpoint: re-measure the rate since the last measurement and refit the length
+        to the budget left (True when it changed by more than :data:`RETARGET_TOLERANCE`)."""
+        if self.budget_s is None or self.total_steps is None:
+            return False
+        if self.window is None:
+            self.window = (step, elapsed)
+            return False
+        start_step, start_elapsed = self.window
+        self.window = (step, elapsed)
+        if step <= start_step or elapsed <= start_elapsed:
+            return False
+        rate = (step - start_step) / (elapsed - start_elapsed)
+        target = max(step + 1, step + int(rate * max(self.budget_s - elapsed, 0.0)))
+        if abs(target - self.total_steps) <= RETARGET_TOLERANCE * self.total_steps:
+            return False
+        self.total_steps = target
+        return True
 
 
 class MetricsAccumulator:
@@ -483,7 +510,7 @@ class TrainLoop:
             self.snapshots = SnapshotRecorder.open(run.path, config, step=state.step, resume=resume, batch=batch,
                                                    before=compute_before or Compute(), clock=wall_clock,
                                                    measure=lambda: training_gflop_per_image(state.model, source.probe()))
-        self.schedule = BudgetSchedule(config, state.total_steps, state.step)
+        self.schedule = BudgetSchedule(config, state.total_steps, state.step, state.elapsed_before)
         self.first_step = state.step
 
         self.monitor = Monitor.open(run, config, state, device=settings.device, rank=rank, resume=resume)
@@ -537,7 +564,15 @@ class TrainLoop:
         if self.snapshots is not None:
             self.snapshots.after_step(state.step, wall_clock() - self.start, state.ema)
         if state.step % self.config.checkpoint_every == 0 and state.step != state.total_steps:  # the last step is saved below
-            self.save(wall_clock() - self.start)
+            elapsed = wall_clock() - self.start
+            # the step rate again, under the load of now; recorded in the checkpoint (one process only: ranks would each
+            # measure their own rate and could disagree on the length)
+            if self.settings.world == 1 and schedule.retarget(state.step, elapsed):
+                state.total_steps = schedule.total_steps
+                if self.bar is not None:
+                    self.bar.total = schedule.total_steps
+                    self.bar.refresh()
+            self.save(elapsed)
 
     def log_step(self, lr: float) -> None:
         step = self.state.step

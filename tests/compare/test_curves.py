@@ -206,3 +206,47 @@ def test_split_must_name_exactly_the_families_run():
     with pytest.raises(DiffvaeError, match="vae=1,ldm=1"):
         parse_split("vae=1,ddpm=1,ldm=1", ("vae", "ldm"))
     assert not math.isnan(plan("d", 1.0, ("vae", "ldm"), {"vae": 1.0, "ldm": 3.0}).seconds["train:ldm"])
+
+
+class VirtualClock:
+    """A simulated slow machine: time advances only while samples are drawn, ``per_image`` seconds each."""
+
+    def __init__(self, per_image: float):
+        self.now, self.per_image = 0.0, per_image
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_loaded_machine_gets_fewer_samples_per_point_not_fewer_points(vae_run, monkeypatch):
+    """Issue 27: on a busy machine the curves' first point alone cost more than the stage's time, and a 3-minute
+    compare kept 0 snapshots per family. The stage now sizes the samples per point from the costs it measures
+    (on a simulated slow clock here: 1 s per sample, the stage given 150 s, one 100-sample point ~200 s)."""
+    from diffvae.compare import curves as curves_module
+    from diffvae.vae.model import VAE
+
+    clock = VirtualClock(per_image=1.0)
+    real_sample = VAE.sample
+
+    def slow_sample(self, n, *args, **kwargs):
+        clock.now += clock.per_image * n
+        return real_sample(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(curves_module, "clock", clock)
+    monkeypatch.setattr(VAE, "sample", slow_sample)
+    results = learning_curves(["vae"], DataConfig("digits").load(), vae_run, 150.0, PixelFeatures(), budget_minutes=3.0,
+                              seed=0, device="cpu")
+    points = results["learning_curves"]["vae"]
+    assert len(points) >= curves_module.MIN_POINTS and clock.now <= 150.0  # the stage kept to its time
+    assert results["learning_curve_settings"]["n_samples"] == 25  # 100 → 50 → 25: 3 points × 2 × 25 s (with margin) fit
+    final = read_index(vae_run / "runs" / "vae")["snapshots"][-1]["step"]
+    assert points[-1]["step"] == final  # the latest weights are always among them
+
+
+def test_affordable_samples_halves_to_the_floor():
+    from diffvae.compare.curves import MIN_CURVE_SAMPLES, affordable_samples
+
+    assert affordable_samples(100, 1e9, [1.0, 2.0]) == 100
+    assert affordable_samples(100, 3 * 50 * 3.0, [1.0, 2.0]) == 50  # exactly 3 points each at 50 samples
+    assert affordable_samples(100, 3 * 50 * 3.0 - 1, [1.0, 2.0]) == 25
+    assert affordable_samples(200, 0.0, [1.0]) == MIN_CURVE_SAMPLES

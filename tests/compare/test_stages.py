@@ -82,3 +82,31 @@ def test_sized_config_keeps_the_shared_count_and_never_goes_below_the_floors(fak
     assert all(getattr(tight, name) == floor for name, floor in EVAL_FLOORS.items())
     roomy = sized_eval_config(None, "flow", 1e9, seed=3, n_samples=70)
     assert roomy.bound_n > EVAL_FLOORS["bound_n"] and roomy.probe_train > EVAL_FLOORS["probe_train"]
+
+
+def test_the_sampler_sweep_sizes_each_setting_with_the_cost_it_just_measured(tmp_path, monkeypatch):
+    """Issue 27: the sweep predicted every setting from one cost measured before it (unit_cost_seconds); a machine
+    that got 10× busier ran all three and took twice its time. On a simulated clock (no real time measured)."""
+    import torch
+
+    clock = SimpleNamespace(now=0.0)
+    per_evaluation = 0.01  # seconds per image per network evaluation now; the stale measurement said 0.001
+
+    class Model:
+        def nfe(self, sampler=None, steps=None):
+            return steps
+
+        def sample(self, n, generator=None, sampler=None, steps=None):
+            clock.now += per_evaluation * n * steps
+            return torch.randint(0, 256, (n, 1, 8, 8), generator=generator, dtype=torch.uint8)
+
+    spec = SimpleNamespace(unit_cost_seconds=lambda model: 0.001, sweep_settings=lambda model: [("ddim", 100), ("ddim", 200), ("ddim", 500)])
+    monkeypatch.setattr(stages, "get_family", lambda family: SimpleNamespace(spec=lambda: spec))
+    monkeypatch.setattr(stages, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(stages, "sampling_precision", lambda model: __import__("contextlib").nullcontext())
+    features = SimpleNamespace(features=lambda images: torch.as_tensor(images).flatten(1).double().numpy())
+    dataset = SimpleNamespace(test=torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8))
+    (tmp_path / "figures").mkdir()
+    rows = stages.sampler_sweep(Model(), "ddpm", dataset, features, tmp_path, seconds=40.0, seed=0, n_samples=10)
+    assert [r["steps"] for r in rows] == [100, 200]  # 10 s + 20 s; the 500-step setting (50 s) no longer fits
+    assert clock.now <= 40.0

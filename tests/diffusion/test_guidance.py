@@ -105,9 +105,9 @@ def test_the_training_loss_drops_labels_at_p_uncond(monkeypatch):
 
 def test_unconditional_unet_is_unchanged_and_refuses_labels():
     torch.manual_seed(0)
-    plain = UNet(UNetConfig(channels=8, channel_mult=(1,), groups=8), in_channels=1)
+    plain = UNet(UNetConfig(channels=8, channel_mult=(1,), groups=4), in_channels=1)
     torch.manual_seed(0)
-    zero = UNet(UNetConfig(channels=8, channel_mult=(1,), groups=8, num_classes=0), in_channels=1)
+    zero = UNet(UNetConfig(channels=8, channel_mult=(1,), groups=4, num_classes=0), in_channels=1)
     assert not any("class_embed" in k for k in plain.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), zero.state_dict().values()))
     with pytest.raises(DiffvaeError, match="unconditional"):
@@ -116,7 +116,7 @@ def test_unconditional_unet_is_unchanged_and_refuses_labels():
 
 def test_conditional_unet_has_a_null_class_and_none_means_null():
     torch.manual_seed(0)
-    net = UNet(UNetConfig(channels=8, channel_mult=(1,), groups=8, num_classes=K), in_channels=1)
+    net = UNet(UNetConfig(channels=8, channel_mult=(1,), groups=4, num_classes=K), in_channels=1)
     assert net.class_embed.num_embeddings == K + 1
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 4])
     with torch.no_grad():

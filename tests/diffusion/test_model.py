@@ -123,3 +123,40 @@ def test_fitted_bound_is_tighter_than_fixed_small_and_never_beats_the_entropy_of
         torch.testing.assert_close(bound["bpd"], bound[f"bpd_{bound['variance']}"])
         torch.testing.assert_close(bound["bpd"], bound["decoder_bpd"] + bound["diffusion_bpd"] + bound["prior_bpd"])
     assert full["variance"] != "small" and float(full["bpd"].mean()) < float(full["bpd_small"].mean())
+
+
+def _old_groups_for(channels, channel_mult):  # the rule before issue 27: the largest count <= 32 dividing every width
+    widths = [channels * m for m in channel_mult]
+    return max(g for g in range(1, 33) if all(w % g == 0 for w in widths))
+
+
+@pytest.mark.parametrize("channels, mult", [(32, (1, 2, 2)), (32, (1, 2, 2, 2)), (64, (1, 2)), (16, (1, 2)), (48, (1, 2, 3)),
+                                            (64, (1,)), (128, (1, 1, 2))])
+def test_group_counts_of_networks_that_see_t_are_unchanged(channels, mult):
+    """Old checkpoints load and compute as before: every configuration whose widest level already had two channels per group."""
+    from diffvae.diffusion.model import _groups_for
+
+    assert _groups_for(channels, mult) == _old_groups_for(channels, mult)
+
+
+@pytest.mark.parametrize("family", ["ddpm", "flow"])
+@pytest.mark.parametrize("channels", [8, 16, 32])
+def test_a_one_level_network_sees_the_timestep_and_the_label(family, channels):
+    """Regression (issue 27): ``--channels C --channel-mult 1`` (C <= 32) gave GroupNorm one channel per group,
+    which removed the time/label embedding exactly; the output moved by float rounding only (~1e-7)."""
+    from diffvae.flow.model import FlowConfig, VelocityField
+    from diffvae.nn.unet import UNet
+
+    torch.manual_seed(0)
+    if family == "ddpm":
+        unet = Denoiser(DDPMConfig(channels=channels, channel_mult=(1,), timesteps=50, conditional=True, num_classes=3), (1, 8, 8)).unet
+    else:
+        unet = VelocityField(FlowConfig(channels=channels, channel_mult=(1,), conditional=True, num_classes=3), (1, 8, 8)).unet
+    assert isinstance(unet, UNet) and unet.config.channels // unet.config.groups >= 2
+    with torch.no_grad():
+        torch.nn.init.normal_(unet.conv_out.weight, std=0.1)
+        x = torch.randn(2, 1, 8, 8)
+        base = unet(x, torch.tensor([3, 3]), torch.tensor([0, 0]))
+        moved = (unet(x, torch.tensor([40, 40]), torch.tensor([0, 0])) - base).abs().mean()
+        relabelled = (unet(x, torch.tensor([3, 3]), torch.tensor([2, 2])) - base).abs().mean()
+    assert moved > 1e-3 * base.abs().mean() and relabelled > 1e-3 * base.abs().mean()

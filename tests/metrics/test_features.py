@@ -146,3 +146,32 @@ def test_features_do_not_depend_on_the_memory_layout_of_the_images(mnist, mnist_
     view = nhwc.permute(0, 3, 1, 2)
     assert view.stride() != images.stride()
     assert np.array_equal(mnist_extractor.features(view), mnist_extractor.features(images))
+
+
+def test_a_relabelled_data_set_gets_its_own_classifier(digits, tmp_path):
+    """Regression (issue 27): the cache was keyed by the images only, so the same images with other labels
+    reused the old classifier. The relabelled set's network is the one trained on its own labels."""
+    import dataclasses
+
+    get_feature_extractor(digits, cache_dir=tmp_path, steps=QUICK_STEPS)
+    shift = lambda labels: (labels + 1) % 10  # noqa: E731 - every label changes
+    relabelled = dataclasses.replace(digits, train_labels=shift(digits.train_labels), test_labels=shift(digits.test_labels))
+    assert relabelled.content_hash() == digits.content_hash()  # the images are the same
+    cached = get_feature_extractor(relabelled, cache_dir=tmp_path, steps=QUICK_STEPS)
+    fresh = get_feature_extractor(relabelled, cache_dir=tmp_path / "fresh", steps=QUICK_STEPS)
+    np.testing.assert_array_equal(cached.predict_proba(digits.test), fresh.predict_proba(digits.test))
+    assert len(list((tmp_path / "features").iterdir())) == 2
+
+
+def test_an_unusable_cache_folder_is_refused_before_training(digits, tmp_path, monkeypatch):
+    """Issue 27: an unwritable DIFFVAE_CACHE failed score/eval only after the feature network had trained."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although the cache cannot be written")
+
+    monkeypatch.setattr(features_module, "train_feature_net", refuse)
+    monkeypatch.setenv("DIFFVAE_CACHE", str(blocker / "cache"))
+    with pytest.raises(DiffvaeError, match="cannot create the feature cache folder .*set DIFFVAE_CACHE"):
+        get_feature_extractor(digits, steps=QUICK_STEPS)

@@ -248,3 +248,28 @@ def test_without_torch_fidelity_the_flag_says_how_to_install_it(tmp_path, capsys
     assert rc == 2 and captured.out == ""
     assert captured.err.strip() == f"diffvae: error: {NEEDS_TORCH_FIDELITY}"
     assert NEEDS_TORCH_FIDELITY == "--features inception needs torch-fidelity (pip install 'diffvae[inception]')"
+
+
+def test_weights_files_that_need_unpickling_or_hold_integers_are_refused_without_torchs_advice(tmp_path):
+    """Issue 27: refusing a pickled .pth relayed torch's text, which advises loading with weights_only=False;
+    integer weights were accepted (and silently converted to floats by load_state_dict)."""
+    from safetensors.torch import save_file
+
+    from diffvae.errors import DiffvaeError
+    from diffvae.metrics.inception import read_weights
+
+    torch.save({"weights": _Payload()}, tmp_path / "payload.pth")
+    with pytest.raises(DiffvaeError) as refused:
+        read_weights(tmp_path / "payload.pth")
+    message = str(refused.value)
+    assert "pickled Python objects" in message and "weights_only" not in message and "\n" not in message
+    assert "\x1b" not in message and CALLED == []
+    state = {"Conv2d_1a_3x3.conv.weight": torch.zeros(2, 3, 3, 3), "fc.weight": torch.ones(4, 2, dtype=torch.int8)}
+    torch.save(state, tmp_path / "ints.pth")
+    save_file(state, str(tmp_path / "ints.safetensors"))
+    for name in ("ints.pth", "ints.safetensors"):
+        with pytest.raises(DiffvaeError, match="fc.weight holds int8 values; Inception-v3 weights must be floating point"):
+            read_weights(tmp_path / name)
+    counters = {"bn.running_mean": torch.zeros(3), "bn.num_batches_tracked": torch.tensor(0)}
+    torch.save(counters, tmp_path / "counters.pth")
+    assert read_weights(tmp_path / "counters.pth").keys() == counters.keys()  # batch-norm counters are integers

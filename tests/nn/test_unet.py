@@ -180,3 +180,25 @@ def test_bad_input_raises_diffvae_error():
         model(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]))
     with pytest.raises(DiffvaeError, match="timestep"):
         model(torch.randn(2, 3, 8, 8), torch.tensor([1]))
+
+
+@pytest.mark.parametrize("kwargs", [dict(channels=8, channel_mult=(1,), groups=8), dict(channels=32, channel_mult=(1, 1), groups=32),
+                                    dict(channels=1, channel_mult=(1,), groups=1)])
+def test_one_channel_per_group_everywhere_is_refused(kwargs):
+    """GroupNorm right after the embedding is added removes it exactly where a group is one channel: a network
+    with one channel per group at every level cannot see t or the label (issue 27)."""
+    with pytest.raises(DiffvaeError, match="cannot see t or the label"):
+        UNetConfig(**kwargs)
+
+
+def test_a_network_with_one_channel_per_group_at_some_levels_still_sees_t_and_the_label():
+    """The default shape (level 0: one channel per group; deeper levels: two) — the embedding reaches the output."""
+    torch.manual_seed(0)
+    net = perturbed(UNet(UNetConfig(channels=8, channel_mult=(1, 2), groups=8, num_classes=3), 1, image_size=8))
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        base = net(x, torch.tensor([3, 3]), torch.tensor([0, 0]))
+        other_t = net(x, torch.tensor([40, 40]), torch.tensor([0, 0]))
+        other_label = net(x, torch.tensor([3, 3]), torch.tensor([2, 2]))
+    scale = base.abs().mean()
+    assert (other_t - base).abs().mean() > 1e-3 * scale and (other_label - base).abs().mean() > 1e-3 * scale

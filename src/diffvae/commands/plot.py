@@ -47,7 +47,12 @@ def read_curves(path: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
 
 
 def _read_rows(path: Path) -> list[dict]:
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:  # read through the schema as damaged, like metrics.jsonl
+        raise DiffvaeError(f"{path} is damaged: not UTF-8 at byte {e.start}") from None
+    except OSError as e:
+        raise DiffvaeError(f"cannot read {path}: {e.strerror}") from None
     return [check_metrics_row(line, path, i) for i, line in enumerate(lines[:-1], start=1) if line.strip()]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from diffvae.api import load
 from diffvae.commands.options import IMAGES, add_sampling_arguments, check_images_fit, device_name, sampling_kwargs
-from diffvae.conditioning import sampling_labels
+from diffvae.conditioning import check_guidance_has_classes, sampling_labels
 from diffvae.outputs import check_output, write_images
 from diffvae.precision import check_sampling_precision, sampling_precision
 
@@ -33,6 +33,7 @@ def run(args) -> int:
     kwargs = sampling_kwargs(args, model)
 
     kwargs.update(sampling_labels(model, args.n, args.class_, args.classes, args.guidance))  # --class/--classes/--guidance
+    check_guidance_has_classes(args.class_, args.classes, args.guidance)
     check_images_fit(args.n, model)
     generator = torch.Generator(device=device_name(args)).manual_seed(args.seed)
     with torch.inference_mode(), sampling_precision(model, args.precision):

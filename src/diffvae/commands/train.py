@@ -11,6 +11,7 @@ import sys
 from diffvae.api import DataConfig, train_run
 from diffvae.commands.options import add_config_argument, add_data_arguments, add_dataclass_arguments, add_train_arguments
 from diffvae.configs import TrainConfig, config_from_dict
+from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
 from diffvae.families import FAMILIES, get_family
 from diffvae.recipes import apply, describe, for_budget
@@ -44,29 +45,37 @@ def run(args) -> int:
     else:
         if args.data is None:
             raise DiffvaeError(f"train {args.family}: the following arguments are required: --data")
-        model_values, train_values = _with_recipe(fam, given)
+        model_values, train_values, note = _with_recipe(fam, given)
         model_config = config_from_dict(config_class, model_values)
         train_config = TrainConfig(**train_values)
         train_config.validate()
         data = DataConfig(**given["data"])
         train_run(args.family, data, model_config, train_config, out=args.out, force=args.force, progress=not args.quiet,
-                  requested={**given, "model": model_values})  # the shape's preset fills the model fields not given
+                  requested={**given, "model": model_values}, note=note)  # the shape's preset fills the model fields not given
     if os.environ.get("RANK", "0") == "0":  # under torchrun, say it once
-        print(f"diffvae: trained {args.family} → {args.out}", file=sys.stderr)
+        print(f"diffvae: trained {args.family} → {args.out}{_auto_device_note(args)}", file=sys.stderr)
     return 0
 
 
-def _with_recipe(fam, given: dict[str, dict]) -> tuple[dict, dict]:
+def _auto_device_note(args) -> str:
+    """`` on cpu (--device auto)`` where auto chose: the user sees where the work ran."""
+    if getattr(args, "resume", False):
+        return ""  # a resumed run trains on the device its config.json names
+    device = getattr(args, "train__device", None) or getattr(args, "device", None)
+    return f" on {resolve_device('auto')} (--device auto)" if device in (None, "auto") else ""
+
+
+def _with_recipe(fam, given: dict[str, dict]) -> tuple[dict, dict, str | None]:
     """Model and train values of a new run: with ``--budget``, the family's compute-aware recipe for
-    it (:mod:`diffvae.recipes`) under the flags the user gave, which always win."""
+    it (:mod:`diffvae.recipes`) under the flags the user gave, which always win; and the line that
+    describes the recipe (said by train_run once the run is accepted, never before a refusal)."""
     train = {**fam.train_defaults, **NEW_RUN_DEFAULTS, **given["train"]}
     if train.get("budget_minutes") is None:
-        return given["model"], train
+        return given["model"], train, None
     recipe, info = for_budget(fam.recipes, train["budget_minutes"], train.get("device", "auto"), train.get("precision", "auto"))
-    if recipe is not None and os.environ.get("RANK", "0") == "0":
-        print(f"diffvae: {describe(info)}", file=sys.stderr)
+    note = f"diffvae: {describe(info)}" if recipe is not None else None
     model, train = apply(recipe, given["model"], train, set(given["model"]) | set(given["train"]))
-    return model, {**train, "recipe": recipe.name if recipe is not None else None}
+    return model, {**train, "recipe": recipe.name if recipe is not None else None}, note
 
 
 def _given_train_flags(args, config_class) -> dict[str, dict]:

@@ -58,9 +58,28 @@ class CurveSettings:
     clock: str = "CPU-minutes"  # what the minutes axis measures
 
 
+MIN_POINTS = 3  # points per family the sample count is chosen to afford
+MIN_CURVE_SAMPLES = 25  # the fewest samples per point (the count halves from curve_samples() down to this)
+
+
+def clock() -> float:
+    """The stage's time source in seconds (tests replace it with a simulated slow clock)."""
+    return time.perf_counter()
+
+
 def curve_samples(budget_minutes: float) -> int:
-    """Samples per snapshot for the curves' FID (equal for all families)."""
+    """Samples per snapshot for the curves' FID (equal for all families), before the stage sizes it to its time."""
     return 200 if budget_minutes >= 30 else 100
+
+
+def affordable_samples(start: int, seconds: float, seconds_per_sample: Sequence[float]) -> int:
+    """The most samples per point, halving from ``start`` to :data:`MIN_CURVE_SAMPLES`, at which every family
+    gets :data:`MIN_POINTS` points within ``seconds`` (costs re-measured on this machine now: a loaded machine
+    gets fewer samples per point, not fewer points)."""
+    n = start
+    while n > MIN_CURVE_SAMPLES and MIN_POINTS * n * sum(seconds_per_sample) > seconds:
+        n = max(MIN_CURVE_SAMPLES, n // 2)
+    return n
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -73,21 +92,31 @@ def learning_curves(families: Sequence[str], dataset, out: Path, seconds: float,
 
     The final weights of every family first (cheapest family first), then each family in turn gets an
     equal share of the time left, what one family does not use going to the next."""
-    started = time.perf_counter()
+    started = clock()
     settings = CurveSettings(n_samples=curve_samples(budget_minutes), seed=seed,
                              clock="CPU-minutes" if resolve_device(device).type == "cpu" else "GPU-minutes")
     measure = SnapshotMeasure(extractor, dataset, settings)
     curves = {f: FamilyCurve(out / "runs" / f, measure) for f in families if read_index(out / "runs" / f) is not None}
 
     def left() -> float:
-        return seconds - (time.perf_counter() - started)
+        return seconds - (clock() - started)
 
+    _size_samples(settings, list(curves.values()), left())
     for curve in sorted(curves.values(), key=lambda c: c.cost):
-        curve.extend(deadline=time.perf_counter() + left(), most=1)
+        curve.extend(deadline=clock() + left(), most=1)
     for i, curve in enumerate(curves.values()):
-        curve.extend(deadline=time.perf_counter() + left() / (len(curves) - i))
+        curve.extend(deadline=clock() + left() / (len(curves) - i))
     return {"learning_curves": {f: c.points_in_order() for f, c in curves.items()},
             "learning_curve_settings": {**asdict(settings), "skipped_steps": {f: c.skipped() for f, c in curves.items()}}}
+
+
+def _size_samples(settings: CurveSettings, curves: list["FamilyCurve"], seconds: float) -> None:
+    """Samples per point from the pilots' costs measured now (:func:`affordable_samples`), the same for every family."""
+    per_sample = [curve.cost / settings.n_samples for curve in curves]
+    n = affordable_samples(settings.n_samples, seconds, per_sample)
+    for curve, cost in zip(curves, per_sample):
+        curve.cost = cost * n
+    settings.n_samples = n
 
 
 class SnapshotMeasure:
@@ -121,15 +150,15 @@ class FamilyCurve:
         """Measure more snapshots, spread over the schedule and the latest first, while one more fits
         before ``deadline`` (at most ``most``); re-planned after each with the cost measured."""
         for _ in range(len(self.entries) if most is None else most):
-            left = deadline - time.perf_counter()
+            left = deadline - clock()
             chosen = pick_snapshots(self.entries, len(self.points) + int(max(left, 0.0) // max(self.cost, 1e-9)))
             wanted = [e for e in chosen if e["step"] not in self.points]
             if not wanted or self.cost > left:
                 return
             entry = max(wanted, key=lambda e: e["step"])
-            t0 = time.perf_counter()
+            t0 = clock()
             self.points[entry["step"]] = self.measure(self.model, snapshot_folder(self.run_path) / entry["file"], entry)
-            spent = time.perf_counter() - t0
+            spent = clock() - t0
             self.cost = spent if len(self.points) == 1 else max(self.cost, spent)  # measured costs replace the pilot's
 
     def points_in_order(self) -> list[dict[str, Any]]:
@@ -155,9 +184,9 @@ def _pilot_seconds(model, seed: int) -> float:
     """Seconds for PILOT_SAMPLES samples (after a warm-up call)."""
     with torch.inference_mode():
         model.sample(1, generator=torch.Generator().manual_seed(seed))
-        t0 = time.perf_counter()
+        t0 = clock()
         model.sample(PILOT_SAMPLES, generator=torch.Generator().manual_seed(seed))
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def evaluate_snapshot(model, path: Path, entry: dict[str, Any], extractor, reference,

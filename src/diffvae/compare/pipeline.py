@@ -34,11 +34,13 @@ from diffvae.compare.curves import learning_curves
 from diffvae.compare.report import write_report
 from diffvae.compare.stages import StageInputs
 from diffvae.data import DataConfig
+from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
 from diffvae.evaluate import _jsonable
 from diffvae.families import FAMILIES, get_family
+from diffvae.marker import check_replaceable
 from diffvae.metrics.features import get_feature_extractor
-from diffvae.runs import LOCK, WriterLock, atomic_write_text, read_json, write_json
+from diffvae.runs import LOCK, WriterLock, atomic_write_text, read_json, write_json, write_marker
 from diffvae.schema import check_compare_settings, check_stages
 from diffvae.compare.refine import MAX_LOOKS, refine
 
@@ -188,6 +190,7 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     if config.resume and config.force:
         raise DiffvaeError("--resume reuses the finished stages and --force replaces the folder: pass one of them")
     out = Path(config.out)
+    _check_device(config.device)
     _check_out(out, resume=config.resume, force=config.force)
     stored = read_settings(out) if config.resume else None
     config = config.resolved(stored)
@@ -307,7 +310,7 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
     """Plan the budget and run every stage not done yet; write the report."""
     config, out, dataset, families = ctx.config, ctx.out, ctx.dataset, ctx.config.families
     the_plan = plan(config.data, config.budget_minutes, families, config.split, config.conditional)
-    _log(f"diffvae compare: {the_plan.describe()}")
+    _log(f"diffvae compare: {the_plan.describe()}; {_device_note(config.device)}")
     run = StageRunner(the_plan, Stages(out, config.resume), out, config.budget_minutes)
     earlier = sum(v.get("seconds", 0.0) for v in run.stages.status.values() if v.get("status") == "done")  # --resume reuses them
     results = _initial_results(ctx, the_plan)
@@ -389,6 +392,16 @@ def _reserve(budget_s: float) -> float:
     return min(30.0, 0.04 * budget_s)
 
 
+def _check_device(name: str) -> None:
+    """``--device`` refused in one line when unavailable here (every stage trains on it), before anything is written."""
+    resolve_device(name)
+
+
+def _device_note(name: str) -> str:
+    """Which device the stages train on (what ``auto`` chose)."""
+    return f"device {resolve_device(name)}" + (" (auto)" if name == "auto" else "")
+
+
 def _check_out(out: Path, resume: bool, force: bool) -> None:
     """Refuse an ``--out`` that cannot be used as asked. Reads only."""
     if out.exists() and not out.is_dir():
@@ -401,10 +414,18 @@ def _check_out(out: Path, resume: bool, force: bool) -> None:
             return
         if not force:
             raise DiffvaeError(f"--out {out} already exists; use --resume to reuse its finished stages or --force to replace it")
-        if not is_report:
-            raise DiffvaeError(f"--force refuses to replace {out}: it is not a diffvae compare folder")
+        check_replaceable(out, "compare", legacy=_is_unmarked_compare)
     elif resume:
         raise DiffvaeError(f"--resume: {out} does not exist")
+
+
+def _is_unmarked_compare(out: Path) -> bool:
+    """A compare folder made before folders carried diffvae's mark: its compare.json passes the schema."""
+    try:
+        read_settings(out)
+    except DiffvaeError:
+        return False
+    return True
 
 
 def _open_out(out: Path, resume: bool, force: bool) -> WriterLock:
@@ -420,6 +441,7 @@ def _open_out(out: Path, resume: bool, force: bool) -> WriterLock:
             for entry in out.iterdir():
                 if entry.name != LOCK:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        write_marker(out, "compare")  # what --force may replace later
         (out / "figures").mkdir(exist_ok=True)
         (out / "runs").mkdir(exist_ok=True)
     except OSError as e:

@@ -194,6 +194,7 @@ def sampler_sweep(model, family: str, dataset, extractor, out: Path, seconds: fl
             samples = torch.cat([model.sample(min(100, n - i), generator=g, sampler=sampler, steps=steps) for i in range(0, n, 100)])
         elapsed = time.perf_counter() - t0
         spent += elapsed
+        unit = elapsed / max(1, n * nfe)  # the cost under the load of now sizes the next setting
         figure = f"figures/samples_{family}_{sampler.replace('+', 'p')}_{steps}.png"
         save_grid(samples[:64], out / figure, nrow=8, scale=_scale(samples))
         rows.append({"sampler": sampler, "steps": steps, "nfe": nfe, "n": n,

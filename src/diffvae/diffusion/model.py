@@ -94,9 +94,12 @@ class DiffusionConfig(UNetFamilyConfig):
 
 
 def _groups_for(channels: int, channel_mult: tuple[int, ...]) -> int:
-    """The largest GroupNorm group count ≤ 32 dividing every level's width."""
+    """The largest GroupNorm group count ≤ 32 dividing every level's width that leaves the widest level at least
+    two channels per group (with one per group everywhere, GroupNorm removes the time/label embedding exactly:
+    :meth:`UNetConfig._check_embedding_reaches_output`). Unchanged for every width ≥ 64 somewhere (the defaults)."""
     widths = [channels * m for m in channel_mult]
-    return max(g for g in range(1, 33) if all(w % g == 0 for w in widths))
+    fitting = [g for g in range(1, 33) if all(w % g == 0 for w in widths) and max(widths) >= 2 * g]
+    return max(fitting, default=1)
 
 
 def check_sampling(sampler: str, steps: int, T: int, eta: float) -> None:

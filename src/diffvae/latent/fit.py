@@ -18,14 +18,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffvae.colour import hflip_generator
 from diffvae.configs import config_from_dict
 from diffvae.errors import DiffvaeError
 from diffvae.latent.autoencoder import latent_scale_from
 from diffvae.latent.model import LDMConfig, LatentDiffusion
+from diffvae.loader import batch_indices
 from diffvae.metrics.features import get_feature_extractor
 from diffvae.runs import RunDir, split_prefixed
 from diffvae.snapshots import Compute, count_gflop, training_gflop_per_image
-from diffvae.train import distributed_context, resolve_device, train, wall_clock
+from diffvae.train import BatchSource, distributed_context, resolve_device, train, wall_clock
 
 AUTOENCODER_STAGE = "autoencoder"  # file stem of stage 1's checkpoint and metrics
 AUTOENCODER_SHAPE_FIELDS = ("downsample", "latent_channels", "ae_width", "ae_res_blocks")
@@ -124,10 +126,38 @@ def fit(model: LatentDiffusion, dataset, train_config, run: RunDir, *, resume: b
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         record_scale(model, run, latent_scale_from(mean + torch.exp(0.5 * logvar) * noise), rank)
     labels = dataset.train_labels if model.denoiser.num_classes else None  # conditional: the labels travel
+    source = mirrored_source(model, dataset.train, moments, diffusion_config, labels) if diffusion_config.hflip else None
     ema, _ = train(model, moments, diffusion_config, run, resume=resume and run.checkpoint_path.is_file(),
-                   progress=progress, labels=labels, description="ldm diffusion", compute_before=before,
+                   progress=progress, labels=labels, description="ldm diffusion", compute_before=before, source=source,
                    extra_metadata={"stage": "diffusion", "autoencoder_steps": ae_steps, "ae_run": reuse})
     return ema
+
+
+class MirroredMomentsSource(BatchSource):
+    """Stage 2's batches under ``--hflip``: the posterior moments of the image or of its mirror image, chosen
+    per example exactly as :class:`~diffvae.train.BatchSource` flips uint8 images (the same draws of
+    :func:`diffvae.colour.hflip_generator`, global batch before the rank slice), so a resume flips the same
+    examples. The encoder is not mirror-symmetric: the mirrored images' moments are encoded once, up front."""
+
+    def __init__(self, moments: torch.Tensor, mirrored: torch.Tensor, batch_size: int, seed: int,
+                 labels: torch.Tensor | None, rank: int, world: int, device: torch.device):
+        super().__init__(moments, batch_size, seed, labels, rank, world, device)
+        self.mirrored = mirrored.to(self.device)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mine = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        idx = batch_indices(step, self.n, self.batch_size, self.seed).to(self.device)
+        flip = torch.rand(idx.shape[0], generator=hflip_generator(self.seed, step)) < 0.5  # hflip's draw, p = 1/2
+        flip = flip.to(self.device).view(-1, *[1] * (self.inputs.ndim - 1))
+        chosen = torch.where(flip, self.mirrored[idx], self.inputs[idx])[mine]
+        return chosen, self.labels[idx[mine]] if self.labels is not None else None
+
+
+def mirrored_source(model: LatentDiffusion, images: torch.Tensor, moments: torch.Tensor, config, labels) -> MirroredMomentsSource:
+    """The batch source of stage 2 with ``--hflip`` (:class:`MirroredMomentsSource`), for this rank and device."""
+    rank, world = distributed_context()
+    mirrored = model.latent_moments(images.flip(-1))
+    return MirroredMomentsSource(moments, mirrored, config.batch_size, config.seed, labels, rank, world, resolve_device(config.device))
 
 
 def _dataset_feature_network(dataset, progress: bool) -> nn.Module:

@@ -17,7 +17,8 @@ initialisation, shuffling and augmentation draw from generators seeded by it and
 torch RNG is left untouched.
 
 The cache is ``$DIFFVAE_CACHE`` (default ``~/.cache/diffvae``)
-``/features/<content hash>-<kind>-seed<S>-<config digest>.safetensors``: the weights, with the
+``/features/<content hash>-<kind>[-labels<labels digest>]-seed<S>-<config digest>.safetensors`` (a classifier's
+file names its labels too: a relabelled data set gets its own classifier): the weights, with the
 configuration and training record as JSON in the safetensors metadata, written atomically
 (temporary file + ``os.replace``, via :func:`diffvae.runs.save_tensors`). A file that cannot be
 read or does not match its configuration is rebuilt, with a warning.
@@ -263,6 +264,15 @@ def _labels_of(dataset) -> tuple[torch.Tensor | None, torch.Tensor | None, int |
     return torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long(), int(num_classes)
 
 
+def labels_digest(train_labels: torch.Tensor, test_labels: torch.Tensor) -> str:
+    """8 hex digits of sha256 over both splits' labels (the data's content hash covers the images only)."""
+    digest = hashlib.sha256()
+    for part, labels in (("train", train_labels), ("test", test_labels)):
+        digest.update(f"{part}:{labels.shape[0]};".encode())
+        digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:8]
+
+
 def _held_out_score(net: FeatureNet, test: torch.Tensor, test_labels: torch.Tensor | None) -> dict:
     extractor = FeatureExtractor(net, "", {})
     if net.config.kind == "classifier":
@@ -314,23 +324,32 @@ def get_feature_extractor(
         steps=steps,
     )
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / "features" / f"{dataset.content_hash()}-{config.kind}-seed{seed}-{config.digest()}.safetensors"
+    labels = f"-labels{labels_digest(train_labels, test_labels)}" if num_classes else ""  # a relabelled set: another classifier
+    path = folder / "features" / f"{dataset.content_hash()}-{config.kind}{labels}-seed{seed}-{config.digest()}.safetensors"
     dataset_name = getattr(dataset, "name", None) or "dataset"
     cached = _load_cached(path, config)
     if cached is not None:
         return FeatureExtractor(cached[0], dataset_name, cached[1])
 
+    _check_cache_writable(path.parent)  # before minutes of training, not after
     started = time.perf_counter()
     net = train_feature_net(config, train, train_labels, seed=seed, progress=progress)
     info = {"seed": seed, "steps": config.steps, "train_seconds": time.perf_counter() - started,
             "dataset": dataset_name, "content_hash": dataset.content_hash()}
     info.update(_held_out_score(net, _as_uint8_images(dataset.test), test_labels))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DiffvaeError(f"cannot create the cache folder {path.parent}: {err.strerror}") from None
     save_tensors(path, net.state_dict(), {"config": asdict(config), "info": info})
     return FeatureExtractor(net, dataset_name, info)
+
+
+def _check_cache_writable(folder: Path) -> None:
+    """The feature cache folder exists (created) and can be written, else one line naming it and $DIFFVAE_CACHE."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DiffvaeError(f"cannot create the feature cache folder {folder}: {err.strerror} (set DIFFVAE_CACHE to a "
+                           "writable folder)") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DiffvaeError(f"cannot write in the feature cache folder {folder} (set DIFFVAE_CACHE to a writable folder)")
 
 
 def recognisability(probs: np.ndarray | torch.Tensor) -> dict:

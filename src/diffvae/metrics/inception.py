@@ -89,12 +89,25 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch / safetensors / zip / OS errors: all mean "cannot use this file"
+        if type(err).__name__ == "UnpicklingError":  # torch's text advises weights_only=False: never relayed
+            raise DiffvaeError(f"cannot read the Inception weights {path}: it holds pickled Python objects besides tensors, "
+                               "which diffvae never unpickles; use a plain state dict (.pth of tensors) or .safetensors") from None
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise DiffvaeError(f"cannot read the Inception weights {path}: {first}") from None
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise DiffvaeError(f"{path} is not a state dict (a mapping of names to tensors) of Inception-v3")
+    _check_float_weights(state, path)
     return state
+
+
+def _check_float_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Inception's weights and statistics are floats; integers (a quantized or mangled export) would load into
+    the float parameters silently converted. Only batch-norm counters (``num_batches_tracked``) are integers."""
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() and not name.endswith("num_batches_tracked"):
+            raise DiffvaeError(f"{path}: {name} holds {str(tensor.dtype).replace('torch.', '')} values; "
+                               "Inception-v3 weights must be floating point")
 
 
 def build_inception(state: dict[str, torch.Tensor], source: str = "weights"):

@@ -88,12 +88,25 @@ class UNetConfig:
                 raise DiffvaeError(
                     f"unet width {width} is not divisible by groups={self.groups}; choose channels/groups so that it is"
                 )
+        self._check_embedding_reaches_output()
         if not 0.0 <= self.dropout < 1.0:
             raise DiffvaeError(f"unet dropout must be in [0, 1), got {self.dropout}")
         if self.time_embed_mult < 1:
             raise DiffvaeError(f"unet time_embed_mult must be >= 1, got {self.time_embed_mult}")
         if self.num_classes < 0:
             raise DiffvaeError(f"unet num_classes must be >= 0, got {self.num_classes}")
+
+    def _check_embedding_reaches_output(self) -> None:
+        """Each residual block adds the time (and label) embedding as one constant per channel, then GroupNorm
+        subtracts each group's mean: with one channel per group it removes that constant exactly. Where every
+        level has one channel per group the network cannot see t or the label at all: refused."""
+        widest = self.channels * max(self.channel_mult)
+        if widest // self.groups < 2:
+            raise DiffvaeError(
+                f"unet groups={self.groups} leaves one channel per GroupNorm group at every level (widths "
+                f"{sorted({self.channels * m for m in self.channel_mult})}): the norm removes the time/label embedding "
+                "exactly and the network cannot see t or the label; use wider levels or fewer groups"
+            )
 
     def attends_at(self, level: int) -> bool:
         """Whether level ``level`` (0 = full resolution) has self-attention."""
