@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from diffvae.cli import main
+from diffvae.compare.decisions import Decider, decide_all
 from diffvae.compare.control import (GUIDANCE_SWEEP, MIN_PER_CLASS, claim_follows_conditions, control_parts, control_sizes,
                                      guidance_rows)
 from diffvae.compare.report import UNDECIDED, _render_cell, lookup
@@ -166,17 +167,30 @@ def _results(vae_ci, ddpm_ci, ddpm_w=3.0):
 
 @pytest.mark.parametrize("vae_ci, ddpm_ci, verdict", [((0.3, 0.5), (0.8, 0.95), "held"), ((0.8, 0.95), (0.3, 0.5), "did not hold"),
                                                       ((0.5, 0.8), (0.6, 0.9), UNDECIDED)])
-def test_claim_follows_conditions_decides_only_when_the_intervals_separate(vae_ci, ddpm_ci, verdict):
-    text, got, evidence = claim_follows_conditions(_results(vae_ci, ddpm_ci), "vae", ("ddpm",))
+def test_claim_follows_conditions_decides_on_the_test_of_two_proportions(vae_ci, ddpm_ci, verdict):
+    results = _results(vae_ci, ddpm_ci)
+    decider = Decider(results)
+    text, got, evidence = claim_follows_conditions(decider, "vae", ("ddpm",))
     assert got == verdict and "at w = 3" in evidence
     assert ("would decide it" in evidence) == (verdict == UNDECIDED)
+    (entry,) = decider.entries  # the test behind the verdict, recorded for results["comparisons"]
+    assert entry["question"] == f"claim:{text}" and (entry["a"], entry["b"]) == ("ddpm", "vae")
+    assert entry["difference"] == pytest.approx(sum(ddpm_ci) / 2 - sum(vae_ci) / 2)
+    assert {"a": "held", "b": "did not hold", None: UNDECIDED}[entry["decided"]] == verdict
+
+
+def test_controllability_is_a_best_use_of_a_conditional_compare():
+    results = _results((0.3, 0.5), (0.8, 0.95))
+    best = decide_all(results).best_entries
+    assert best["controllability"]["family"] == "ddpm" and best["controllability"]["decided"]
+    assert "controllability" not in decide_all({**results, "conditional": False}).best_entries
 
 
 def test_claim_follows_conditions_needs_both_sides():
     results = _results((0.3, 0.5), (0.8, 0.9))
     del results["control"]["vae"]
-    assert claim_follows_conditions(results, "vae", ("ddpm",)) is None
-    assert claim_follows_conditions(results, None, ("ddpm",)) is None
+    assert claim_follows_conditions(Decider(results), "vae", ("ddpm",)) is None
+    assert claim_follows_conditions(Decider(results), None, ("ddpm",)) is None
 
 
 def test_control_cell_says_what_was_measured():

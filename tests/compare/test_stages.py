@@ -110,3 +110,5 @@ def test_the_sampler_sweep_sizes_each_setting_with_the_cost_it_just_measured(tmp
     rows = stages.sampler_sweep(Model(), "ddpm", dataset, features, tmp_path, seconds=40.0, seed=0, n_samples=10)
     assert [r["steps"] for r in rows] == [100, 200]  # 10 s + 20 s; the 500-step setting (50 s) no longer fits
     assert clock.now <= 40.0
+    for row in rows:  # FID@n with its interval around it, so the matched-cost claim can decide on sweep points
+        assert row["fid_ci95"][0] <= row["fid"] <= row["fid_ci95"][1] and row["fid_ci95"][0] < row["fid_ci95"][1]

@@ -172,3 +172,18 @@ def test_paired_scalar_bootstrap_equals_a_loop():
     loop = torch.tensor([gap(a[ia[k]], r[ir[k]]) - gap(b[ib[k]], r[ir[k]]) for k in range(50)], dtype=torch.float64)
     assert ours.se == pytest.approx(float(loop.std()), rel=1e-8)
     assert ours.difference == pytest.approx(gap(a, r) - gap(b, r))
+
+
+def test_two_independent_proportions_match_newcombe_and_the_chi_square_test():
+    """Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 vs 48/80, hybrid score interval
+    (method 10) 0.0524 to 0.3339; the pooled z-test is the 2×2 χ² test without continuity correction (scipy)."""
+    from scipy.stats import chi2_contingency
+
+    c = P.independent_proportion_difference("conditional_accuracy", 56 / 70, 70, 48 / 80, 80)
+    assert c.difference == pytest.approx(0.2)
+    assert c.ci95 == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    _, p, _, _ = chi2_contingency([[56, 14], [48, 32]], correction=False)
+    assert c.p_value == pytest.approx(p, rel=1e-9)
+    assert c.decided() == "a" and not c.lower_is_better
+    same = P.independent_proportion_difference("conditional_accuracy", 0.5, 40, 0.5, 60)
+    assert same.decided() is None and same.ci95[0] < 0 < same.ci95[1]

@@ -30,7 +30,7 @@ import torch
 from diffvae.api import load
 from diffvae.compare.stages import compare_samples
 from diffvae.compare.style import color, pyplot, save_figure, short, title
-from diffvae.compare.verdicts import Figure, UNDECIDED, decide, figure_text, samples_to_decide
+from diffvae.compare.verdicts import Figure, UNDECIDED, figure_text
 from diffvae.conditioning import num_classes
 from diffvae.errors import DiffvaeError
 from diffvae.evaluate import EvalConfig, class_samples, conditional_scores, guidance_sweep
@@ -150,24 +150,30 @@ def accuracy_figure(results: dict[str, Any], fam: str):
     return Figure(float(value), tuple(ci) if isinstance(ci, (list, tuple)) and None not in ci else None, r.get("conditional_accuracy_n"))
 
 
-def claim_follows_conditions(results: dict[str, Any], autoencoder: str | None, iterative: tuple[str, ...]):
-    """("Diffusion follows conditions better than a VAE", verdict, evidence) from the accuracies: held when an
-    iterative family's interval lies above the VAE's, did not hold when all lie below; None without both."""
+CONDITION_CLAIM = "Conditioning: diffusion follows conditions better than a VAE"
+
+
+def claim_follows_conditions(decider, autoencoder: str | None, iterative: tuple[str, ...]):
+    """(claim, verdict, evidence) from the conditional accuracies: each iterative family's accuracy minus the VAE's,
+    tested as two independent proportions with Holm over the families (``decider.question``, which records the
+    entries in ``results["comparisons"]``): held when one is decided above the VAE, did not hold when all are
+    decided below it; None without both sides."""
+    results = decider.results
     vae = accuracy_figure(results, autoencoder) if autoencoder else None
     others = {f: accuracy_figure(results, f) for f in iterative}
     others = {f: v for f, v in others.items() if v is not None}
     if vae is None or not others:
         return None
-    outcomes = [decide(v, vae, False) for v in others.values()]
-    verdict = "held" if "a" in outcomes else "did not hold" if all(o == "b" for o in outcomes) else UNDECIDED
+    entries = decider.question(f"claim:{CONDITION_CLAIM}", "conditional_accuracy", [(f, autoencoder) for f in others])
+    outcomes = [e["decided"] for e in entries]
+    verdict = ("held" if "a" in outcomes else "did not hold" if outcomes and all(o == "b" for o in outcomes) else UNDECIDED)
     w = {f: (results["control"][f].get("guidance")) for f in others}
     evidence = (f"conditional accuracy (the feature network's classifier agrees with the asked class): {short(autoencoder)} "
                 f"{figure_text(vae)}; " + ", ".join(f"{short(f)} {figure_text(v)} at w = {w[f]:g}" for f, v in others.items()))
-    need = [samples_to_decide(v, vae) for v, o in zip(others.values(), outcomes) if o == "undecided"]
-    need = [n for n in need if n is not None]
+    need = [e["n_to_decide"] for e in entries if e["decided"] is None and e.get("n_to_decide")]
     if verdict == UNDECIDED and need:
         evidence += f"; about {max(need):,} samples per family would decide it"
-    return "Conditioning: diffusion follows conditions better than a VAE", verdict, evidence
+    return CONDITION_CLAIM, verdict, evidence
 
 
 def guidance_figure(results: dict[str, Any], path: Path) -> bool:

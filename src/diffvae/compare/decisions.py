@@ -28,6 +28,7 @@ from diffvae.metrics.paired import (
     Comparison,
     SequentialPlan,
     holm,
+    independent_proportion_difference,
     normal_comparison,
     paired_mean_difference,
     paired_proportion_difference,
@@ -47,10 +48,11 @@ USES = (
     ("interpolation", "midpoint_fid", "midpoint FID@{n}", "midpoint pairs per family"),
     ("sharpness", "sharpness_gap", "|log sharpness ratio|", "samples per family"),
 )
+CONTROLLABILITY = ("controllability", "conditional_accuracy", "accuracy", "samples per family")  # --conditional only
 UNITS = {metric: unit for _, metric, _, unit in USES} | {m: "samples per family" for m in ("kid", "precision", "recall")}
 SIZE_KEYS = {"fid": "n_samples", "kid": "n_samples", "precision": "n_samples", "recall": "n_samples",
              "sharpness_gap": "n_samples", "midpoint_fid": "midpoint_n", "bpd": "bpd_n", "probe_accuracy": "probe_n",
-             "ms_per_sample": "ms_per_sample_repeats"}
+             "ms_per_sample": "ms_per_sample_repeats", "conditional_accuracy": "conditional_accuracy_n"}
 
 
 def _finite(value: Any) -> float | None:
@@ -94,8 +96,10 @@ class Decider:
     def level(self) -> float:
         return self.plan.level(self.look)
 
-    def family(self, name: str) -> dict[str, Any]:
-        return (self.results.get("families") or {}).get(name) or {}
+    def family(self, name: str, metric: str = "") -> dict[str, Any]:
+        """The family's figures: its evaluation's, or its controllability stage's for ``conditional_accuracy``."""
+        where = "control" if metric == "conditional_accuracy" else "families"
+        return (self.results.get(where) or {}).get(name) or {}
 
     # ------------------------------------------------------------------ one pair
     def comparison(self, metric: str, a: str, b: str) -> Comparison | None:
@@ -106,6 +110,8 @@ class Decider:
         return self._cache[key]
 
     def _paired(self, metric: str, a: str, b: str) -> Comparison | None:
+        if metric == "conditional_accuracy":
+            return self._proportions(metric, a, b)
         ea, eb, ref = self.evidence.get(a), self.evidence.get(b), self.evidence.get("reference") or {}
         if ea is None or eb is None:
             return None
@@ -131,12 +137,20 @@ class Decider:
                                            lower_is_better=lower)
         return None
 
+    def _proportions(self, metric: str, a: str, b: str) -> Comparison | None:
+        """Two families' shares of their own samples (different samples: independent, not paired)."""
+        (pa, _), (pb, _) = figure_value(self.family(a, metric), metric), figure_value(self.family(b, metric), metric)
+        na, nb = (int(self.family(f, metric).get(SIZE_KEYS[metric]) or 0) for f in (a, b))
+        if pa is None or pb is None or min(na, nb) < 1:
+            return None
+        return independent_proportion_difference(metric, pa, na, pb, nb)
+
     def _from_intervals(self, metric: str, a: str, b: str) -> Comparison | None:
-        (va, ca), (vb, cb) = figure_value(self.family(a), metric), figure_value(self.family(b), metric)
+        (va, ca), (vb, cb) = figure_value(self.family(a, metric), metric), figure_value(self.family(b, metric), metric)
         if va is None or vb is None or ca is None or cb is None:
             return None
         se = math.hypot((ca[1] - ca[0]) / 2 / 1.959963984540054, (cb[1] - cb[0]) / 2 / 1.959963984540054)
-        n = min(int(self.family(f).get(SIZE_KEYS.get(metric, ""), 0) or 0) for f in (a, b))
+        n = min(int(self.family(f, metric).get(SIZE_KEYS.get(metric, ""), 0) or 0) for f in (a, b))
         return normal_comparison(metric, va - vb, se, n, "unpaired normal test from the two stored 95% intervals "
                                  "(no per-item evidence stored)", lower_is_better=LOWER_IS_BETTER.get(metric, True),
                                  n_scales=metric not in ("fid", "midpoint_fid", "precision", "recall") and n > 0)
@@ -163,11 +177,11 @@ class Decider:
     def candidates(self, metric: str) -> list[str]:
         """Families with a figure of ``metric``; for bits/dim only those whose bpd is a bound."""
         out = []
-        for fam in self.results.get("families") or {}:
+        for fam in self.results.get("control" if metric == "conditional_accuracy" else "families") or {}:
             spec = spec_or_none(fam)
             if metric == "bpd" and spec is not None and not getattr(spec, "bpd_is_bound", True):
                 continue
-            if figure_value(self.family(fam), metric)[0] is not None:
+            if figure_value(self.family(fam, metric), metric)[0] is not None:
                 out.append(fam)
         return out
 
@@ -177,14 +191,14 @@ class Decider:
         if len(fams) < 2:
             return None
         lower = LOWER_IS_BETTER.get(metric, True)
-        ranked = sorted(fams, key=lambda f: figure_value(self.family(f), metric)[0] * (1 if lower else -1))
+        ranked = sorted(fams, key=lambda f: figure_value(self.family(f, metric), metric)[0] * (1 if lower else -1))
         leader, runner = ranked[0], ranked[1]
         entries = self.question(f"best:{use}", metric, [(leader, other) for other in ranked[1:]])
         if not entries:
             return None
-        n = self.family(leader).get(SIZE_KEYS.get(metric, ""))
+        n = self.family(leader, metric).get(SIZE_KEYS.get(metric, ""))
         label = label.format(n=n if n is not None else "N")
-        value, ci = figure_value(self.family(leader), metric)
+        value, ci = figure_value(self.family(leader, metric), metric)
         decided = all(e["decided"] == "a" for e in entries)
         p = max(e["p_value"] for e in entries if e["p_value"] is not None) if any(e["p_value"] is not None for e in entries) else None
         first = next(e for e in entries if e["b"] == runner) if any(e["b"] == runner for e in entries) else entries[0]
@@ -237,7 +251,7 @@ def decide_all(results: dict[str, Any], evidence: dict[str, dict] | None = None,
     """A :class:`Decider` over ``results`` with every use's best computed (``decider.best_entries``)."""
     decider = Decider(results, evidence, plan, look)
     decider.best_entries = {}
-    for use, metric, label, unit in USES:
+    for use, metric, label, unit in USES + ((CONTROLLABILITY,) if results.get("conditional") else ()):
         best = decider.best(use, metric, label, unit)
         if best is not None:
             decider.best_entries[use] = best

@@ -34,7 +34,6 @@ from diffvae.compare.verdicts import (UNDECIDED, Figure, _stored_interval, compa
                                       samples_to_decide, separated, store_comparisons, undecided_text, unpaired_difference)
 from diffvae.contract import FamilySpec
 from diffvae.runs import atomic_write_text
-from diffvae.compare.decisions import decide_all
 
 
 # A cell is a list of parts: plain text, (prefix, path) for a number, or (prefix, path, kind) for a
@@ -315,7 +314,7 @@ def claims(results: dict[str, Any], decider=None) -> list[dict[str, str]]:
         _claim_representation(d, r, claim)
         _claim_latent_diffusion(d, r, claim)
     if results.get("conditional"):
-        checked = claim_follows_conditions(results, r.autoencoder, r.iterative)
+        checked = claim_follows_conditions(d, r.autoencoder, r.iterative)
         claim(*checked) if checked else claim("Conditioning: diffusion follows conditions better than a VAE", None,
                                               "needs a conditional VAE and a conditional iterative family")
     return out

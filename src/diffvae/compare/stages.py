@@ -21,7 +21,8 @@ from diffvae.evaluate import EvalConfig, evaluate
 from diffvae.families import get_family
 from diffvae.images import save_grid
 from diffvae.interpolation import interpolation_strip
-from diffvae.metrics.distances import as_feature_matrix, fid
+from diffvae.metrics.distances import as_feature_matrix
+from diffvae.metrics.paired import metric_interval
 from diffvae.metrics.sharpness import laplacian_variance, sharpness
 from diffvae.precision import sampling_precision
 from diffvae.recipes import describe, for_budget
@@ -197,9 +198,9 @@ def sampler_sweep(model, family: str, dataset, extractor, out: Path, seconds: fl
         unit = elapsed / max(1, n * nfe)  # the cost under the load of now sizes the next setting
         figure = f"figures/samples_{family}_{sampler.replace('+', 'p')}_{steps}.png"
         save_grid(samples[:64], out / figure, nrow=8, scale=_scale(samples))
-        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe, "n": n,
-                     "fid": fid(real_features, extractor.features(samples)), "sharpness": sharpness(samples),
-                     "ms_per_sample": 1000.0 * elapsed / n, "figure": figure})
+        value, ci = metric_interval("fid", real_features, extractor.features(samples))  # FID@n, its interval around it
+        rows.append({"sampler": sampler, "steps": steps, "nfe": nfe, "n": n, "fid": value, "fid_ci95": list(ci),
+                     "sharpness": sharpness(samples), "ms_per_sample": 1000.0 * elapsed / n, "figure": figure})
     return rows
 
 

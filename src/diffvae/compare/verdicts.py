@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from diffvae.metrics.paired import samples_for_power
+from diffvae.metrics.paired import holm, samples_for_power  # noqa: F401 (holm: re-exported for the claims)
 
 UNDECIDED = "not decided at this budget"
 MI_CEILING_TOLERANCE = 0.01  # MI within 1% of log N is at the estimator's ceiling
@@ -143,16 +143,6 @@ def unpaired_difference(a: Figure, b: Figure) -> tuple[float, tuple[float, float
     se = (below if diff > 0 else above) / Z95
     p = 1.0 if diff == 0 else 0.0 if se == 0 else math.erfc(abs(diff) / se / math.sqrt(2.0))
     return diff, (diff - below, diff + above), p
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error control over the list)."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    adjusted, running = [1.0] * len(p_values), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def comparison_entry(question: str, metric: str, names: tuple[str, str], a: Figure, b: Figure, lower_is_better: bool,

@@ -57,7 +57,8 @@ POWER = 0.8
 DEFAULT_RESAMPLES = 400
 SAMPLE_METRICS = ("fid", "kid", "precision", "recall")
 LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False, "bpd": True,
-                   "ms_per_sample": True, "probe_accuracy": False, "midpoint_fid": True, "sharpness_gap": True}
+                   "ms_per_sample": True, "probe_accuracy": False, "midpoint_fid": True, "sharpness_gap": True,
+                   "conditional_accuracy": False}
 
 
 def _z(level: float = 0.95) -> float:
@@ -155,6 +156,26 @@ def paired_proportion_difference(metric: str, a: torch.Tensor, b: torch.Tensor, 
     p = float(stats.binomtest(n10, n10 + n01, 0.5).pvalue) if n10 + n01 else 1.0
     return Comparison(metric, difference, ci, p, se, n, f"paired over the same {n} {unit}: exact McNemar test, "
                       "Agresti–Min interval", lower_is_better=lower_is_better)
+
+
+def independent_proportion_difference(metric: str, p_a: float, n_a: int, p_b: float, n_b: int, *,
+                                      lower_is_better: bool = False, level: float = 0.95) -> Comparison:
+    """Two proportions from independent samples (each family's own samples, e.g. conditional accuracy):
+    d = p_a − p_b with Newcombe's hybrid score interval (his method 10: the sides' Wilson intervals (l, u) combined,
+    d − √((p_a − l_a)² + (u_b − p_b)²) to d + √((u_a − p_a)² + (p_b − l_b)²)) and the pooled two-proportion z-test,
+    z = d / √(p̄(1 − p̄)(1/n_a + 1/n_b)) (the χ² test of the 2×2 table without continuity correction)."""
+    method = f"two independent proportions ({n_a} and {n_b} samples): Newcombe hybrid score interval, pooled z-test"
+    if n_a < 1 or n_b < 1:
+        return Comparison(metric, p_a - p_b, (math.nan, math.nan), math.nan, math.nan, min(n_a, n_b), method,
+                          lower_is_better=lower_is_better)
+    (la, ua), (lb, ub) = wilson_interval(p_a, n_a, level), wilson_interval(p_b, n_b, level)
+    d = p_a - p_b
+    ci = (d - math.hypot(p_a - la, ub - p_b), d + math.hypot(ua - p_a, p_b - lb))
+    pooled = (p_a * n_a + p_b * n_b) / (n_a + n_b)
+    se0 = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    p = (0.0 if d != 0 else 1.0) if se0 == 0 else 2.0 * NormalDist().cdf(-abs(d) / se0)
+    se = math.sqrt(max(p_a * (1 - p_a), 0.0) / n_a + max(p_b * (1 - p_b), 0.0) / n_b)
+    return Comparison(metric, d, ci, p, se, min(n_a, n_b), method, lower_is_better=lower_is_better)
 
 
 def welch_difference(metric: str, a: torch.Tensor, b: torch.Tensor, *, lower_is_better: bool = True,
