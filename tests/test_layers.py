@@ -237,6 +237,14 @@ def test_no_family_config_copies_another_ones_fields():
     assert copied_fields([fam.load()[0] for fam in FAMILIES.values()]) == []
 
 
+def test_no_config_of_the_engine_or_compare_copies_the_data_fields():
+    """CompareConfig and DataConfig take the data's fields from diffvae.configs.DataFields (they re-declared four)."""
+    from diffvae.compare.pipeline import CompareConfig
+    from diffvae.data import DataConfig
+
+    assert copied_fields([CompareConfig, DataConfig]) == []
+
+
 def test_the_registry_and_the_command_line_stay_small():
     """families.py is a table of specs, cli.py the parser, --config and the command table (issue 26)."""
     assert len((SRC / "families.py").read_text().splitlines()) <= 40

@@ -125,8 +125,8 @@ def test_compare_refuses_a_bad_forecast_before_writing(tmp_path, capsys):
 def test_compare_forecasts_ten_times_its_budget_by_default_and_survives_a_failing_forecast():
     from diffvae.compare.pipeline import CompareConfig, _forecast, forecast_target
 
-    assert forecast_target(CompareConfig(data="digits", out="x", budget_minutes=3.0)) == {"kind": "minutes", "value": 30.0}
-    assert forecast_target(CompareConfig(data="digits", out="x", budget_minutes=3.0, forecast="1e6gflop"))["kind"] == "gflop"
+    assert forecast_target(CompareConfig(spec="digits", out="x", budget_minutes=3.0)) == {"kind": "minutes", "value": 30.0}
+    assert forecast_target(CompareConfig(spec="digits", out="x", budget_minutes=3.0, forecast="1e6gflop"))["kind"] == "gflop"
     broken = {"budget_minutes": 2.0, "learning_curves": {"vae": [1, 2]}}  # points that are not objects
     assert "error" in _forecast(broken, {"kind": "minutes", "value": 20.0}, seed=0)  # the report says so; the compare goes on
     assert section_lines(_forecast(broken, {"kind": "minutes", "value": 20.0}, seed=0))[0].startswith("The forecast failed")

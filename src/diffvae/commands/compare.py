@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    run_compare(CompareConfig(data=args.data, out=args.out, budget_minutes=args.budget, families=args.families,
+    run_compare(CompareConfig(spec=args.data, out=args.out, budget_minutes=args.budget, families=args.families,
                               split=args.split, seed=args.seed, conditional=args.conditional, device=args.device, size=args.size, key=args.key,
                               binarize=args.binarize, limit=args.limit, resume=args.resume, force=args.force, quiet=args.quiet,
                               forecast=args.forecast))

@@ -33,6 +33,7 @@ from diffvae.compare.forecasts import default_target, forecast_results, parse_ta
 from diffvae.compare.curves import learning_curves
 from diffvae.compare.report import write_report
 from diffvae.compare.stages import StageInputs
+from diffvae.configs import DataFields
 from diffvae.data import DataConfig
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
@@ -59,13 +60,12 @@ REFINE_FRACTION = 0.25  # of the evaluation share: the refine stage (more held-o
 CONTROL_SHARE = 0.12  # --conditional: the controllability stages (diffvae.compare.control), shared by the families
 
 
-@dataclass(frozen=True)
-class CompareConfig:
-    """Everything ``diffvae compare`` is asked: the data, the budget, the families and their split, the
-    seed and device, and how to treat an existing ``out``. None = the stored value with ``resume``,
-    else the default (:meth:`resolved`)."""
+@dataclass(kw_only=True)
+class CompareConfig(DataFields):
+    """Everything ``diffvae compare`` is asked: the data (:class:`diffvae.configs.DataFields`: ``spec`` and its
+    options, declared once), the budget, the families and their split, the seed and device, and how to treat an
+    existing ``out``. None = the stored value with ``resume``, else the default (:meth:`resolved`)."""
 
-    data: str
     out: str
     budget_minutes: float | None = None
     families: tuple[str, ...] | str | None = None  # a tuple, or the text of --families
@@ -73,17 +73,18 @@ class CompareConfig:
     seed: int | None = None
     conditional: bool | None = None  # train on the labels and measure controllability (--conditional)
     device: str = "auto"
-    size: int | None = None
-    key: str | None = None
-    binarize: bool = False
-    limit: int | None = None
     resume: bool = False
     force: bool = False
     quiet: bool = False
     forecast: str | None = None  # --forecast MINUTES|<N>gflop (default: 10× the budget; diffvae.compare.forecasts)
 
-    def data_config(self):
-        return DataConfig(spec=self.data, size=self.size, key=self.key, binarize=self.binarize, limit=self.limit)
+    @property
+    def data(self) -> str:
+        """The data spec as given (``--data``)."""
+        return self.spec
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataFields)})
 
     def resolved(self, stored: dict[str, Any] | None) -> "CompareConfig":
         """Families, split, budget and seed: each given, else stored (``resume``), else the default."""
