@@ -178,7 +178,7 @@ def test_torchrun_cli_trains_one_run_that_samples_and_evaluates(launches, tmp_pa
     tensors, meta = run.load_checkpoint()
     assert meta["step"] == 20 and meta["world_size"] == 2
     assert not torch.equal(tensors["rng/torch"], tensors["rng/torch/rank1"])  # each rank has its own noise stream
-    assert sorted(os.listdir(run_path)) == ["checkpoint.safetensors", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(run_path)) == [".diffvae", "checkpoint.safetensors", "config.json", "metrics.jsonl"]  # + the marker
 
     assert main(["sample", str(run_path), "--n", "8", "--out", str(tmp_path / "s.npz")]) == 0
     with np.load(tmp_path / "s.npz", allow_pickle=False) as f:

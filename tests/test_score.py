@@ -111,7 +111,7 @@ def _bad_inputs(tmp_path):
         "floats": ([f"npz:{tmp_path / 'float.npz'}", "--data", "digits"], "uint8"),
         "folder of other size": ([f"folder:{folder}", "--data", "digits"], "16×16"),
         "no --data": ([f"npz:{tmp_path / 'one.npz'}"], "--data SPEC is required"),
-        "plain path": ([str(tmp_path / "one.npz"), "--data", "digits"], "npz:"),
+        "plain path": ([str(tmp_path / "one.dat"), "--data", "digits"], "npz:"),  # PATH.npz alone is read as npz:PATH
         "--n without a run": ([f"npz:{tmp_path / 'big.npz'}", "--data", "digits", "--n", "5"], "run directory"),
         "negative bootstrap": ([f"npz:{tmp_path / 'big.npz'}", "--data", "digits", "--bootstrap", "-1"], "--bootstrap"),
     }
