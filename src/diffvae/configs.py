@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from diffvae.device import fused_adamw_available, resolve_device
+from diffvae.device import fused_adamw_available, resolve_device, resolve_precision
 from diffvae.errors import DiffvaeError
 from diffvae.ranges import TRAIN_RANGES, train_flag
 
@@ -91,6 +91,7 @@ class TrainConfig:
         if self.precision == "fp16" and resolve_device(self.device).type != "cuda":
             raise DiffvaeError(f"--precision fp16 (with loss scaling) needs a CUDA device, not {self.device}; use bf16 or fp32")
         device = resolve_device(self.device)
+        resolve_precision(self.precision, device)  # refuses a wrong $DIFFVAE_CPU_KIND before anything is written
         if self.fused_adamw is None:  # decided once, before config.json is written, so a resume uses the same optimizer
             self.fused_adamw = fused_adamw_available(device)
 

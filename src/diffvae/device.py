@@ -52,11 +52,28 @@ def fused_adamw_available(device: torch.device) -> bool:
     return True
 
 
+CPU_KINDS = ("amx", "avx512_bf16", "avx2")  # the CPU kinds whose paths differ (DEVELOPERS.md); avx2: no native bf16
+CPU_KIND_VARIABLE = "DIFFVAE_CPU_KIND"  # forces a kind's paths on another machine (tests/test_cpu_kinds.py)
+
+
+def cpu_kind() -> str:
+    """This CPU's kind: ``amx`` (Intel AMX tiles), ``avx512_bf16`` (AVX-512 with bf16 instructions) or ``avx2``
+    (neither: bf16 is emulated, several times slower than fp32). ``$DIFFVAE_CPU_KIND`` forces a kind, so a test can
+    take another kind's paths on the machine at hand; with ``ATEN_CPU_CAPABILITY`` and ``ONEDNN_MAX_CPU_ISA`` set
+    too, torch's own kernels are restricted to that kind's instructions."""
+    forced = os.environ.get(CPU_KIND_VARIABLE, "").strip()
+    if forced:
+        if forced not in CPU_KINDS:
+            raise DiffvaeError(f"${CPU_KIND_VARIABLE} must be one of {', '.join(CPU_KINDS)}, got {forced!r}")
+        return forced
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return "amx" if amx and amx() else "avx512_bf16" if avx512_bf16 and avx512_bf16() else "avx2"
+
+
 def cpu_supports_bf16() -> bool:
     """True where bf16 matmuls run natively (AVX-512 bf16 or AMX)."""
-    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((check and check()) or (amx and amx()))
+    return cpu_kind() != "avx2"
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -1,11 +1,15 @@
 """The DDPM family: a UNet composed with the diffusion functions, uint8 in and out."""
 
+import dataclasses
+
 import pytest
 import torch
 
+from diffvae.compare.stages import model_config_for
 from diffvae.diffusion import samplers
 from diffvae.diffusion.model import DDPM, DDPMConfig, Denoiser, DiffusionConfig
 from diffvae.errors import DiffvaeError
+from diffvae.nn.unet import ResBlock, UNet
 
 SMALL = dict(channels=16, channel_mult=(1, 2), timesteps=50, sample_steps=5, invert_steps=5)
 
@@ -132,11 +136,57 @@ def _old_groups_for(channels, channel_mult):  # the rule before issue 27: the la
 
 @pytest.mark.parametrize("channels, mult", [(32, (1, 2, 2)), (32, (1, 2, 2, 2)), (64, (1, 2)), (16, (1, 2)), (48, (1, 2, 3)),
                                             (64, (1,)), (128, (1, 1, 2))])
-def test_group_counts_of_networks_that_see_t_are_unchanged(channels, mult):
-    """Old checkpoints load and compute as before: every configuration whose widest level already had two channels per group."""
-    from diffvae.diffusion.model import _groups_for
+def test_runs_saved_before_norm_groups_keep_their_group_count(channels, mult):
+    """Old checkpoints load and compute as before: a config.json without ``norm_groups`` gets the group count it was
+    trained with (every configuration whose widest level already had two channels per group)."""
+    from diffvae.diffusion.model import saved_run_groups
 
-    assert _groups_for(channels, mult) == _old_groups_for(channels, mult)
+    assert saved_run_groups(channels, mult) == _old_groups_for(channels, mult)
+    saved = dataclasses.asdict(DDPMConfig(channels=channels, channel_mult=mult, timesteps=50))
+    del saved["norm_groups"]
+    assert DDPMConfig.from_saved(saved).unet_config().groups == _old_groups_for(channels, mult)
+    saved["norm_groups"] = 0  # a run saved since: the automatic count, as it was trained
+    assert DDPMConfig.from_saved(saved).unet_config().groups == DDPMConfig(channels=channels, channel_mult=mult).unet_config().groups
+
+
+def _family_configs():
+    """Every UNet family's config as compare and train build it for 1×28×28 and 3×32×32 at 2 and 200 CPU-minutes."""
+    for family in ("ddpm", "ldm", "flow"):
+        for shape in ((1, 28, 28), (3, 32, 32)):
+            for seconds in (120.0, 12000.0):
+                yield family, shape, model_config_for(family, shape, seconds)
+    yield "ddpm-small", (1, 28, 28), DDPMConfig(channels=16)
+    yield "default", (1, 28, 28), DDPMConfig()
+
+
+def test_every_residual_block_of_the_default_networks_sees_the_timestep():
+    """Issue 27: the embedding is added one constant per channel just before a GroupNorm; with one channel per group
+    (the 16- and 32-wide UNets' full-resolution blocks before norm_groups) that block's output ignores t exactly.
+    Each ResBlock of each default network is fed two different embeddings: its output must move."""
+    torch.manual_seed(0)
+    for name, shape, config in _family_configs():
+        unet_config = config.unet_config()
+        widths = [unet_config.channels * m for m in unet_config.channel_mult]
+        assert min(widths) >= 2 * unet_config.groups, (name, shape, widths, unet_config.groups)
+        unet = UNet(unet_config, in_channels=4, image_size=8)
+        blocks = [m for m in unet.modules() if isinstance(m, ResBlock)]
+        assert blocks
+        with torch.no_grad():
+            for block in blocks:
+                torch.nn.init.normal_(block.conv_out.weight, std=0.1)  # zero-initialised: the block would be the identity
+                x = torch.randn(2, block.norm_in.num_channels, 8, 8)
+                e1, e2 = torch.randn(2, 2, block.time_proj.in_features)
+                moved = (block(x, e1) - block(x, e2)).abs().mean()
+                assert moved > 1e-3 * block(x, e1).abs().mean(), (name, shape, block.norm_out.num_channels, block.norm_out.num_groups)
+
+
+def test_norm_groups_that_would_hide_the_embedding_are_refused():
+    with pytest.raises(DiffvaeError, match="two channels per GroupNorm group at the 16-wide level"):
+        DDPMConfig(channels=16, norm_groups=16)
+    with pytest.raises(DiffvaeError, match="norm_groups must be an integer"):
+        DDPMConfig(norm_groups=2.5)
+    assert DDPMConfig(channels=16, norm_groups=4).unet_config().groups == 4
+    assert DDPMConfig(channels=16).unet_config().groups == 8
 
 
 @pytest.mark.parametrize("family", ["ddpm", "flow"])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diffvae.configs import config_from_dict
 from diffvae.conditioning import ConditionFields, check_buildable, check_condition_fields, check_labels, drop_labels
 from diffvae.distributions import nats_to_bpd
 from diffvae.errors import DiffvaeError
@@ -41,6 +42,7 @@ class UNetFamilyConfig(ConditionFields):
     sampler: str = "dpm++2m"  # default sampler for sample()
     sample_steps: int = 20
     invert_steps: int = 50  # steps for inversion / regeneration (interpolation, round trips)
+    norm_groups: int = 0  # GroupNorm groups; 0 = norm_groups_for(widths): two or more channels per group everywhere
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -49,11 +51,28 @@ class UNetFamilyConfig(ConditionFields):
 
     def validate(self) -> None:
         check_condition_fields(self)
+        if not isinstance(self.norm_groups, int) or isinstance(self.norm_groups, bool) or not 0 <= self.norm_groups <= 1024:
+            raise DiffvaeError(f"norm_groups must be an integer in [0, 1024] (0 = automatic), got {self.norm_groups!r}")
+        narrowest = self.channels * min(self.channel_mult)
+        if self.norm_groups and narrowest < 2 * self.norm_groups:
+            raise DiffvaeError(f"norm_groups={self.norm_groups} leaves fewer than two channels per GroupNorm group at the "
+                               f"{narrowest}-wide level, where the norm would remove the time/label embedding; use at most "
+                               f"{max(1, narrowest // 2)} (or 0, automatic)")
+
+    @classmethod
+    def from_saved(cls, values: dict):
+        """The config of a saved run. A run saved before ``norm_groups`` existed keeps the group count it was
+        trained with (:func:`saved_run_groups`), so an old checkpoint computes exactly what it computed."""
+        config = config_from_dict(cls, values)
+        if "norm_groups" not in values:
+            config.norm_groups = saved_run_groups(config.channels, config.channel_mult)
+        return config
 
     def unet_config(self) -> UNetConfig:
+        widths = [self.channels * m for m in self.channel_mult]
         return UNetConfig(channels=self.channels, channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
                           attention_levels=self.attention_levels, dropout=self.dropout,
-                          groups=_groups_for(self.channels, self.channel_mult),
+                          groups=self.norm_groups or norm_groups_for(widths),
                           num_classes=self.num_classes if self.conditional else 0)
 
 
@@ -90,13 +109,21 @@ class DiffusionConfig(UNetFamilyConfig):
         self.invert_steps = min(self.invert_steps, self.timesteps)
         check_sampling(self.sampler, self.sample_steps, self.timesteps, self.eta)
         check_sampling("ddim", self.invert_steps, self.timesteps, 0.0)
-        check_condition_fields(self)
+        super().validate()  # the network and conditioning fields
 
 
-def _groups_for(channels: int, channel_mult: tuple[int, ...]) -> int:
-    """The largest GroupNorm group count ≤ 32 dividing every level's width that leaves the widest level at least
-    two channels per group (with one per group everywhere, GroupNorm removes the time/label embedding exactly:
-    :meth:`UNetConfig._check_embedding_reaches_output`). Unchanged for every width ≥ 64 somewhere (the defaults)."""
+def norm_groups_for(widths: list[int]) -> int:
+    """The largest GroupNorm group count ≤ 32 dividing every level's width with at least two channels per group
+    at every level. Each residual block adds the time/label embedding as one constant per channel just before a
+    GroupNorm, which subtracts each group's mean: with one channel per group it removes the embedding exactly
+    (:meth:`diffvae.nn.unet.UNetConfig._check_embedding_reaches_output`), with two or more it cannot."""
+    fitting = [g for g in range(1, 33) if all(w % g == 0 for w in widths) and min(widths) >= 2 * g]
+    return max(fitting, default=1)
+
+
+def saved_run_groups(channels: int, channel_mult: tuple[int, ...]) -> int:
+    """The group count of runs saved before ``norm_groups`` (issue 27): two or more channels per group at the
+    widest level only, so a 16- or 32-wide UNet's full-resolution blocks had one channel per group."""
     widths = [channels * m for m in channel_mult]
     fitting = [g for g in range(1, 33) if all(w % g == 0 for w in widths) and max(widths) >= 2 * g]
     return max(fitting, default=1)

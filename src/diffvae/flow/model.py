@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from diffvae import ode_likelihood
-from diffvae.conditioning import check_buildable, check_condition_fields, check_labels, drop_labels
+from diffvae.conditioning import check_buildable, check_labels, drop_labels
 from diffvae.diffusion.guidance import sampling_fn
 from diffvae.diffusion.model import UNetFamilyConfig
 from diffvae.errors import DiffvaeError
@@ -64,7 +64,7 @@ class FlowConfig(UNetFamilyConfig):
         probes = self.likelihood_probes
         if not isinstance(probes, numbers.Integral) or isinstance(probes, bool) or probes < 1:
             raise DiffvaeError(f"--likelihood-probes must be a positive integer, got {probes!r}")
-        check_condition_fields(self)
+        super().validate()  # the network and conditioning fields
 
 
 def check_sampling(sampler: str, steps: int, eta: float | None = None) -> None:

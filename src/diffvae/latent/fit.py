@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from diffvae.colour import hflip_generator
-from diffvae.configs import config_from_dict
 from diffvae.errors import DiffvaeError
 from diffvae.latent.autoencoder import latent_scale_from
 from diffvae.latent.model import LDMConfig, LatentDiffusion
@@ -205,7 +204,7 @@ def load_autoencoder_run(model: LatentDiffusion, path: str) -> float:
     saved = other_run.read_config()
     if saved.get("family") != model.family:
         raise DiffvaeError(f"--ae-run {path} is a {saved.get('family')} run, not an {model.family} run")
-    other = config_from_dict(LDMConfig, saved["model"])
+    other = LDMConfig.from_saved(saved["model"])
     if tuple(saved.get("data", {}).get("image_shape", ())) != model.image_shape:
         raise DiffvaeError(f"--ae-run {path} was trained on images of shape {saved.get('data', {}).get('image_shape')}, "
                            f"these are {list(model.image_shape)}")
