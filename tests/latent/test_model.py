@@ -12,7 +12,7 @@ from diffvae import cli
 from diffvae.api import DataConfig, load, train_run
 from diffvae.data import ImageDataset
 from diffvae.diffusion import likelihood, samplers
-from diffvae.diffusion.model import DiffusionConfig
+from diffvae.diffusion.model import DiffusionConfig, saved_run_groups
 from diffvae.errors import DiffvaeError
 from diffvae.latent.autoencoder import AutoencoderKL, latent_scale_from
 from diffvae.latent.fit import stage_train_configs
@@ -65,9 +65,10 @@ def test_ldm_config_is_a_diffusion_config_with_the_same_flat_keys_and_defaults()
 
     config = LDMConfig()
     assert isinstance(config, DiffusionConfig)
-    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS | {"conditional", "num_classes", "p_uncond"}  # + issue 16's
+    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS | {"conditional", "num_classes", "p_uncond", "norm_groups"}  # + issues 16, 27
     old = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(tiny_config()))).items() if k in OLD_LDM_KEYS}
-    assert config_from_dict(LDMConfig, old) == tiny_config()  # a run saved before conditioning still loads
+    loaded = LDMConfig.from_saved(old)  # a run saved before conditioning and norm_groups still loads, with its group count
+    assert loaded == dataclasses.replace(tiny_config(), norm_groups=saved_run_groups(loaded.channels, loaded.channel_mult))
     assert (config.channel_mult, config.clip_x0, config.channels, config.sampler, config.sample_steps, config.schedule,
             config.prediction) == ((1, 2), False, 64, "ddpm", 100, "cosine", "v")  # the recipe sweep's winner (issue 13)
     saved = json.loads(json.dumps(dataclasses.asdict(tiny_config(latent_scale=0.7))))
