@@ -88,6 +88,7 @@ def test_the_interval_is_the_literal_delete_one_jackknife():
 
 def test_the_interval_stays_in_range_and_is_flat_for_a_full_collapse():
     assert entropy_ratio_interval([0, 40, 0]) == (0.0, 0.0)
+    assert all(math.copysign(1.0, x) == 1.0 for x in (*entropy_ratio_interval([0, 40, 0]), _ratio([0, 40, 0])))  # "0", not "-0"
     low, high = entropy_ratio_interval([52, 48] + [50] * 8)
     assert low < _ratio([52, 48] + [50] * 8) < high == 1.0
     for bad in ([1], [0.5, 2], [-1, 3], []):

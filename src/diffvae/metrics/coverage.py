@@ -35,7 +35,7 @@ def _shares(values, what: str) -> np.ndarray:
 def entropy_bits(shares: np.ndarray) -> float:
     """−Σ p log₂ p over the non-zero shares."""
     nonzero = shares[shares > 0]
-    return float(-(nonzero * np.log2(nonzero)).sum())
+    return float(-(nonzero * np.log2(nonzero)).sum()) + 0.0  # + 0.0: one class gives 0, not −0
 
 
 def entropy_ratio(shares: np.ndarray) -> float:
