@@ -553,7 +553,7 @@ TABLE_ROWS = [
     ("bpd", "bound, bits/dim"), ("cond_bpd", "bound given the label, bits/dim"), ("iwae_bpd", "IWAE bound, bits/dim"), ("fid", "FID"), ("kid", "KID"),
     ("precision", "precision"), ("recall", "recall"), ("sharpness_ratio", "sharpness vs real"),
     ("confident_fraction", "recognisable (conf ≥ 0.9)"), ("class_entropy_bits", "class entropy, bits"),
-    ("class_entropy_ratio", "class entropy / its maximum"), ("classes_below_half", "classes below half their share"),
+    ("class_entropy_ratio", "class entropy / its maximum"), ("classes_below_half", "share of classes under half expected"),
     ("classes_missing", "classes never generated"),
     ("nfe", "network evaluations / sample"), ("ms_per_sample", "ms / sample"),
     ("roundtrip_mse", "round-trip MSE"), ("roundtrip_psnr_db", "round-trip PSNR, dB"),

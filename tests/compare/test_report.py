@@ -580,16 +580,16 @@ def test_latent_diffusion_against_two_pixel_families_controls_the_familywise_err
 
 def test_class_coverage_shows_a_collapse_as_a_number(tmp_path):
     """Issue 24: on labelled data the Sample quality cell carries each family's class entropy / its maximum (with
-    its interval, tagged with its results.json path) and the share of classes below half their share, and a note
-    under the at-a-glance table lists them side by side; unlabelled data has neither."""
+    its interval, tagged with its results.json path) and the share of classes under half their expected frequency,
+    and a note under the at-a-glance table lists them side by side; unlabelled data has neither."""
     results = fake_results()
     results["families"]["ldm"].update(class_entropy_ratio=0.30103, class_entropy_ratio_ci95=[0.29, 0.312], classes_below_half=0.8)
     results["families"]["vae"].update(class_entropy_ratio=0.98, classes_below_half=0.0)
     render_report(tmp_path, results)
     md = (tmp_path / "report.md").read_text()
     quality = next(line for line in md.splitlines() if line.startswith("| Sample quality | FID")).split(" | ")  # the measured table
-    assert "class entropy / max 0.301 [0.29, 0.312], share of classes below half their share 0.8" in quality[3]  # LDM
-    assert "class entropy / max 0.98, share of classes below half their share 0" in quality[1]  # VAE
+    assert "class entropy / max 0.301 [0.29, 0.312], share of classes under half their expected frequency 0.8" in quality[3]  # LDM
+    assert "class entropy / max 0.98, share of classes under half their expected frequency 0" in quality[1]  # VAE
     assert "class entropy" not in quality[2]  # DDPM: not measured, nothing invented
     note = next(line for line in md.splitlines() if line.startswith("Class coverage"))
     assert note.endswith(": VAE 0.98 (0 below half), LDM 0.301 (0.8 below half).")

@@ -75,7 +75,7 @@ def _cells(fam: str) -> dict[str, list[Part]]:
                            ci("precision"), (", recall ", F + "recall"), ci("recall"),
                            (", sharpness ×", F + "sharpness_ratio"), ci("sharpness_ratio"), (", recognisable ", F + "confident_fraction"),
                            (", class entropy / max ", F + "class_entropy_ratio"), ci("class_entropy_ratio"),
-                           (", share of classes below half their share ", F + "classes_below_half")],
+                           (", share of classes under half their expected frequency ", F + "classes_below_half")],
         "Training": [("", T + "objective"), (": ", T + "minutes"), (" min, ", T + "steps"), (" steps, final loss ", T + "final_loss")],
         "Interpolation": [spec.interpolation, ("; round trip PSNR ", F + "roundtrip_psnr_db", "psnr"), (", smoothness ", F + "path_smoothness"),
                           (", midpoint FID ", F + "midpoint_fid"), ci("midpoint_fid")],
