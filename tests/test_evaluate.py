@@ -67,6 +67,27 @@ def test_human_readable_table(results):
     assert f"[{low:.4g}, {high:.4g}]" in text  # the interval beside the figure
 
 
+def test_class_coverage_against_the_held_out_label_frequencies(results):
+    """Issue 24: the entropy ratio is class_entropy_bits over its maximum; below-half and missing classes are
+    read against the held-out split's own label frequencies; eval's table prints them."""
+    import numpy as np
+
+    from diffvae.data import load_data
+
+    labels = load_data("digits").test_labels.numpy()
+    expected = np.bincount(labels, minlength=10) / len(labels)
+    for family, res in results.items():
+        histogram = np.array(res["class_histogram"])
+        assert res["class_entropy_ratio"] == pytest.approx(res["class_entropy_bits"] / res["class_entropy_max_bits"], rel=1e-12)
+        assert res["classes_below_half"] == pytest.approx(float(np.mean(histogram < expected / 2))), family
+        assert res["classes_missing"] == int(np.sum(histogram == 0)), family
+        low, high = res["class_entropy_ratio_ci95"]
+        assert 0.0 <= low <= res["class_entropy_ratio"] <= high <= 1.0
+    text = format_table(results["vae"])
+    assert f"{'class entropy / its maximum':<34} {results['vae']['class_entropy_ratio']:.4g} [" in text
+    assert "share of classes under half expected" in text
+
+
 INTERVALS = ("fid", "kid", "precision", "recall", "midpoint_fid", "ms_per_sample")
 
 
@@ -99,7 +120,8 @@ def test_sample_quality_gives_evals_figures_for_the_same_samples(runs, results):
     quality = sample_quality(samples, dataset, cfg, get_feature_extractor(dataset))
     keys = {"fid", "kid", "kid_std", "precision", "recall", "fid_ci95", "kid_ci95", "precision_ci95", "recall_ci95", "n_samples",
             "sharpness", "sharpness_real", "sharpness_ratio", "sharpness_ratio_ci95", "confident_fraction", "class_entropy_bits",
-            "class_entropy_max_bits", "class_histogram", "feature_space", "reference"}
+            "class_entropy_max_bits", "class_histogram", "class_entropy_ratio", "class_entropy_ratio_ci95", "classes_below_half",
+            "classes_missing", "feature_space", "reference"}
     assert set(quality) == keys
     assert {k: results["vae"][k] for k in keys} == quality
 

@@ -39,6 +39,20 @@ def test_each_familys_preset_builds_a_model_that_samples_that_shape(name, shape)
     assert images.dtype == torch.uint8 and tuple(images.shape) == (2, *shape)
 
 
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_familys_64_px_preset_trains_a_step_on_two_images(name):
+    """Issue 24: a 64 px folder keeps its size, so every family's default model for 3×64×64 must train: one
+    loss on 2 images is finite and its gradient reaches every trainable parameter used, finite."""
+    model = preset_model(name, (3, 64, 64)).train()
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    torch.manual_seed(0)
+    loss, _ = model.training_loss(images)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
 def test_levels_halve_down_to_8_px():
     for size, levels in ((8, 1), (16, 2), (28, 3), (32, 3), (48, 4), (64, 4), (65, 5), (128, 5)):
         assert levels_to(size) == levels, size
@@ -91,8 +105,8 @@ def _colour_folder(root, n=8, size=64):
 
 
 def test_train_takes_the_preset_for_the_data_under_the_flags_given(tmp_path):
-    data = f"folder:{_colour_folder(tmp_path / 'images')}"  # folders default to --size 32
-    common = ["--data", data, "--size", "64", "--steps", "1", "--batch", "4", "--precision", "fp32", "--device", "cpu", "--quiet"]
+    data = f"folder:{_colour_folder(tmp_path / 'images')}"  # 64 px images: kept at 64 px without --size
+    common = ["--data", data, "--steps", "1", "--batch", "4", "--precision", "fp32", "--device", "cpu", "--quiet"]
     tiny_unet = ["--channels", "8", "--timesteps", "10"]
     runs = {"preset": ["ddpm", *tiny_unet], "given": ["ddpm", *tiny_unet, "--channel-mult", "1,2,2"], "vae": ["vae"]}
     saved = {}

@@ -19,7 +19,8 @@ from diffvae.train import TrainConfig
 SAMPLE_QUALITY_KEYS = {"fid", "kid", "kid_std", "precision", "recall", "fid_ci95", "kid_ci95", "precision_ci95",
                        "recall_ci95", "n_samples", "sharpness", "sharpness_real", "sharpness_ratio",
                        "sharpness_ratio_ci95", "confident_fraction", "class_entropy_bits", "class_entropy_max_bits",
-                       "class_histogram", "feature_space", "reference", "data", "image_shape", "data_dims"}
+                       "class_histogram", "class_entropy_ratio", "class_entropy_ratio_ci95", "classes_below_half",
+                       "classes_missing", "feature_space", "reference", "data", "image_shape", "data_dims"}
 CONFIG = dict(n_samples=60, bootstrap=20, midpoints=12, probe_train=120, probe_test=60, bound_n=4, seed=3)
 
 

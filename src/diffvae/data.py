@@ -14,9 +14,10 @@ Sources (``spec``):
 * ``colours``       procedural RGB shapes, 10 classes (shape × hue) on dimmed photo patches, 3×32×32;
                     ``photos``: natural-image patches of scikit-learn's two sample photos, labelled by
                     photo (see :mod:`diffvae.colour`). Both need no download.
-* ``folder:PATH``   PNG/JPEG files found recursively, shorter side resized + centre-cropped to
-                    ``size`` (default 32); labels from the class subfolders when every image sits
-                    in one; an all-grey folder gives 1 channel, otherwise RGB.
+* ``folder:PATH``   PNG/JPEG files found recursively, centre-cropped to a square at their own size (the
+                    smallest shorter side, at most 64 px; :mod:`diffvae.folders`), or shorter side
+                    resized + centre-cropped to ``size``; labels from the class subfolders when every
+                    image sits in one; an all-grey folder gives 1 channel, otherwise RGB.
 * ``npz:PATH``      a uint8 array N×H×W, N×H×W×C or N×C×H×W (C ∈ {1, 3, 4}, alpha dropped);
                     labels from ``y`` / ``labels`` when present with one entry per image.
 * ``idx:PATH``      an MNIST IDX image file (gzip allowed), labels from the sibling
@@ -45,6 +46,7 @@ import torch
 from diffvae.colour import read_colour_source
 from diffvae.configs import DataFields, config_from_dict
 from diffvae.errors import DiffvaeError
+from diffvae.folders import folder_size
 from diffvae.pack import cached_folder, check_out_dir, open_pack, pack_dataset, shard_of
 from diffvae.schema import DATA_EXTRA_FIELDS
 from diffvae.sources import MAX_CLASSES, VALID_SPECS, ImageDataset, Source, check_fits_in_memory, check_options, package_file
@@ -54,7 +56,6 @@ PATH_SOURCES = ("folder", "npz", "idx")
 SHAPE_CLASSES = ("circle", "square", "triangle")
 DEFAULT_SHAPES_COUNT = 6000
 DEFAULT_SHAPES_SIZE = 32
-DEFAULT_FOLDER_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BINARIZE_THRESHOLD = 128
 DIGITS_LEVELS = 16  # sklearn digits are counts 0..16 of on-pixels in a 4×4 block of a 32×32 bitmap
@@ -90,7 +91,7 @@ def load_data(
             raise DiffvaeError(f"data spec {spec!r} needs a pack directory after 'packed:'")
         dataset = open_pack(argument.strip(), size=size, key=key, test_fraction=test_fraction, seed=seed)
     elif sep and kind == "folder" and argument.strip():
-        dataset = _read_folder_cached(_existing_path(argument), size or DEFAULT_FOLDER_SIZE, test_fraction, seed)
+        dataset = _read_folder_cached(_existing_path(argument), size, test_fraction, seed)
     else:
         dataset = split_source(_read_source(spec.strip(), size=size, key=key, seed=seed), size, test_fraction, seed)
     return _binarize_and_limit(dataset, binarize, limit)
@@ -175,7 +176,7 @@ def _binarize_and_limit(ds: ImageDataset, binarize: bool, limit: int | None) -> 
         train_labels=None if ds.train_labels is None else ds.train_labels[:keep].clone(),
         test_labels=ds.test_labels, num_classes=ds.num_classes,
         attributes={k: torch.cat([v[:keep], v[n:]]) for k, v in ds.attributes.items()},
-        class_names=ds.class_names,
+        class_names=ds.class_names, origin=ds.origin,
     )
 
 
@@ -186,6 +187,7 @@ def describe(ds: ImageDataset) -> str:
     lines = [
         f"dataset     {ds.name}",
         f"images      {c}×{h}×{w} uint8 ({'grey' if c == 1 else 'RGB'}), {c * h * w} dims per image",
+        *([f"size        {ds.origin}"] if ds.origin else []),
         f"split       {ds.train.shape[0]} train / {ds.test.shape[0]} test (held out)",
         f"pixels      train mean {mean:.1f}, std {std:.1f}, {levels} distinct levels",
     ]
@@ -356,7 +358,9 @@ def _read_source(spec: str, *, size: int | None, key: str | None, seed: int) -> 
         if not argument.strip():
             raise DiffvaeError(f"data spec {spec!r} needs a path after '{kind}:'")
         if kind == "folder":
-            return _read_folder(_existing_path(argument), size or DEFAULT_FOLDER_SIZE)
+            root = _existing_path(argument)
+            files = _folder_files(root)
+            return _read_folder(root, folder_size(root, files, size).size, files)
         if kind == "npz":
             return _read_npz(_existing_path(argument), key)
         return _read_idx(argument)
@@ -424,12 +428,16 @@ def _folder_files(root: Path) -> list[Path]:
     return files
 
 
-def _read_folder_cached(root: Path, size: int, test_fraction: float, seed: int) -> ImageDataset:
-    """The split ``folder:root`` data set, decoded once and then read from its cached pack
-    (:func:`diffvae.pack.cached_folder`: rebuilt when an image changes or the entry is damaged)."""
+def _read_folder_cached(root: Path, size: int | None, test_fraction: float, seed: int) -> ImageDataset:
+    """The split ``folder:root`` data set at the side :func:`diffvae.folders.folder_size` decides (``size``, or the
+    images' own), decoded once and then read from its cached pack (:func:`diffvae.pack.cached_folder`, keyed by that
+    side: rebuilt when an image changes or the entry is damaged); ``origin`` says what was done."""
     files = _folder_files(root)
-    return cached_folder(root, files, size, test_fraction, seed,
-                         decode=lambda: split_source(_read_folder(root, size, files), size, test_fraction, seed))
+    side = folder_size(root, files, size)
+    dataset = cached_folder(root, files, side.size, test_fraction, seed,
+                            decode=lambda: split_source(_read_folder(root, side.size, files), side.size, test_fraction, seed))
+    dataset.origin = side.note
+    return dataset
 
 
 def _read_folder(root: Path, size: int, files: list[Path] | None = None) -> Source:

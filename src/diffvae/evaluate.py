@@ -5,8 +5,10 @@
 * **likelihood** — the family's bound in bits/dim on held-out images, with its parts;
 * **sample quality** — FID, KID, precision/recall in the locally trained feature space
   (:mod:`diffvae.metrics.features`; not comparable to Inception FID), sharpness as a ratio to
-  real data, and where labels exist recognisability (classifier confidence ≥ 0.9) and coverage
-  (entropy of the predicted-class histogram);
+  real data, and where labels exist recognisability (classifier confidence ≥ 0.9) and class coverage
+  (:mod:`diffvae.metrics.coverage`: the predicted-class histogram's entropy over its maximum,
+  ``class_entropy_ratio``, and ``classes_below_half`` / ``classes_missing`` against the held-out label
+  frequencies);
 * **speed** — network evaluations (NFE) and milliseconds per sample after a warm-up;
 * **interpolation** — round-trip error through the latent, path smoothness, and FID of the
   midpoints of held-out pairs (spherical paths);
@@ -23,8 +25,9 @@ for FID (FID@N: at this sample count, against this held-out reference), KID (the
 rows), precision and recall the jackknife over the generated rows (:func:`diffvae.metrics.paired.metric_interval`;
 ``EvalConfig.bootstrap`` 0 = none), a t-interval over timed sampling batches for ms/sample (the mean of
 the batches' ms/sample), mean ± 1.96 SEM over images for bits/dim, the delta method for the sharpness
-ratio and a Wilson interval for the probe accuracy. ``evaluate(..., evidence={})`` also hands over the
-per-item measurements compare's paired tests need (:data:`EVIDENCE_KEYS`).
+ratio, a Wilson interval for the probe accuracy and the jackknife over the samples for the class entropy
+ratio. ``evaluate(..., evidence={})`` also hands over the per-item measurements compare's paired tests need
+(:data:`EVIDENCE_KEYS`).
 
 Every figure is a plain float/int/list so the result is JSON; non-finite numbers become null.
 """
@@ -46,6 +49,7 @@ from diffvae.data import run_data
 from diffvae.errors import DiffvaeError
 from diffvae.interpolation import latent_path, roundtrip
 from diffvae.metrics.bootstrap import wilson_interval
+from diffvae.metrics.coverage import class_coverage, entropy_ratio_interval
 from diffvae.metrics.distances import as_feature_matrix, fid, kid, precision_recall
 from diffvae.metrics.features import get_feature_extractor, recognisability
 from diffvae.metrics.paired import estimate as metric_estimate
@@ -208,7 +212,19 @@ def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | No
         out["class_entropy_bits"] = rec["class_entropy_bits"]
         out["class_entropy_max_bits"] = math.log2(dataset.num_classes)
         out["class_histogram"] = list(rec["class_histogram"])
+        out.update(_class_coverage(rec["class_histogram"], out["n_samples"], dataset, config))
     return _jsonable(out)
+
+
+def _class_coverage(histogram: list[float], n: int, dataset, config: EvalConfig) -> dict[str, Any]:
+    """Class coverage (:mod:`diffvae.metrics.coverage`) of the samples' class histogram against the held-out
+    split's label frequencies, with the entropy ratio's jackknife interval unless ``config.bootstrap`` is 0."""
+    expected = torch.bincount(dataset.test_labels, minlength=dataset.num_classes)
+    out = class_coverage(histogram, expected.numpy())
+    if config.bootstrap and n >= 2:
+        counts = (torch.tensor(histogram, dtype=torch.float64) * n).round()
+        out["class_entropy_ratio_ci95"] = list(entropy_ratio_interval(counts.numpy()))
+    return out
 
 
 def _sharpness(samples: torch.Tensor, real: torch.Tensor) -> dict[str, Any]:
@@ -537,6 +553,8 @@ TABLE_ROWS = [
     ("bpd", "bound, bits/dim"), ("cond_bpd", "bound given the label, bits/dim"), ("iwae_bpd", "IWAE bound, bits/dim"), ("fid", "FID"), ("kid", "KID"),
     ("precision", "precision"), ("recall", "recall"), ("sharpness_ratio", "sharpness vs real"),
     ("confident_fraction", "recognisable (conf ≥ 0.9)"), ("class_entropy_bits", "class entropy, bits"),
+    ("class_entropy_ratio", "class entropy / its maximum"), ("classes_below_half", "share of classes under half expected"),
+    ("classes_missing", "classes never generated"),
     ("nfe", "network evaluations / sample"), ("ms_per_sample", "ms / sample"),
     ("roundtrip_mse", "round-trip MSE"), ("roundtrip_psnr_db", "round-trip PSNR, dB"),
     ("path_smoothness", "path smoothness (CV, 0 = even)"), ("midpoint_fid", "midpoint FID"),

@@ -101,6 +101,8 @@ def pack_dataset(dataset, out_dir: str | Path, *, spec: str | None = None, size:
         raise DiffvaeError(f"pack needs a data spec or an ImageDataset, got {type(dataset).__name__}")
     out = check_out_dir(out_dir, force=force)
     options = {"size": size, "key": key, "binarize": binarize, "limit": limit}
+    if dataset.origin:  # what was done to the files (a folder's size decision), for data info
+        options["origin"] = dataset.origin
     with PackWriter(out, dataset.image_shape, dataset.train.shape[0], dataset.test.shape[0], name=dataset.name,
                     spec=spec, options=options, split_seed=seed, test_fraction=test_fraction, force=force,
                     fingerprint=fingerprint) as writer:
@@ -391,7 +393,7 @@ def open_pack(path: str | Path, *, size: int | None = None, key: str | None = No
     return ImageDataset(name=manifest["name"], train=train, test=test, train_labels=labels.get("train_labels"),
                         test_labels=labels.get("test_labels"), num_classes=manifest["num_classes"],
                         attributes={n: labels[f"attr/{n}"] for n in manifest["attributes"]},
-                        class_names=manifest["class_names"],
+                        class_names=manifest["class_names"], origin=manifest["options"].get("origin"),
                         backing=PackBacking(root, manifest["content_hash"], train, test))
 
 

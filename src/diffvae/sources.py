@@ -47,6 +47,7 @@ class ImageDataset:
     attributes: dict[str, torch.Tensor] = field(default_factory=dict)
     class_names: list[str] | None = None
     backing: Any = field(default=None, repr=False, compare=False)  # diffvae.pack.PackBacking of packed data
+    origin: str | None = field(default=None, compare=False)  # what was done to the files (a folder's size), for data info
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -576,3 +576,27 @@ def test_latent_diffusion_against_two_pixel_families_controls_the_familywise_err
     raw = [unpaired_difference(Figure(20.0, (18.0, 22.0)), Figure(f, ci))[2] for f, ci in ((30.0, (28.0, 32.0)), (21.5, (19.0, 24.0)))]
     assert [e["p_value"] for e in entries] == pytest.approx(holm(raw))
     assert entries[1]["decided"] is None and claim["verdict"] == "not decided at this budget"  # 20 vs 21.5: open
+
+
+def test_class_coverage_shows_a_collapse_as_a_number(tmp_path):
+    """Issue 24: on labelled data the Sample quality cell carries each family's class entropy / its maximum (with
+    its interval, tagged with its results.json path) and the share of classes under half their expected frequency,
+    and a note under the at-a-glance table lists them side by side; unlabelled data has neither."""
+    results = fake_results()
+    results["families"]["ldm"].update(class_entropy_ratio=0.30103, class_entropy_ratio_ci95=[0.29, 0.312], classes_below_half=0.8)
+    results["families"]["vae"].update(class_entropy_ratio=0.98, classes_below_half=0.0)
+    render_report(tmp_path, results)
+    md = (tmp_path / "report.md").read_text()
+    quality = next(line for line in md.splitlines() if line.startswith("| Sample quality | FID")).split(" | ")  # the measured table
+    assert "class entropy / max 0.301 [0.29, 0.312], share of classes under half their expected frequency 0.8" in quality[3]  # LDM
+    assert "class entropy / max 0.98, share of classes under half their expected frequency 0" in quality[1]  # VAE
+    assert "class entropy" not in quality[2]  # DDPM: not measured, nothing invented
+    note = next(line for line in md.splitlines() if line.startswith("Class coverage"))
+    assert note.endswith(": VAE 0.98 (0 below half), LDM 0.301 (0.8 below half).")
+    root = ET.parse(tmp_path / "report.html").getroot()
+    keys = {s.attrib["data-key"]: s.text for s in root.iter("span") if "data-key" in s.attrib}
+    assert keys["families.ldm.class_entropy_ratio"] == "0.301" and keys["families.ldm.class_entropy_ratio_ci95.1"] == "0.312"
+    assert keys["families.ldm.classes_below_half"] == "0.8"
+    assert any((p.text or "").startswith("Class coverage") for p in root.iter("p"))
+    render_report(tmp_path, fake_results())
+    assert "Class coverage" not in (tmp_path / "report.md").read_text()

@@ -134,6 +134,7 @@ def test_recognisability_against_direct_formulas():
     assert even["confident_fraction"] == 1.0 and even["class_entropy_bits"] == pytest.approx(math.log2(4))
     collapsed = recognisability(np.tile([0.5, 0.3, 0.2], (10, 1)))
     assert collapsed["confident_fraction"] == 0.0 and collapsed["class_entropy_bits"] == 0.0
+    assert math.copysign(1.0, collapsed["class_entropy_bits"]) == 1.0  # printed "0", not "-0"
     with pytest.raises(DiffvaeError):
         recognisability(np.zeros((0, 3)))
 

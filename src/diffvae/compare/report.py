@@ -73,7 +73,9 @@ def _cells(fam: str) -> dict[str, list[Part]]:
         "Generation": [("", F + "nfe"), " network evaluations, ", ("", F + "ms_per_sample"), ci("ms_per_sample"), " ms/sample"],
         "Sample quality": [("FID ", F + "fid"), ci("fid"), (", KID ", F + "kid"), ci("kid"), (", precision ", F + "precision"),
                            ci("precision"), (", recall ", F + "recall"), ci("recall"),
-                           (", sharpness ×", F + "sharpness_ratio"), ci("sharpness_ratio"), (", recognisable ", F + "confident_fraction")],
+                           (", sharpness ×", F + "sharpness_ratio"), ci("sharpness_ratio"), (", recognisable ", F + "confident_fraction"),
+                           (", class entropy / max ", F + "class_entropy_ratio"), ci("class_entropy_ratio"),
+                           (", share of classes under half their expected frequency ", F + "classes_below_half")],
         "Training": [("", T + "objective"), (": ", T + "minutes"), (" min, ", T + "steps"), (" steps, final loss ", T + "final_loss")],
         "Interpolation": [spec.interpolation, ("; round trip PSNR ", F + "roundtrip_psnr_db", "psnr"), (", smoothness ", F + "path_smoothness"),
                           (", midpoint FID ", F + "midpoint_fid"), ci("midpoint_fid")],
@@ -593,12 +595,31 @@ def glance_table(results: dict[str, Any], as_html: bool) -> list[list[str]]:
 
 
 def glance_notes(results: dict[str, Any]) -> list[str]:
-    """Sentences under the table: the ODE likelihood estimates, shown apart from the bounds."""
+    """Sentences under the table: class coverage on labelled data, and the ODE likelihood estimates, shown apart
+    from the bounds."""
+    coverage = coverage_note(results)
+    notes = [coverage] if coverage else []
     estimates = likelihood_figures(results)[1]
     if not estimates:
-        return []
-    return ["Likelihood ranks variational bounds only. Probability-flow ODE estimates (biased by solver error; not bounds, "
-            f"not ranked against them), bits/dim: {estimates_text(estimates)}."]
+        return notes
+    return notes + ["Likelihood ranks variational bounds only. Probability-flow ODE estimates (biased by solver error; not "
+                    f"bounds, not ranked against them), bits/dim: {estimates_text(estimates)}."]
+
+
+def coverage_note(results: dict[str, Any]) -> str | None:
+    """Class coverage of each family's samples (labelled data only), so a collapse shows as a number: the class
+    histogram's entropy over its maximum (1 = every class equally often) and the share of classes generated
+    below half their held-out frequency (0 = none)."""
+    parts = []
+    for fam, res in results.get("families", {}).items():
+        if isinstance(res, dict) and res.get("class_entropy_ratio") is not None:
+            below = res.get("classes_below_half")
+            parts.append(f"{short(fam)} {fmt(res['class_entropy_ratio'])}"
+                         + (f" ({fmt(below)} below half)" if below is not None else ""))
+    if not parts:
+        return None
+    return ("Class coverage under the data's own classifier (class entropy / its maximum, 1 = every class as often; "
+            f"share of classes below half their held-out frequency): {', '.join(parts)}.")
 
 
 # ----------------------------------------------------------------------------- writing

@@ -367,6 +367,6 @@ def recognisability(probs: np.ndarray | torch.Tensor) -> dict:
     nonzero = histogram[histogram > 0]
     return {
         "confident_fraction": float((probs.max(dim=1).values >= CONFIDENT_PROBABILITY).double().mean()),
-        "class_entropy_bits": float(-(nonzero * nonzero.log2()).sum()),
+        "class_entropy_bits": float(-(nonzero * nonzero.log2()).sum()) + 0.0,  # one class: 0, not −0
         "class_histogram": histogram.tolist(),
     }
