@@ -13,7 +13,10 @@ import torch
 
 from diffvae.cli import main
 from diffvae.families import FAMILIES
+from diffvae.latent.family import COLOUR_AUTOENCODER
+from diffvae.latent.fit import stage_train_configs
 from diffvae.presets import levels_to, preset_config, unet_channel_mult
+from diffvae.train import TrainConfig
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
 CHEAP_SAMPLING = {"steps": 2}  # iterative families: two network steps are enough to check the shape
@@ -92,6 +95,19 @@ def test_ldm_keeps_a_16_px_latent_at_64_px():
     model = preset_model("ldm", (3, 64, 64))
     assert model.latent_dims == 4 * 16 * 16  # f = 4 (not 8: an 8×8×4 latent is 48× smaller than the image)
     assert FAMILIES["ldm"].spec().preset_for((3, 128, 128))["downsample"] == 8
+
+
+def test_ldm_trains_a_colour_autoencoder_longer_at_a_smaller_batch_unless_told_otherwise():
+    spec, config_class = FAMILIES["ldm"].spec(), FAMILIES["ldm"].load()[0]
+    for shape in ((3, 32, 32), (3, 64, 64)):
+        assert COLOUR_AUTOENCODER.items() <= spec.preset_for(shape).items()
+    grey = preset_config(spec, config_class(), (1, 28, 28))
+    assert (grey.ae_batch_size, grey.ae_lr, grey.ae_steps_fraction) == (0, 0.0, 0.3)  # mnist's sweep stands
+    colour = preset_config(spec, config_class(), (3, 32, 32))
+    ae, prior = stage_train_configs(TrainConfig(budget_minutes=3.0, batch_size=64), colour)
+    assert (ae.batch_size, ae.lr, prior.batch_size) == (16, 2e-3, 64) and ae.budget_minutes == pytest.approx(1.8)
+    told = preset_config(spec, config_class(ae_batch_size=32), (3, 32, 32), {"ae_batch_size"})
+    assert told.ae_batch_size == 32 and told.ae_lr == 2e-3  # a flag given wins; the rest of the preset stays
 
 
 def _colour_folder(root, n=8, size=64):

@@ -65,7 +65,7 @@ def test_ldm_config_is_a_diffusion_config_with_the_same_flat_keys_and_defaults()
 
     config = LDMConfig()
     assert isinstance(config, DiffusionConfig)
-    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS | {"conditional", "num_classes", "p_uncond", "norm_groups"}  # + issues 16, 27
+    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS | {"conditional", "num_classes", "p_uncond", "norm_groups", "ae_batch_size", "ae_lr"}  # + issues 16, 27, 24
     old = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(tiny_config()))).items() if k in OLD_LDM_KEYS}
     loaded = LDMConfig.from_saved(old)  # a run saved before conditioning and norm_groups still loads, with its group count
     assert loaded == dataclasses.replace(tiny_config(), norm_groups=saved_run_groups(loaded.channels, loaded.channel_mult))
@@ -95,6 +95,17 @@ def test_steps_and_budget_split_between_the_stages():
     assert ae is None and diffusion.steps == 100
     with pytest.raises(DiffvaeError):
         stage_train_configs(TrainConfig(steps=10), LDMConfig(ae_steps=10))
+
+
+def test_the_autoencoder_stage_may_train_at_its_own_batch_and_learning_rate():
+    run = TrainConfig(budget_minutes=3.0, batch_size=64, lr=1e-3)
+    ae, diffusion = stage_train_configs(run, LDMConfig(ae_batch_size=16, ae_lr=2e-3))
+    assert (ae.batch_size, ae.lr, diffusion.batch_size, diffusion.lr) == (16, 2e-3, 64, 1e-3)
+    ae, diffusion = stage_train_configs(run, LDMConfig())  # 0 = the run's
+    assert (ae.batch_size, ae.lr) == (64, 1e-3)
+    for bad in (dict(ae_batch_size=-1), dict(ae_batch_size=True), dict(ae_batch_size=2.5), dict(ae_lr=float("nan")), dict(ae_lr=3.0)):
+        with pytest.raises(DiffvaeError, match="ldm ae_"):
+            LDMConfig(**bad)
 
 
 # ----------------------------------------------------------------------------- one home per equation

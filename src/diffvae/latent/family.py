@@ -12,6 +12,13 @@ from diffvae.latent.model import LDMConfig, LatentDiffusion
 from diffvae.presets import unet_channel_mult
 
 
+# Colour images: the autoencoder needs many more small steps than a grey one. On `colours` (3×32×32) in the ldm's
+# share of a 15-minute compare (175 s), stage 1 at the run's batch 64 and 30% of the time reached 15 dB and its
+# reconstructions fell into 4 of the 10 classes, so the samples did too; at batch 16, lr 2e-3 and 60% of the time
+# it reached 27 dB with every class reconstructed, and the samples covered all ten (benchmarks/RESULTS.md).
+COLOUR_AUTOENCODER = {"ae_batch_size": 16, "ae_lr": 2e-3, "ae_steps_fraction": 0.6}
+
+
 class LatentDiffusionSpec(DiffusionSpec):
     def export_diffusers(self, model, folder, pipeline: str, run_path) -> None:
         """The denoiser only: ``unet/`` + ``scheduler/`` + ``latent.json`` (:mod:`diffvae.latent.export`)."""
@@ -21,10 +28,13 @@ class LatentDiffusionSpec(DiffusionSpec):
         """The latent factor and the latent UNet for the image size: f = 4 up to 64 px (28 → 7×7, 32 → 8×8,
         64 → 16×16×4 latent: 12× fewer values than 3×64×64 pixels; f = 8 would leave 8×8×4, 48× fewer, too
         coarse for the decoder at 64 px), f = 8 above, so the latent stays at most 16 px; the latent UNet keeps
-        its two levels (16 → 8, attention at 8×8) and gains one per halving beyond (:func:`unet_channel_mult`)."""
+        its two levels (16 → 8, attention at 8×8) and gains one per halving beyond (:func:`unet_channel_mult`).
+        Colour images train the autoencoder longer, at a smaller batch (:data:`COLOUR_AUTOENCODER`)."""
         size = max(image_shape[1:])
         downsample = 4 if size <= 64 else 8
         values: dict[str, Any] = {"downsample": downsample} if downsample != LDMConfig.downsample else {}
+        if image_shape[0] > 1:
+            values.update(COLOUR_AUTOENCODER)
         mult = unet_channel_mult(-(-size // downsample), LDMConfig.channel_mult)
         return {**values, "channel_mult": mult} if mult != LDMConfig.channel_mult else values
 

@@ -39,12 +39,14 @@ def stage_train_configs(train_config, config: LDMConfig, train_autoencoder: bool
     least 1), stage 2 the rest. ``--budget B`` splits the same way: B·fraction minutes for stage 1
     (or exactly ``ae_steps`` steps if set) and B·(1 − fraction) for stage 2 — the caller may give
     stage 2 what stage 1 left over instead. Without stage 1 (``ae_run``), stage 2 gets everything.
-    Snapshots (``snapshot_first_minutes``) are taken in stage 2 only.
+    Snapshots (``snapshot_first_minutes``) are taken in stage 2 only. Stage 1 trains at ``ae_batch_size`` and
+    ``ae_lr`` where they are set (the colour preset: :meth:`diffvae.latent.family.LatentDiffusionSpec.preset_for`).
     """
     if not train_autoencoder:
         return None, dataclasses.replace(train_config)
     ae, diffusion = _split_stages(train_config, config)
-    return dataclasses.replace(ae, snapshot_first_minutes=None), diffusion
+    return dataclasses.replace(ae, snapshot_first_minutes=None, batch_size=config.ae_batch_size or ae.batch_size,
+                               lr=config.ae_lr or ae.lr), diffusion
 
 
 def _split_stages(train_config, config: LDMConfig):

@@ -74,6 +74,8 @@ class LDMConfig(DiffusionConfig):
     perceptual_weight: float = 0.0  # feature-space L2 with a feature network, injected by diffvae.latent.fit (0 = off)
     ae_steps_fraction: float = 0.3  # share of --steps / --budget spent on stage 1
     ae_steps: int = 0  # stage-1 steps out of --steps (0 = use ae_steps_fraction)
+    ae_batch_size: int = 0  # stage-1 batch (0 = the run's --batch)
+    ae_lr: float = 0.0  # stage-1 peak learning rate (0 = the run's --lr)
     ae_run: str | None = None  # reuse the autoencoder (and scale) of this ldm run; skips stage 1
     latent_scale: float | None = None  # s = 1/std(z) over the training latents; set after stage 1
 
@@ -95,6 +97,10 @@ class LDMConfig(DiffusionConfig):
             raise DiffvaeError(f"ldm ae_steps_fraction must be in (0, 1), got {self.ae_steps_fraction}")
         if self.ae_steps < 0:
             raise DiffvaeError(f"ldm ae_steps must be >= 0 (0 = use ae_steps_fraction), got {self.ae_steps}")
+        if isinstance(self.ae_batch_size, bool) or not isinstance(self.ae_batch_size, int) or not 0 <= self.ae_batch_size <= 65536:
+            raise DiffvaeError(f"ldm ae_batch_size must be a whole number in [0, 65536] (0 = the run's --batch), got {self.ae_batch_size!r}")
+        if not (0.0 <= self.ae_lr <= 1.0):
+            raise DiffvaeError(f"ldm ae_lr must be a learning rate in [0, 1] (0 = the run's --lr), got {self.ae_lr}")
         if self.latent_scale is not None and not (self.latent_scale > 0 and math.isfinite(self.latent_scale)):
             raise DiffvaeError(f"ldm latent_scale must be a positive number, got {self.latent_scale}")
         super().validate()
