@@ -19,10 +19,11 @@ from PIL import Image  # noqa: E402
 
 
 def figures_line(r: dict) -> str:
-    """FID [interval], ms/sample and bits/dim of one family's results."""
+    """FID [interval], ms/sample, bits/dim and (labelled data) class coverage of one family's results."""
     ci = r.get("fid_ci95") or [None, None]
     fid = f"FID {r['fid']:.0f}" + (f" [{ci[0]:.0f}, {ci[1]:.0f}]" if None not in ci else "")
-    return f"{fid}\n{r['ms_per_sample']:.3g} ms/sample ({r['nfe']} NFE)\n{r['bpd']:.3f} bits/dim"
+    coverage = f"\nclass entropy {r['class_entropy_ratio']:.2f} of max" if r.get("class_entropy_ratio") is not None else ""
+    return f"{fid}\n{r['ms_per_sample']:.3g} ms/sample ({r['nfe']} NFE)\n{r['bpd']:.3f} bits/dim{coverage}"
 
 
 def draw(report: Path, out: Path) -> None:
