@@ -112,7 +112,10 @@ def _check_not_over_the_run(out: Path, run_path: Path) -> None:
 def _write_atomically(out: Path, force: bool, write) -> None:
     """``write(folder)`` into a fresh folder beside ``out``, then rename it to ``out`` (replacing it with --force)."""
     parent = out.resolve().parent
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as e:  # a read-only or forbidden place (os.access says yes to root): one line
+        raise write_error(out, e) from None
     try:
         write(staging)
         write_marker(staging, "export")  # what --force may replace later
