@@ -214,3 +214,19 @@ def test_a_place_where_no_folder_can_be_made_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DiffvaeError, match=r"cannot write .*e: Operation not permitted"):
         export_module._write_atomically(tmp_path / "e", False, lambda folder: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_safetensors_write_error_is_one_line_and_leaves_nothing(tmp_path):
+    """Regression (issue 27, hostile pass): on a full disk diffusers' safetensors write raises SafetensorError, not
+    OSError: it was an internal error."""
+    from safetensors import SafetensorError
+
+    import diffvae.export as export_module
+
+    def write(folder):
+        (folder / "unet").mkdir()
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    with pytest.raises(DiffvaeError, match=r"cannot write .*e: Error while serializing: I/O error: File too large"):
+        export_module._write_atomically(tmp_path / "e", False, write)
+    assert list(tmp_path.iterdir()) == []

@@ -17,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from diffvae.api import load
 from diffvae.contract import spec_of
-from diffvae.errors import DiffvaeError
+from diffvae.errors import DiffvaeError, one_line
 from diffvae.marker import check_replaceable, enclosing_folder
 from diffvae.runs import RunDir, is_unmarked_run, write_error, write_marker
 
@@ -134,6 +136,9 @@ def _write_atomically(out: Path, force: bool, write) -> None:
     except OSError as e:  # ENOSPC, EACCES, ...: one line, nothing left behind
         shutil.rmtree(staging, ignore_errors=True)
         raise write_error(e.filename or out, e) from None
+    except SafetensorError as e:  # diffusers writes the weights through safetensors' Rust code: its I/O error is no OSError
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DiffvaeError(f"cannot write {one_line(str(out))}: {one_line(str(e))[:200]}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
