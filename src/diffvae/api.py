@@ -17,6 +17,7 @@ from diffvae.data import DataConfig, data_config_from_dict, run_data  # noqa: F4
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
 from diffvae.families import get_family
+from diffvae.monitor import check_before_run
 from diffvae.presets import preset_config
 from diffvae.runs import RunDir, WriterLock, split_prefixed, state_dict_mismatch
 from diffvae.train import TrainConfig, on_rank_zero, train, train_config_from_dict
@@ -78,6 +79,7 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     model = model_class(model_config, dataset.image_shape)  # validates the config against the data
     spec = fam.spec()
     spec.check_fit(model, train_config, dataset)  # refuse now what training would refuse at its first step
+    check_before_run(train_config, dataset)  # --eval-every with a cache it cannot write: refused before the run exists
     make_config = lambda: run_config(family, model_config, train_config, data, dataset)  # noqa: E731
     lock = on_rank_zero(lambda: open_run(out, resume=resume, force=force, make_config=make_config))
     if note and lock is not None:  # e.g. the --budget recipe: said once everything was accepted, never before a refusal
