@@ -322,3 +322,25 @@ def test_a_place_where_no_folder_can_be_made_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DiffvaeError, match=r"cannot write .*p: Operation not permitted"):
         pack("digits", tmp_path / "p", limit=50)
     assert not (tmp_path / "p").exists()
+
+
+def test_a_failed_pack_removes_the_folders_it_made_for_out(tmp_path, monkeypatch):
+    """Regression (issue 27, hostile pass): a full disk under --out deep1/deep2/pack left deep1/deep2 behind."""
+    import diffvae.pack as pack_module
+
+    class FullFile:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self):
+            pass
+
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr(pack_module, "open", FullFile, raising=False)
+    for out in (tmp_path / "deep1" / "deep2" / "pack", tmp_path / "kept" / "deep" / "pack"):
+        with pytest.raises(DiffvaeError, match="No space left on device"):
+            pack("digits", out, limit=50)
+    assert {p.name for p in tmp_path.iterdir()} - {"cache"} == {"kept"} and list((tmp_path / "kept").iterdir()) == []

@@ -183,10 +183,12 @@ class PackWriter:
         self.manifest = {"format": FORMAT, "version": VERSION, "name": name, "spec": spec, "options": options or {},
                          "image_shape": list(shape), "train_size": int(train_size), "test_size": int(test_size),
                          "split_seed": split_seed, "test_fraction": test_fraction, "source_fingerprint": fingerprint}
+        self.made = _first_missing(self.out.parent)  # the folders mkdir makes here are removed again if the pack fails
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".pack-tmp", dir=self.out.parent))
         except OSError as e:  # a read-only or forbidden place: one line, not an internal error
+            _remove_made(self.out.parent, self.made)
             raise write_error(self.out, e) from None
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the pack gets the mode mkdir would give
         self.digest = hashlib.sha256()
@@ -253,6 +255,28 @@ class PackWriter:
         for handle in self.files.values():
             handle.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        _remove_made(self.out.parent, self.made)
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s ancestry (itself included) that does not exist yet, or None."""
+    missing = None
+    while not folder.exists():
+        missing, folder = folder, folder.parent
+    return missing
+
+
+def _remove_made(folder: Path, made: Path | None) -> None:
+    """Remove the empty folders from ``folder`` up to ``made`` (those a failed pack created)."""
+    if made is None:
+        return
+    for candidate in (folder, *folder.parents):
+        try:
+            candidate.rmdir()
+        except OSError:
+            return
+        if candidate == made:
+            return
 
 
 def _umask() -> int:

@@ -250,7 +250,7 @@ class RunDir:
     """A run directory on disk (see the module docstring for its files)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(os.path.normpath(path))  # 'missing/../run': mkdir made 'missing' too, and left it
 
     @property
     def config_path(self) -> Path:
