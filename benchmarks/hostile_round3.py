@@ -781,8 +781,9 @@ def cache_cases() -> list[Case]:
         W(a, "score-corrupt-cache-same-fid", sc, same_fid_after_corrupting, env={"DIFFVAE_CACHE": "{root}/corrupt-cache"}),
         W(a, "relabelled-data-new-entry", ["score", S, "--data", "npz:{ws}/labelled.npz", "--bootstrap", "0", "--json"],
           relabelled_gets_its_own_entry, env={"DIFFVAE_CACHE": "{root}/relabel-cache"}),
-        R(a, "folder-data-cache-is-a-file", ["train", "vae", "--data", "folder:{ws}/pngs-16", "--steps", "2", *SMALL_VAE, "--out", NEW],
-          "cache", env={"DIFFVAE_CACHE": "{ws}/afile"}),
+        W(a, "folder-data-cache-is-a-file", ["train", "vae", "--data", "folder:{ws}/pngs-16", "--steps", "2", *SMALL_VAE,
+                                             "--out", "{ws}/run-uncached"], has("run-uncached/checkpoint.safetensors"),
+          ("run-uncached",), env={"DIFFVAE_CACHE": "{ws}/afile"}),  # documented: a folder cache that cannot be written is skipped
         W(a, "folder-data-corrupt-pack-cache", ["data", "info", "folder:{ws}/pngs-16"], corrupt_pack_cache_rebuilt,
           env={"DIFFVAE_CACHE": "{root}/pack-cache"}),
     ]
@@ -954,7 +955,8 @@ def force_cases() -> list[Case]:
         W(a, "train-force-garbage-marker-run", [*TV, "--force", "--out", "{ws}/run-garbage-mark"],
           has("run-garbage-mark/.diffvae"), ("run-garbage-mark",), setup=garbage_marker),
         R(a, "train-force-export-marked", [*TV, "--force", "--out", "{ws}/run-export-mark"], "export", setup=export_marked_run),
-        R(a, "compare-force-export", ["compare", "--data", "digits", "--budget", "0.2", "--force", "--out", "{ws}/exp-ddpm"], "export"),
+        R(a, "compare-force-export", ["compare", "--data", "digits", "--budget", "0.2", "--force", "--out", "{ws}/exp-marked"], "export",
+          setup=export_folder),
         R(a, "pack-force-onto-run", ["data", "pack", "digits", "--force", "--out", "{ws}/run-vae"]),
         R(a, "export-force-onto-run", ["export", "{ws}/run-ddpm", "--to", "diffusers", "--force", "{ws}/run-vae"], "run"),
         R(a, "train-force-workspace", [*TV, "--force", "--out", "{ws}"]),
@@ -971,10 +973,17 @@ def force_cases() -> list[Case]:
         W(a, "train-force-symlink-to-run", [*TV, "--force", "--out", "{ws}/link-to-run-force"],
           lambda ws, r: None if (ws / "link-to-run-force").is_symlink() or (ws / "link-to-run-force" / ".diffvae").exists()
           else "the link is gone", ("link-to-run-force", "run-link-target"), setup=link_to_run),
-        W(a, "sample-force-own-output", ["sample", "{ws}/run-vae", "--n", "2", "--force", "--out", "{ws}/from ü.png"],
-          has("from ü.png"), ("from ü.png",)),
+        W(a, "sample-force-own-output", ["sample", "{ws}/run-vae", "--n", "2", "--force", "--out", "{ws}/old ü.png"],
+          has("old ü.png"), ("old ü.png",), setup=lambda ws: (ws / "old ü.png").write_bytes(b"an earlier output")),
         R(a, "forecast-on-run-marker", ["forecast", "{ws}/run-vae", "--at", "20"], "results.json"),
     ]
+
+
+def export_folder(ws: Path) -> None:
+    """A diffvae export folder (its mark and files), made here so the case needs no other area's output."""
+    (ws / "exp-marked").mkdir(exist_ok=True)
+    (ws / "exp-marked" / "model_index.json").write_text("{}")
+    (ws / "exp-marked" / ".diffvae").write_text('{"kind": "export", "made_by": "diffvae"}')
 
 
 def device_cases() -> list[Case]:
