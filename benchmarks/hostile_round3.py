@@ -257,6 +257,8 @@ def prepare(ws: Path) -> None:
     _inception_files(ws)
     _config_files(ws)
     _damaged_packs(ws)
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env={**os.environ, "MPLCONFIGDIR": str(ws.parent / "mpl")},
+                   check=True)  # matplotlib's font cache, as any user who plotted once has it (else a full disk adds its warning)
     os.symlink(ws / "run-ddpm", ws / "link-to-run-ddpm")
     os.symlink(ws / "holder", ws / "link-to-holder")
     os.symlink(ws / "loop-a", ws / "loop-b")
