@@ -971,7 +971,8 @@ def force_cases() -> list[Case]:
         R(a, "sample-force-onto-folder", ["sample", "{ws}/run-vae", "--n", "2", "--force", "--out", "{ws}/holder.png"],
           setup=lambda ws: (ws / "holder.png").mkdir(exist_ok=True)),
         R(a, "eval-force-onto-run-config", ["eval", "{ws}/run-vae", "--quick", "--force", "--out", "{ws}/run-vae/config.json"], "inside"),
-        R(a, "train-force-into-user-folder-child", [*TV, "--force", "--out", "{ws}/holder/inner"]),
+        W(a, "train-force-into-empty-folder", [*TV, "--force", "--out", "{ws}/emptydir2"], has("emptydir2/.diffvae"), ("emptydir2",),
+          setup=lambda ws: (ws / "emptydir2").mkdir()),  # documented: an empty folder takes a new run
         W(a, "train-force-symlink-to-run", [*TV, "--force", "--out", "{ws}/link-to-run-force"],
           lambda ws, r: None if (ws / "link-to-run-force").is_symlink() or (ws / "link-to-run-force" / ".diffvae").exists()
           else "the link is gone", ("link-to-run-force", "run-link-target"), setup=link_to_run),
