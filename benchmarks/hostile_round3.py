@@ -160,7 +160,7 @@ def one_line_problem(res: Result, case: Case) -> str | None:
         return f"{len(lines)} stderr lines: " + " | ".join(l[:80] for l in lines[:3])
     if not lines[0].startswith("diffvae: error: "):
         return f"not a diffvae error line: {lines[0][:160]}"
-    if case.fragment is not None and case.fragment not in lines[0]:
+    if case.fragment is not None and case.fragment.lower() not in lines[0].lower():
         return f"wrong reason (wanted {case.fragment!r}): {lines[0][:200]}"
     if case.forbid is not None and case.forbid in lines[0]:
         return f"unsafe advice ({case.forbid!r}): {lines[0][:200]}"
