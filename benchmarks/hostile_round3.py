@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -438,12 +439,10 @@ def signalled(sig: int, ready: Callable[[Path, subprocess.Popen, list[str]], boo
     def runner(case: Case, ws: Path, env: dict) -> Result:
         start = time.monotonic()
         proc = popen(case, ws, env)
-        os.set_blocking(proc.stderr.fileno(), False)
         seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")), daemon=True)
+        reader.start()
         while proc.poll() is None and time.monotonic() - start < HANG:
-            chunk = proc.stderr.read()
-            if chunk:
-                seen.append(chunk)
             if ready(ws, proc, seen):
                 proc.send_signal(sig)
                 if twice:
@@ -451,13 +450,13 @@ def signalled(sig: int, ready: Callable[[Path, subprocess.Popen, list[str]], boo
                     proc.send_signal(sig)
                 break
             time.sleep(0.02)
-        os.set_blocking(proc.stderr.fileno(), True)
         try:
-            out, err = proc.communicate(timeout=HANG)
+            out = proc.stdout.read() if proc.wait(timeout=HANG) is not None else ""
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
-        return Result(proc.returncode, out, "".join(seen) + err, time.monotonic() - start)
+            out = ""
+        reader.join(timeout=30)
+        return Result(proc.returncode, out, "".join(seen), time.monotonic() - start)
     return runner
 
 
@@ -1148,7 +1147,11 @@ def run_group(cases: list[Case], keep: bool) -> list[dict]:
     prepare(ws)
     rows = []
     for case in cases:
-        row = score_case(case, ws, root)
+        try:
+            row = score_case(case, ws, root)
+        except Exception as e:  # noqa: BLE001 - a harness failure is recorded as the case's, never the end of the pass
+            row = {"area": case.area, "name": case.name, "expect": case.expect, "clean": False, "rc": None,
+                   "reason": f"harness error: {type(e).__name__}: {e}", "stderr_tail": "", "seconds": 0}
         rows.append(row)
         print(f"{case.area}/{case.name}: {'clean' if row['clean'] else 'NOT CLEAN: ' + str(row['reason'])}"
               f" ({row['seconds']} s)", file=sys.stderr, flush=True)
