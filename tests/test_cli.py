@@ -106,3 +106,22 @@ def test_invert_writes_its_image_before_it_prints_the_figures(tmp_path, capsys, 
     assert main(["invert", str(run), "--n", "3", "--out", str(tmp_path / "inv.png")]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "No space left on device" in captured.err
+
+
+def test_ctrl_c_while_the_modules_load_is_one_line(tmp_path):
+    """Regression (issue 27, hostile pass): Ctrl-C in the first seconds of ``python -m diffvae`` (torch loading) printed
+    a traceback. The interrupt is raised where diffvae.cli is imported, as a real one would be."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'diffvae.cli':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.argv = ['diffvae', 'data', 'info', 'digits']\n"
+            "runpy.run_module('diffvae', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 130 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == ["diffvae: interrupted; nothing was written (outputs are written whole or not at all)"]
