@@ -76,3 +76,12 @@ def test_a_run_path_through_a_missing_folder_and_dotdot_makes_no_other_folder(tm
     """Regression (issue 27, hostile pass): --out missing/../run made 'missing' as well as the run, and left it."""
     run = RunDir.prepare(tmp_path / "missing" / ".." / "run")
     assert run.path == tmp_path / "run" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_train_through_a_missing_folder_and_dotdot_makes_only_the_run(tmp_path):
+    """Regression (issue 27, hostile pass): ``train --out missing/../run`` made 'missing' as well, and left it."""
+    from diffvae.cli import main
+
+    assert main(["train", "vae", "--data", "digits", "--steps", "2", "--width", "16", "--latent-dim", "4", "--quiet",
+                 "--out", str(tmp_path / "missing" / ".." / "run")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (tmp_path / "run" / "checkpoint.safetensors").is_file()

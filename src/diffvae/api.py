@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import shutil
 import sys
@@ -104,7 +105,7 @@ def fit_once(model, dataset, train_config, run, *, resume: bool, progress: bool)
 def open_run(out: str | Path, *, resume: bool, force: bool, make_config) -> WriterLock:
     """Create (or, to resume, reopen) the run at ``out`` and take its writer lock, returned held. A new
     run's config.json is written under the lock; a folder created here is removed if that fails."""
-    path = Path(out)
+    path = Path(os.path.normpath(out))  # 'missing/../run': mkdir(parents=True) made 'missing' too, and left it
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
