@@ -77,3 +77,51 @@ def test_a_subcommand_is_one_registration(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["hello x", "hello y"]
     assert main(["hello"]) == 2  # its own flags are checked like every command's
     assert "the following arguments are required: --name" in capsys.readouterr().err
+
+
+def test_a_name_the_file_system_refuses_is_one_line(tmp_path, capsys):
+    """Regression (issue 27, hostile pass): a 300-character --out name was an internal error (ENAMETOOLONG)."""
+    for argv in (["train", "vae", "--data", "digits", "--steps", "2", "--out", str(tmp_path / ("x" * 300))],
+                 ["data", "info", f"npz:{tmp_path / ('y' * 300)}.npz"]):
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("diffvae: error: ") and "File name too long" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invert_writes_its_image_before_it_prints_the_figures(tmp_path, capsys, monkeypatch):
+    """Regression (issue 27, hostile pass): on a full disk invert printed its figures on stdout, then failed."""
+    import errno
+    import os
+
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--data", "digits", "--steps", "2", "--width", "16", "--latent-dim", "4", "--quiet",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    assert main(["invert", str(run), "--n", "3", "--out", str(tmp_path / "inv.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "No space left on device" in captured.err
+
+
+def test_ctrl_c_while_the_modules_load_is_one_line(tmp_path):
+    """Regression (issue 27, hostile pass): Ctrl-C in the first seconds of ``python -m diffvae`` (torch loading) printed
+    a traceback. The interrupt is raised where diffvae.cli is imported, as a real one would be."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'diffvae.cli':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.argv = ['diffvae', 'data', 'info', 'digits']\n"
+            "runpy.run_module('diffvae', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 130 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == ["diffvae: interrupted; nothing was written (outputs are written whole or not at all)"]

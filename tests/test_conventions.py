@@ -193,6 +193,8 @@ def test_compare_reads_a_config_file(tmp_path):
     ("[1, 2]", ".json", "one table"),
     ('{"quiet": 1}', ".json", "true or false"),
     ("data: digits", ".yaml", ".json or .toml"),
+    ('{"data": "digits", "out": "a\\u0000b"}', ".json", "holds a NUL character"),  # issue 27 hostile pass: internal error
+    ('data = "npz:x\\u0000.npz"', ".toml", "holds a NUL character"),
 ])
 def test_bad_config_files_are_one_line_and_write_nothing(tmp_path, capsys, text, suffix, message):
     path = tmp_path / f"c{suffix}"

@@ -373,3 +373,11 @@ def test_limit_and_binarize_equal_applying_them_before_the_split():
     reference = load_data("shapes")
     for name, values in shapes.attributes.items():
         assert torch.equal(values, torch.cat([reference.attributes[name][:10], reference.attributes[name][5400:]]))
+
+
+@pytest.mark.parametrize("spec", ["digits", "shapes", "folder:{tmp}"])
+def test_key_on_data_without_arrays_is_refused(spec, tmp_path):
+    """Regression (issue 27, hostile pass): ``--key x`` on digits (or a folder) was silently ignored."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(DiffvaeError, match="--key 'x' applies to npz:PATH data"):
+        load_data(spec.format(tmp=tmp_path), key="x")

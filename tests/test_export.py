@@ -1,6 +1,7 @@
 """``diffvae export RUN --to diffusers OUT``: diffusers loads the folder and samples what diffvae samples."""
 
 import argparse
+import errno
 import json
 import os
 
@@ -199,3 +200,33 @@ def test_diffvae_export_is_a_cli_command(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("diffvae: error:") for line in err)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_place_where_no_folder_can_be_made_is_one_line(tmp_path, monkeypatch):
+    """Regression (issue 27, hostile pass): OUT under /sys (EPERM even for root, whom os.access lets through) was an
+    internal error."""
+    import diffvae.export as export_module
+
+    def forbidden(*args, **kwargs):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(export_module.tempfile, "mkdtemp", forbidden)
+    with pytest.raises(DiffvaeError, match=r"cannot write .*e: Operation not permitted"):
+        export_module._write_atomically(tmp_path / "e", False, lambda folder: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_safetensors_write_error_is_one_line_and_leaves_nothing(tmp_path):
+    """Regression (issue 27, hostile pass): on a full disk diffusers' safetensors write raises SafetensorError, not
+    OSError: it was an internal error."""
+    from safetensors import SafetensorError
+
+    import diffvae.export as export_module
+
+    def write(folder):
+        (folder / "unet").mkdir()
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    with pytest.raises(DiffvaeError, match=r"cannot write .*e: Error while serializing: I/O error: File too large"):
+        export_module._write_atomically(tmp_path / "e", False, write)
+    assert list(tmp_path.iterdir()) == []

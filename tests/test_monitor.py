@@ -172,3 +172,16 @@ def test_eval_every_with_a_cold_feature_cache_trains_the_feature_network(tmp_pat
     rows = _eval_rows(tmp_path / "run")
     assert [r["step"] for r in rows] == [4] and rows[0]["eval_fid"] > 0
     assert list((cold / "features").glob("*.safetensors"))  # it trained and cached the network
+
+
+@pytest.mark.parametrize("cache", ["a-file", "a-file/below"])
+def test_eval_every_with_a_cache_it_cannot_write_is_refused_before_the_run_exists(tmp_path, monkeypatch, capsys, cache):
+    """Regression (issue 27, hostile pass): the cold cache was met at the first eval row, after the run folder (config.json,
+    mark) had been created, and the folder was left behind."""
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("DIFFVAE_CACHE", str(tmp_path / cache))
+    run = tmp_path / "run"
+    assert main(["train", "vae", *SMALL_VAE, "--steps", "2", "--eval-every", "1", "--out", str(run)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "feature cache folder" in lines[0] and "DIFFVAE_CACHE" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
@@ -298,3 +299,48 @@ def test_a_late_weakref_callback_never_forgets_a_newer_mapped_tensor(tmp_path):
     assert shard_of(tensor) is not None and id(tensor) in _MAPPED
     _forget(_MAPPED[id(tensor)][0], id(tensor))  # its own callback does drop it
     assert shard_of(tensor) is None
+
+
+def test_out_through_a_missing_folder_and_dotdot_is_the_folder_above(tmp_path):
+    """Regression (issue 27, hostile pass): ``--out missing/..`` was taken for a new path; the pack then moved the folder
+    above it (the user's files) into a temporary folder of its own before failing."""
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(DiffvaeError, match="not a diffvae pack"):
+        pack("digits", tmp_path / "missing" / "..", limit=50)
+    assert {p.name for p in tmp_path.iterdir()} - {"cache"} == {"notes.txt"}
+
+
+def test_a_place_where_no_folder_can_be_made_is_one_line(tmp_path, monkeypatch):
+    """Regression (issue 27, hostile pass): --out under /sys (EPERM even for root, whom os.access lets through) was an
+    internal error."""
+    import diffvae.pack as pack_module
+
+    def forbidden(*args, **kwargs):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(pack_module.tempfile, "mkdtemp", forbidden)
+    with pytest.raises(DiffvaeError, match=r"cannot write .*p: Operation not permitted"):
+        pack("digits", tmp_path / "p", limit=50)
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_failed_pack_removes_the_folders_it_made_for_out(tmp_path, monkeypatch):
+    """Regression (issue 27, hostile pass): a full disk under --out deep1/deep2/pack left deep1/deep2 behind."""
+    import diffvae.pack as pack_module
+
+    class FullFile:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self):
+            pass
+
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr(pack_module, "open", FullFile, raising=False)
+    for out in (tmp_path / "deep1" / "deep2" / "pack", tmp_path / "kept" / "deep" / "pack"):
+        with pytest.raises(DiffvaeError, match="No space left on device"):
+            pack("digits", out, limit=50)
+    assert {p.name for p in tmp_path.iterdir()} - {"cache"} == {"kept"} and list((tmp_path / "kept").iterdir()) == []

@@ -70,3 +70,18 @@ def test_metrics_skip_a_torn_last_line_and_truncate_on_resume(tmp_path):
     assert [r["step"] for r in run.read_metrics()] == [10, 20, 30]
     run.truncate_metrics(20)
     assert [json.loads(l)["step"] for l in run.metrics_path.read_text().splitlines()] == [10, 20]
+
+
+def test_a_run_path_through_a_missing_folder_and_dotdot_makes_no_other_folder(tmp_path):
+    """Regression (issue 27, hostile pass): --out missing/../run made 'missing' as well as the run, and left it."""
+    run = RunDir.prepare(tmp_path / "missing" / ".." / "run")
+    assert run.path == tmp_path / "run" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_train_through_a_missing_folder_and_dotdot_makes_only_the_run(tmp_path):
+    """Regression (issue 27, hostile pass): ``train --out missing/../run`` made 'missing' as well, and left it."""
+    from diffvae.cli import main
+
+    assert main(["train", "vae", "--data", "digits", "--steps", "2", "--width", "16", "--latent-dim", "4", "--quiet",
+                 "--out", str(tmp_path / "missing" / ".." / "run")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (tmp_path / "run" / "checkpoint.safetensors").is_file()

@@ -69,3 +69,15 @@ def test_bad_pairs_are_one_line(tmp_path, feature_cache):
         _cli([str(tmp_path / "A.npz"), str(tmp_path / "A.npz"), "--json"])
     with pytest.raises(DiffvaeError, match="apply to one run"):
         _cli([str(tmp_path / "A.npz"), str(tmp_path / "A.npz"), "--data", "digits", "--n", "5"])
+
+
+def test_an_unavailable_device_is_refused_for_two_sample_sets(monkeypatch):
+    """Regression (issue 27, hostile pass): ``score A B --device cuda`` on a machine without CUDA ran on the CPU and
+    exited 0; it is refused before any file is read (the files here do not even exist)."""
+    import torch
+
+    from diffvae.score import score_pair
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DiffvaeError, match="--device cuda: CUDA is not available"):
+        score_pair("npz:/no/such/a.npz", "npz:/no/such/b.npz", data="digits", device="cuda")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import shutil
 import sys
@@ -17,6 +18,7 @@ from diffvae.data import DataConfig, data_config_from_dict, run_data  # noqa: F4
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
 from diffvae.families import get_family
+from diffvae.monitor import check_before_run
 from diffvae.presets import preset_config
 from diffvae.runs import RunDir, WriterLock, split_prefixed, state_dict_mismatch
 from diffvae.train import TrainConfig, on_rank_zero, train, train_config_from_dict
@@ -78,6 +80,7 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
     model = model_class(model_config, dataset.image_shape)  # validates the config against the data
     spec = fam.spec()
     spec.check_fit(model, train_config, dataset)  # refuse now what training would refuse at its first step
+    check_before_run(train_config, dataset)  # --eval-every with a cache it cannot write: refused before the run exists
     make_config = lambda: run_config(family, model_config, train_config, data, dataset)  # noqa: E731
     lock = on_rank_zero(lambda: open_run(out, resume=resume, force=force, make_config=make_config))
     if note and lock is not None:  # e.g. the --budget recipe: said once everything was accepted, never before a refusal
@@ -102,7 +105,7 @@ def fit_once(model, dataset, train_config, run, *, resume: bool, progress: bool)
 def open_run(out: str | Path, *, resume: bool, force: bool, make_config) -> WriterLock:
     """Create (or, to resume, reopen) the run at ``out`` and take its writer lock, returned held. A new
     run's config.json is written under the lock; a folder created here is removed if that fails."""
-    path = Path(out)
+    path = Path(os.path.normpath(out))  # 'missing/../run': mkdir(parents=True) made 'missing' too, and left it
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -197,6 +197,10 @@ def _run(argv: list[str]) -> int:
         return 0
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
+    except OSError as e:  # the file system refused a path (name too long, not permitted, ...): one line naming it
+        where = f"{e.filename}: " if e.filename else ""
+        _say(f"diffvae: error: {one_line(where + (e.strerror or str(e)))}")
+        return 2
     except Exception as e:  # never a traceback for the user; DIFFVAE_DEBUG=1 shows it
         if os.environ.get("DIFFVAE_DEBUG"):
             raise

@@ -86,6 +86,8 @@ def load_data(
     check_options(spec, size, key, test_fraction, seed, limit)
     kind, sep, argument = spec.strip().partition(":")
     kind = kind.strip().lower()
+    if key is not None and not (sep and kind in ("npz", "packed")):  # --key on digits or a folder was silently ignored
+        raise DiffvaeError(f"--key {key!r} applies to npz:PATH data (an array inside the file); {spec!r} has no arrays to pick")
     if sep and kind == "packed":
         if not argument.strip():
             raise DiffvaeError(f"data spec {spec!r} needs a pack directory after 'packed:'")

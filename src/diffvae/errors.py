@@ -9,6 +9,10 @@ class DiffvaeError(Exception):
     """
 
 
+class WriteError(DiffvaeError):
+    """A file could not be written (disk full, no permission, ...): what comes after it cannot succeed either."""
+
+
 def one_line(message: str) -> str:
     """``message`` on one line: control characters (a newline or escape in a path, ...) escaped as repr does."""
     if not any(ord(c) < 32 or ord(c) == 127 for c in message):

@@ -17,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from diffvae.api import load
 from diffvae.contract import spec_of
-from diffvae.errors import DiffvaeError
+from diffvae.errors import DiffvaeError, one_line
 from diffvae.marker import check_replaceable, enclosing_folder
 from diffvae.runs import RunDir, is_unmarked_run, write_error, write_marker
 
@@ -112,7 +114,10 @@ def _check_not_over_the_run(out: Path, run_path: Path) -> None:
 def _write_atomically(out: Path, force: bool, write) -> None:
     """``write(folder)`` into a fresh folder beside ``out``, then rename it to ``out`` (replacing it with --force)."""
     parent = out.resolve().parent
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as e:  # a read-only or forbidden place (os.access says yes to root): one line
+        raise write_error(out, e) from None
     try:
         write(staging)
         write_marker(staging, "export")  # what --force may replace later
@@ -131,6 +136,9 @@ def _write_atomically(out: Path, force: bool, write) -> None:
     except OSError as e:  # ENOSPC, EACCES, ...: one line, nothing left behind
         shutil.rmtree(staging, ignore_errors=True)
         raise write_error(e.filename or out, e) from None
+    except SafetensorError as e:  # diffusers writes the weights through safetensors' Rust code: its I/O error is no OSError
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DiffvaeError(f"cannot write {one_line(str(out))}: {one_line(str(e))[:200]}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -31,7 +31,7 @@ from diffvae.contract import BoundOptions, spec_of
 from diffvae.data import data_config_from_dict
 from diffvae.evaluate import EvalConfig, sample_quality
 from diffvae.images import make_grid
-from diffvae.metrics.features import get_feature_extractor
+from diffvae.metrics.features import check_feature_cache, get_feature_extractor
 from diffvae.runs import atomic_write_bytes
 
 GRID_SAMPLES = 16
@@ -39,6 +39,13 @@ EVAL_IMAGES = 64
 EVAL_BOUND_TIMESTEPS = 2
 SAMPLES_FOLDER = "samples"
 TENSORBOARD_FOLDER = "tensorboard"
+
+
+def check_before_run(config, dataset) -> None:
+    """What the monitor will need, checked before the run folder is created: ``--eval-every`` trains the data's feature
+    network at its first row when the cache is cold, so a cold cache must be writable."""
+    if config.eval_every:
+        check_feature_cache(dataset)
 
 
 class Monitor:

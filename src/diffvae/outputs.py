@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,22 @@ def check_output(path: str, force: bool, suffixes: tuple[str, ...] = OUTPUT_SUFF
         raise DiffvaeError(f"{out} already exists; use --force to overwrite it")
     if not out.parent.is_dir():
         raise DiffvaeError(f"the folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
+    if not can_create_in(out.parent):
         raise DiffvaeError(f"cannot write in {out.parent}")
     run = enclosing_run(out.parent)
     if run is not None:
         raise DiffvaeError(f"--out {out} is inside the run {run}; write outputs outside run folders")
     return out
+
+
+def can_create_in(folder: Path) -> bool:
+    """A file can be created in ``folder``: tried with a nameless temporary file (``os.access`` says yes to root on a
+    read-only or forbidden place such as /sys, and eval then ran for minutes before its write failed)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def enclosing_run(folder: Path) -> Path | None:

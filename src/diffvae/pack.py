@@ -124,7 +124,7 @@ def check_out_dir(out_dir: str | Path, *, force: bool) -> Path:
     Never a file, never a non-empty directory that is not a pack."""
     if not isinstance(out_dir, (str, Path)) or not str(out_dir).strip():
         raise DiffvaeError(f"the pack's output must be a directory path, got {out_dir!r}")
-    out = Path(out_dir).expanduser().absolute()
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))  # '..' resolved: 'missing/..' named the folder above, then moved it
     if out.exists() and not out.is_dir():
         raise DiffvaeError(f"--out {out} is a file, not a directory; give a new directory for the pack")
     if out.is_dir() and any(out.iterdir()):
@@ -185,8 +185,13 @@ class PackWriter:
         self.manifest = {"format": FORMAT, "version": VERSION, "name": name, "spec": spec, "options": options or {},
                          "image_shape": list(shape), "train_size": int(train_size), "test_size": int(test_size),
                          "split_seed": split_seed, "test_fraction": test_fraction, "source_fingerprint": fingerprint}
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".pack-tmp", dir=self.out.parent))
+        self.made = _first_missing(self.out.parent)  # the folders mkdir makes here are removed again if the pack fails
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".pack-tmp", dir=self.out.parent))
+        except OSError as e:  # a read-only or forbidden place: one line, not an internal error
+            _remove_made(self.out.parent, self.made)
+            raise write_error(self.out, e) from None
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the pack gets the mode mkdir would give
         self.digest = hashlib.sha256()
         self.digest.update(hash_header("train", (train_size, *shape)))
@@ -252,6 +257,28 @@ class PackWriter:
         for handle in self.files.values():
             handle.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        _remove_made(self.out.parent, self.made)
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s ancestry (itself included) that does not exist yet, or None."""
+    missing = None
+    while not folder.exists():
+        missing, folder = folder, folder.parent
+    return missing
+
+
+def _remove_made(folder: Path, made: Path | None) -> None:
+    """Remove the empty folders from ``folder`` up to ``made`` (those a failed pack created)."""
+    if made is None:
+        return
+    for candidate in (folder, *folder.parents):
+        try:
+            candidate.rmdir()
+        except OSError:
+            return
+        if candidate == made:
+            return
 
 
 def _umask() -> int:

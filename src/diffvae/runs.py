@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from diffvae.errors import DiffvaeError, one_line
+from diffvae.errors import DiffvaeError, WriteError, one_line
 from diffvae.marker import MARKER, check_replaceable, mark
 from diffvae.schema import check_checkpoint_metadata, check_metrics_row, check_run_config
 
@@ -44,7 +44,7 @@ LOCK = ".lock"
 def write_error(path: str | Path, err: OSError, needed_bytes: int | None = None) -> DiffvaeError:
     """One line for a failed write (disk full, no permission, read-only, ...): the path, the reason, the space needed."""
     needed = f" ({_size_text(needed_bytes)} to write)" if needed_bytes else ""
-    return DiffvaeError(f"cannot write {one_line(str(path))}: {err.strerror or type(err).__name__}{needed}")
+    return WriteError(f"cannot write {one_line(str(path))}: {err.strerror or type(err).__name__}{needed}")
 
 
 def _size_text(n: int) -> str:
@@ -250,7 +250,7 @@ class RunDir:
     """A run directory on disk (see the module docstring for its files)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(os.path.normpath(path))  # 'missing/../run': mkdir made 'missing' too, and left it
 
     @property
     def config_path(self) -> Path:

@@ -98,6 +98,7 @@ def score_pair(a: str, b: str, *, data: str | None, size: int | None = None, key
     per metric in the schema of ``results.json["comparisons"]`` (:meth:`diffvae.metrics.paired.Comparison.entry`), with
     ``a`` and ``b`` the specs as given. Each metric is its own question, decided at α = 0.05."""
     _eval_config(seed, None, None)
+    resolve_device(device)  # --device cuda without CUDA: one line here too (it ran on the CPU and exited 0)
     space = parse_features(features)
     extractor = _inception_extractor(space, device) if space.kind == "inception" else None
     specs = [_sample_spec(s) for s in (a, b)]

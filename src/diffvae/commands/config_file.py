@@ -54,4 +54,7 @@ def read_config_file(path: str) -> dict[str, typing.Any]:
         raise DiffvaeError(f"--config {path} is nested too deeply (a config is one table of flag = value)") from None
     if not isinstance(values, dict):
         raise DiffvaeError(f"--config {path} must hold one table of flag = value, got {type(values).__name__}")
+    for key, value in values.items():  # a NUL cannot come from a command line; in a path it was an internal error
+        if "\x00" in str(key) or "\x00" in str(value):
+            raise DiffvaeError(f"--config {path}: {str(key)!r} holds a NUL character (\\x00), which no flag or path may hold")
     return values

@@ -29,7 +29,7 @@ def run(args) -> int:
     x = dataset.test[: args.n]
     with torch.inference_mode():
         rec, err = roundtrip(model, x, **kwargs)
-    print(json.dumps(err, indent=2, sort_keys=True))
-    if out is not None:
+    if out is not None:  # before the figures are printed: a write that fails is then the only output
         write_images(torch.cat([x, rec.cpu()]), out, nrow=min(x.shape[0], 16) if x.shape[0] <= 16 else None)
+    print(json.dumps(err, indent=2, sort_keys=True))
     return 0

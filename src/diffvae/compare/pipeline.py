@@ -36,7 +36,7 @@ from diffvae.compare.stages import StageInputs
 from diffvae.configs import DataFields
 from diffvae.data import DataConfig
 from diffvae.device import resolve_device
-from diffvae.errors import DiffvaeError
+from diffvae.errors import DiffvaeError, WriteError
 from diffvae.evaluate import _jsonable
 from diffvae.families import FAMILIES, get_family
 from diffvae.marker import check_replaceable
@@ -292,8 +292,8 @@ class StageRunner:
         t0 = time.perf_counter()
         try:
             value = fn(seconds)
-        except KeyboardInterrupt:
-            raise
+        except (KeyboardInterrupt, WriteError):  # a full disk ends the compare with its own line: the next stages would
+            raise  # fail on the files it could not write, and the last error named those instead (issue 27, hostile pass)
         except Exception as e:  # a failed stage is reported, not dropped, and the others go on
             message = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             if not isinstance(e, DiffvaeError):

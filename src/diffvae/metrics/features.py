@@ -317,15 +317,7 @@ def get_feature_extractor(
         raise DiffvaeError(f"the feature network needs at least one training step, got steps={steps}")
     train_labels, test_labels, num_classes = _labels_of(dataset)
     train = _as_uint8_images(dataset.train)
-    config = FeatureNetConfig(
-        image_shape=tuple(int(s) for s in train.shape[1:]),
-        kind="classifier" if num_classes else "autoencoder",
-        num_classes=num_classes,
-        steps=steps,
-    )
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    labels = f"-labels{labels_digest(train_labels, test_labels)}" if num_classes else ""  # a relabelled set: another classifier
-    path = folder / "features" / f"{dataset.content_hash()}-{config.kind}{labels}-seed{seed}-{config.digest()}.safetensors"
+    config, path = _config_and_path(dataset, cache_dir, seed, steps)
     dataset_name = getattr(dataset, "name", None) or "dataset"
     cached = _load_cached(path, config)
     if cached is not None:
@@ -339,6 +331,28 @@ def get_feature_extractor(
     info.update(_held_out_score(net, _as_uint8_images(dataset.test), test_labels))
     save_tensors(path, net.state_dict(), {"config": asdict(config), "info": info})
     return FeatureExtractor(net, dataset_name, info)
+
+
+def _config_and_path(dataset, cache_dir: str | Path | None, seed: int, steps: int) -> tuple[FeatureNetConfig, Path]:
+    """The feature network's config for ``dataset`` and the cache file that holds it once trained."""
+    train_labels, test_labels, num_classes = _labels_of(dataset)
+    config = FeatureNetConfig(
+        image_shape=tuple(int(s) for s in dataset.train.shape[1:]),
+        kind="classifier" if num_classes else "autoencoder",
+        num_classes=num_classes,
+        steps=steps,
+    )
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    labels = f"-labels{labels_digest(train_labels, test_labels)}" if num_classes else ""  # a relabelled set: another classifier
+    return config, folder / "features" / f"{dataset.content_hash()}-{config.kind}{labels}-seed{seed}-{config.digest()}.safetensors"
+
+
+def check_feature_cache(dataset, cache_dir: str | Path | None = None, seed: int = 0) -> None:
+    """Where ``dataset``'s feature network is not cached yet, the cache must be writable: checked before a command
+    creates what would need it (``train --eval-every`` left a run folder behind when the first eval row failed)."""
+    _, path = _config_and_path(dataset, cache_dir, seed, TRAIN_STEPS)
+    if not path.is_file():
+        _check_cache_writable(path.parent)
 
 
 def _check_cache_writable(folder: Path) -> None:
