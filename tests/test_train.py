@@ -239,6 +239,23 @@ def test_budget_schedule_refits_the_length_when_the_rate_changes_mid_run():
     assert not fixed.retarget(50, elapsed=999.0) and fixed.total_steps == 100  # --steps: never refitted
 
 
+def test_a_budgeted_run_that_reaches_its_length_early_goes_on():
+    """A rate measured during a burst of load (1 step/s) fixed 80 steps for an 81 s budget; the machine got quiet
+    (the compare's ldm autoencoder on colours stopped at step 80 after 30 s, 51 s unused). At its length it refits
+    to the rate since the last measurement and goes on; near the budget's end it stops."""
+    from diffvae.train import BudgetSchedule
+
+    schedule = BudgetSchedule(config(steps=None, budget_minutes=81 / 60), total_steps=None, step=0)
+    schedule.after_step(3, now=100.0, elapsed=3.0)
+    assert schedule.after_step(8, now=105.0, elapsed=8.0) and schedule.total_steps == 8 + 73  # 1 step/s
+    assert not schedule.finished(81, elapsed=30.0)  # 73 steps in 22 s since: 3.3/s for the 51 s left
+    assert schedule.total_steps == 81 + int(73 / 22 * 51)
+    assert not schedule.finished(200, elapsed=70.0)
+    assert schedule.finished(schedule.total_steps, elapsed=75.0)  # 6 s left (< 10%): over
+    fixed = BudgetSchedule(config(steps=100), total_steps=100, step=0)
+    assert fixed.finished(100, elapsed=1.0)  # --steps: the length is the length
+
+
 def _slowing_clock(monkeypatch, slow_from: int):
     """The engine's clock (diffvae.train.wall_clock) advancing 1 s per training step, 3 s from step ``slow_from``
     on: a machine that gets busy mid-run. No real time is measured."""

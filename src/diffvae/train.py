@@ -199,6 +199,7 @@ class BatchSource:
 
 
 RETARGET_TOLERANCE = 0.05  # a re-measured length within 5% of the current one leaves the schedule as it is
+EXTEND_BELOW = 0.1  # a budgeted run that reaches its length with more than this share of the budget left goes on
 
 
 class BudgetSchedule:
@@ -218,9 +219,13 @@ class BudgetSchedule:
         self.window = (step, elapsed) if total_steps is not None else None  # (step, training seconds) of the last measurement
 
     def finished(self, step: int, elapsed: float) -> bool:
-        """True when the run is over before ``step``; a spent budget fixes ``total_steps`` there."""
+        """True when the run is over before ``step``; a spent budget fixes ``total_steps`` there. A budgeted run
+        that reaches its length with more than :data:`EXTEND_BELOW` of the budget left (its rate was measured
+        during a burst of load) refits the length to the rate since the last measurement and goes on."""
         if self.total_steps is not None and step >= self.total_steps:
-            return True
+            if self.budget_s is None or elapsed >= (1.0 - EXTEND_BELOW) * self.budget_s or not self.retarget(step, elapsed):
+                return True
+            return step >= self.total_steps
         if self.budget_s is not None and elapsed >= self.budget_s:
             self.total_steps = step
             return True
