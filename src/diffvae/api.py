@@ -14,6 +14,7 @@ import torch
 
 from diffvae import __version__
 from diffvae.conditioning import conditioned_config, is_conditional
+from diffvae.configs import saved_config
 from diffvae.data import DataConfig, data_config_from_dict, run_data  # noqa: F401 (DataConfig, run_data: re-exported)
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
@@ -56,7 +57,7 @@ def train_run(family: str, data: DataConfig, model_config=None, train_config: Tr
         saved = RunDir.prepare(out, resume=True).read_config()
         given = requested if requested is not None else {"data": {"spec": data.spec} if data and data.spec else {}}
         check_resume(saved, family, out, given)
-        model_config = config_class.from_saved(saved["model"])
+        model_config = saved_config(config_class, saved["model"])
         train_config = train_config_from_dict(saved["train"])
         data = data_config_from_dict(saved["data"])
     else:
@@ -180,7 +181,7 @@ def load(run_path: str | Path, device: str = "cpu", weights: str = "ema"):
     config = run.read_config()
     fam = get_family(config["family"])
     config_class, model_class = fam.load()
-    model_config = config_class.from_saved(config["model"])
+    model_config = saved_config(config_class, config["model"])
     image_shape = tuple(config["data"]["image_shape"])
     model = model_class(model_config, image_shape)
     tensors, meta = run.load_checkpoint()

@@ -19,7 +19,6 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from diffvae.configs import config_from_dict
 from diffvae.errors import DiffvaeError
 from diffvae.families import get_family
 from diffvae.ranges import GUIDANCE
@@ -35,11 +34,6 @@ class ConditionFields:
     conditional: bool = False  # class-conditional model (labels from the data; diffvae.conditioning)
     num_classes: int = 0  # K, set from the data's labels when conditional
     p_uncond: float = 0.1  # label dropout to the null label (classifier-free guidance; a VAE's all-zero one-hot)
-
-    @classmethod
-    def from_saved(cls, values: dict):
-        """The config of a saved run's ``model`` section (a family's config may read older runs' files here)."""
-        return config_from_dict(cls, values)
 
 
 CONDITION_FIELDS = tuple(f.name for f in fields(ConditionFields))

@@ -29,6 +29,13 @@ def config_from_dict(config_class, values: dict[str, Any]):
         raise DiffvaeError(f"invalid {config_class.__name__}: {e}") from None
 
 
+def saved_config(config_class, values: dict[str, Any]):
+    """The family config of a saved run's ``model`` section: the class's own ``from_saved`` where it reads older
+    runs' files (e.g. :meth:`diffvae.diffusion.model.UNetFamilyConfig.from_saved`), else :func:`config_from_dict`."""
+    from_saved = getattr(config_class, "from_saved", None)
+    return from_saved(values) if from_saved is not None else config_from_dict(config_class, values)
+
+
 def check_tensorboard() -> None:
     """One line if the optional tensorboard package is missing (checked before the run is written)."""
     if importlib.util.find_spec("tensorboard") is None:
