@@ -9,6 +9,10 @@ plus start-up (the quiet run's wall − B · 60 s), with every part of the repor
     python benchmarks/bench_load.py                     # --budget 15, a load of two busy processes (RESULTS.md)
     python benchmarks/bench_load.py --budget 3          # the 3-minute check (learning curves >= 3 points each)
     python benchmarks/bench_load.py --quick             # --budget 0.5 on digits, families vae only (smoke)
+    python benchmarks/bench_load.py --budget 5 --runs loaded --work /tmp/load5   # one loaded compare, kept
+
+Each row records every stage's planned and used seconds (results.json's ``plan_seconds``, stages.json), so an
+overrun names the stage that took it.
 
 This takes 2 × B minutes plus start-up; run it on a machine nobody else is using (it is the load).
 """
@@ -50,12 +54,16 @@ def run_compare(data: str, budget: float, families: str | None, out: Path) -> di
     proc = subprocess.run(argv, capture_output=True, text=True)
     wall = time.perf_counter() - started
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    return {"wall_s": wall, "returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:], "results": results}
+    stages = json.loads((out / "stages.json").read_text()) if (out / "stages.json").is_file() else {}
+    return {"wall_s": wall, "returncode": proc.returncode, "stderr_tail": proc.stderr[-2000:], "results": results,
+            "stages": stages}
 
 
 def summary(run: dict, budget: float) -> dict:
-    """Wall time, overrun ratio, curve points per family and each family's FID / bits/dim."""
+    """Wall time, overrun ratio, curve points per family, each family's FID / bits/dim, and each stage's planned
+    and used seconds."""
     results = run["results"]
+    planned = results.get("plan_seconds") or {}
     curves = results.get("learning_curves") or {}
     families = results.get("families") or {}
     return {
@@ -64,6 +72,9 @@ def summary(run: dict, budget: float) -> dict:
         "curve_samples": (results.get("learning_curve_settings") or {}).get("n_samples"),
         "fid": {f: v.get("fid") for f, v in families.items() if isinstance(v, dict)},
         "bpd": {f: v.get("bpd") for f, v in families.items() if isinstance(v, dict)},
+        "elapsed_minutes": results.get("elapsed_minutes"),
+        "stages": {name: {"planned_s": round(planned.get(name, 0.0), 1), "used_s": entry.get("seconds")}
+                   for name, entry in run["stages"].items()},
     }
 
 
@@ -88,25 +99,35 @@ def main() -> int:
     parser.add_argument("--load", type=int, default=2, help="busy processes during the loaded run (default 2)")
     parser.add_argument("--families", default=None, help="as compare's --families (default: all)")
     parser.add_argument("--quick", action="store_true", help="--budget 0.5 --families vae (smoke)")
+    parser.add_argument("--runs", choices=("both", "quiet", "loaded"), default="both", help="which compares to run")
+    parser.add_argument("--work", default=None, help="keep the compares here (default: a temporary folder)")
     args = parser.parse_args()
     if args.quick:
         args.budget, args.families = 0.5, "vae"
     with tempfile.TemporaryDirectory(prefix="bench_load.") as tmp:
-        quiet = run_compare(args.data, args.budget, args.families, Path(tmp) / "quiet")
-        busy_run = loaded(args.load, lambda: run_compare(args.data, args.budget, args.families, Path(tmp) / "loaded"))
-    startup = max(0.0, quiet["wall_s"] - args.budget * 60.0)
-    rows = {"quiet": summary(quiet, args.budget), "loaded": summary(busy_run, args.budget)}
-    limit = PROMISE * args.budget * 60.0 + startup
+        work = Path(args.work or tmp)
+        runs = {}
+        if args.runs in ("both", "quiet"):
+            runs["quiet"] = run_compare(args.data, args.budget, args.families, work / "quiet")
+        if args.runs in ("both", "loaded"):
+            runs["loaded"] = loaded(args.load, lambda: run_compare(args.data, args.budget, args.families, work / "loaded"))
+    rows = {name: summary(run, args.budget) for name, run in runs.items()}
     payload = {"machine": machine_info(), "data": args.data, "budget_minutes": args.budget, "load_processes": args.load,
-               "families": args.families, "startup_s": round(startup, 1), "limit_s": round(limit, 1),
-               "kept": busy_run["wall_s"] <= limit, **rows}
-    write_json(results_path("bench_load", args.quick), payload)
-    print(f"budget {args.budget:g} min on {args.data}, load {args.load}: quiet {rows['quiet']['wall_s']} s, "
-          f"loaded {rows['loaded']['wall_s']} s (limit {limit:.0f} s: {'kept' if payload['kept'] else 'OVERRUN'})")
+               "families": args.families, **rows}
+    if "quiet" in runs:
+        payload["startup_s"] = round(max(0.0, runs["quiet"]["wall_s"] - args.budget * 60.0), 1)
+        payload["limit_s"] = round(PROMISE * args.budget * 60.0 + payload["startup_s"], 1)
+    if len(runs) == 2:
+        payload["kept"] = runs["loaded"]["wall_s"] <= payload["limit_s"]
+    write_json(results_path("bench_load" + ("" if args.runs == "both" else f"_{args.runs}"), args.quick), payload)
     for name, row in rows.items():
-        print(f"  {name:6s} curve points {row['curve_points']} (samples/point {row['curve_samples']}), FID {row['fid']}, "
-              f"bits/dim {row['bpd']}")
-    return 0 if payload["kept"] and quiet["returncode"] == 0 and busy_run["returncode"] == 0 else 1
+        print(f"  {name:6s} wall {row['wall_s']} s (×{row['overrun']} the budget), curve points {row['curve_points']} "
+              f"(samples/point {row['curve_samples']}), FID {row['fid']}, bits/dim {row['bpd']}")
+        print("         stages (planned → used s): " + ", ".join(f"{k} {v['planned_s']}→{v['used_s']}" for k, v in row["stages"].items()))
+    if "kept" in payload:
+        print(f"budget {args.budget:g} min on {args.data}, load {args.load}: limit {payload['limit_s']:.0f} s: "
+              f"{'kept' if payload['kept'] else 'OVERRUN'}")
+    return 0 if payload.get("kept", True) and all(run["returncode"] == 0 for run in runs.values()) else 1
 
 
 if __name__ == "__main__":

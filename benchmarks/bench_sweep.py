@@ -1,4 +1,4 @@
-"""Recipes swept, not guessed: FID per CPU-minute for each family's levers on mnist (issue 13).
+"""Recipes swept, not guessed: FID per CPU-minute for each family's levers on mnist (issue 13) and colours (issue 24).
 
 Every candidate trains for the same *compute*, not the same wall clock: the engine's ``--budget`` runs on
 this process's CPU clock (``time.process_time``), so with ``--threads 1`` a budget is CPU-minutes and a
@@ -9,7 +9,11 @@ against the held-out split. The winner per family and budget is the smallest FID
 
     python benchmarks/bench_sweep.py --minutes 3                       # every family, every candidate
     python benchmarks/bench_sweep.py --families ddpm --minutes 2 5
+    python benchmarks/bench_sweep.py --data colours --families ddpm,flow,vae --minutes 2   # COLOUR_CANDIDATES
     python benchmarks/bench_sweep.py --quick                           # smoke setting (digits, seconds)
+
+Every candidate starts from the family's preset for the data's shape (``diffvae.presets``), as ``diffvae train``
+does; the candidate's own values win.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from common import RESULTS_DIR, machine_info, machine_line, results_path, setup_
 
 from diffvae.api import DataConfig, load, train_run  # noqa: E402
 from diffvae.families import get_family  # noqa: E402
-from diffvae.metrics.features import get_feature_extractor  # noqa: E402
+from diffvae.metrics.features import get_feature_extractor, recognisability  # noqa: E402
+from diffvae.metrics.coverage import class_coverage  # noqa: E402
 from diffvae.metrics.distances import fid  # noqa: E402
+from diffvae.presets import preset_config  # noqa: E402
 import diffvae.train  # noqa: E402
 from diffvae.train import TrainConfig  # noqa: E402
 
@@ -68,6 +74,21 @@ CANDIDATES = {
         "v-cosine": ({"prediction": "v", "schedule": "cosine"}, {}),
     },
 }
+# colours (3×32×32): the UNet families' width and learning rate around the 2-minute recipe (width 16, batch 32,
+# lr 2e-3), and the VAE's decoder likelihood; each family's first candidate is what it trains with today
+UNET_COLOUR = {
+    "small": ({"channels": 16}, {"batch_size": 32, "lr": 2e-3}),
+    "small-lr1e-3": ({"channels": 16}, {"batch_size": 32, "lr": 1e-3}),
+    "small-lr4e-3": ({"channels": 16}, {"batch_size": 32, "lr": 4e-3}),
+    "width32-batch32-lr2e-3": ({"channels": 32}, {"batch_size": 32, "lr": 2e-3}),
+}
+COLOUR_CANDIDATES = {
+    "ddpm": UNET_COLOUR,
+    "flow": UNET_COLOUR,
+    "vae": {"logistic": ({}, {}), "gaussian": ({"decoder": "gaussian"}, {}), "latent64": ({"latent_dim": 64}, {})},
+    "ldm": {"default": ({}, {}), "ae70": ({"ae_steps_fraction": 0.7}, {}), "ae45": ({"ae_steps_fraction": 0.45}, {})},
+}
+CANDIDATES_FOR = {"mnist": CANDIDATES, "colours": COLOUR_CANDIDATES}
 DIFFUSION_SAMPLERS = [{"sampler": "dpm++2m", "steps": 20}, {"sampler": "ddpm", "steps": 100}, {"sampler": "ddim", "steps": 20}]
 SAMPLERS = {"ddpm": DIFFUSION_SAMPLERS, "ldm": DIFFUSION_SAMPLERS}
 QUICK_RECIPES = ["default", "width16", "denoiser32"]
@@ -76,13 +97,14 @@ QUICK_RECIPES = ["default", "width16", "denoiser32"]
 def train_and_score(family, name, model_over, train_over, minutes, dataset, extractor, real, samples, out_dir, quick):
     """Train one recipe for ``minutes`` of this process's CPU time (the engine's --budget, on the CPU
     clock) and score its samples with every sampler of ``SAMPLERS``."""
-    config_class, _ = get_family(family).load()
-    model_config = config_class(**model_over)
-    train_config = TrainConfig(**{**get_family(family).train_defaults, **train_over},
+    fam = get_family(family)
+    config_class, _ = fam.load()
+    model_config = preset_config(fam.spec(), config_class(**model_over), dataset.image_shape, given=set(model_over))
+    train_config = TrainConfig(**{**fam.train_defaults, **train_over},
                                **({"steps": 20} if quick else {"budget_minutes": minutes}))
-    out = Path(out_dir) / f"{family}-{name}-{minutes:g}"
+    out = Path(out_dir) / f"{dataset.name}-{family}-{name}-{minutes:g}"
     t0, cpu0 = time.perf_counter(), time.process_time()
-    train_run(family, DataConfig("digits" if quick else "mnist"), model_config, train_config, out=out, force=True,
+    train_run(family, DataConfig(dataset.name), model_config, train_config, out=out, force=True,
               progress=False, dataset=dataset)
     train_seconds, train_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     model = load(out)  # the EMA weights, as `diffvae sample` sees them
@@ -93,13 +115,23 @@ def train_and_score(family, name, model_over, train_over, minutes, dataset, extr
         t0 = time.perf_counter()
         with torch.inference_mode():
             images = torch.cat([model.sample(min(250, samples - i), generator=g, **sampling) for i in range(0, samples, 250)])
+        ms = 1000 * (time.perf_counter() - t0) / samples
         rows.append({"family": family, "recipe": name, "minutes": minutes, "steps": steps, "train_cpu_seconds": train_cpu,
                      "train_seconds": train_seconds, "sampler": sampling.get("sampler", "default"),
                      "sample_steps": sampling.get("steps"), "fid": fid(real, extractor.features(images)),
-                     "ms_per_sample": 1000 * (time.perf_counter() - t0) / samples, "samples": samples, "model": model_over,
-                     "train": train_over})
+                     "ms_per_sample": ms, "samples": samples, "model": model_over, "train": train_over,
+                     **coverage_of(images, extractor, dataset)})
         print(rows[-1], flush=True)
     return rows
+
+
+def coverage_of(images: torch.Tensor, extractor, dataset) -> dict:
+    """Class coverage of ``images`` under the data set's classifier against the held-out label shares
+    (:mod:`diffvae.metrics.coverage`); nothing for unlabelled data."""
+    if getattr(dataset, "test_labels", None) is None or not getattr(dataset, "num_classes", 0):
+        return {}
+    histogram = recognisability(extractor.predict_proba(images))["class_histogram"]
+    return class_coverage(histogram, torch.bincount(dataset.test_labels, minlength=dataset.num_classes).numpy())
 
 
 def markdown(result: dict) -> str:
@@ -107,15 +139,17 @@ def markdown(result: dict) -> str:
     return result["markdown"]
 
 
-def sweep_markdown(rows: list[dict], info: dict, samples: int) -> str:
-    lines = [f"**Recipe sweep** — mnist, each recipe trained for the budget in CPU-minutes (the engine's --budget on this "
+def sweep_markdown(rows: list[dict], info: dict, samples: int, data: str = "mnist") -> str:
+    lines = [f"**Recipe sweep** — {data}, each recipe trained for the budget in CPU-minutes (the engine's --budget on this "
              f"process's CPU clock), n samples per row (seed 0; {samples} unless the row says), FID in diffvae features against "
              f"the held-out split; ms/sample on the same thread, as busy as the machine was. {machine_line(info)}", "",
-             "| family | budget (min) | recipe | steps | sampler | n | FID | ms/sample |", "|---|---:|---|---:|---|---:|---:|---:|"]
+             "| family | budget (min) | recipe | steps | sampler | n | FID | ms/sample | class entropy / max | classes under half |",
+             "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         sampler = r["sampler"] + (f":{r['sample_steps']}" if r["sample_steps"] else "")
+        coverage = (f"{r['class_entropy_ratio']:.2f} | {r['classes_below_half']:.1f}" if "class_entropy_ratio" in r else "– | –")
         lines.append(f"| {r['family']} | {r['minutes']:g} | {r['recipe']} | {r['steps']} | {sampler} | {r.get('samples', samples)} | "
-                     f"{r['fid']:.1f} | {r['ms_per_sample']:.2f} |")
+                     f"{r['fid']:.1f} | {r['ms_per_sample']:.2f} | {coverage} |")
     best = {}
     for r in rows:
         key = (r["family"], r["minutes"])
@@ -129,6 +163,7 @@ def sweep_markdown(rows: list[dict], info: dict, samples: int) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="mnist", choices=sorted(CANDIDATES_FOR))
     parser.add_argument("--families", default="vae,ddpm,ldm")
     parser.add_argument("--minutes", type=float, nargs="+", default=[3.0])
     parser.add_argument("--recipes", nargs="*", default=None, help="only these recipe names")
@@ -136,34 +171,38 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--samplers", nargs="*", default=None, metavar="NAME:STEPS",
-                        help="the diffusion samplers to score (default: every one of DIFFUSION_SAMPLERS)")
+                        help="the diffusion samplers to score (default: every one of DIFFUSION_SAMPLERS on mnist, "
+                             "the family's default elsewhere)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.samplers:
         chosen = [{"sampler": s.split(":")[0], "steps": int(s.split(":")[1])} for s in args.samplers]
         SAMPLERS.update({family: chosen for family in SAMPLERS})
+    elif args.data != "mnist":
+        SAMPLERS.clear()  # each family's default sampler only
     if args.quick and args.recipes is None:
         args.recipes = QUICK_RECIPES
     setup_threads(args.threads)
     diffvae.train.wall_clock = time.process_time  # budgets in CPU time: a busy machine slows the sweep, not the recipes
     from diffvae.data import load_data
 
-    dataset = load_data("digits" if args.quick else "mnist")
+    candidates = CANDIDATES_FOR[args.data]
+    dataset = load_data("digits" if args.quick else args.data)
     extractor = get_feature_extractor(dataset)
     real = extractor.features(dataset.test)
     rows = []
     for minutes in args.minutes:
         for family in args.families.split(","):
-            for name, (model_over, train_over) in CANDIDATES[family].items():
+            for name, (model_over, train_over) in candidates[family].items():
                 if args.recipes and name not in args.recipes:
                     continue
                 rows += train_and_score(family, name, model_over, train_over, minutes, dataset, extractor, real,
                                         50 if args.quick else args.samples, os.path.join(RESULTS_DIR, "sweep"), args.quick)
     info = machine_info()
-    text = sweep_markdown(rows, info, args.samples)
+    text = sweep_markdown(rows, info, args.samples, dataset.name)
     print(text)
     result = {"machine": info, "rows": rows, "markdown": text}
-    write_json(args.out or results_path("bench_sweep", args.quick), result)
+    write_json(args.out or results_path("bench_sweep" + ("" if args.data == "mnist" else f"_{args.data}"), args.quick), result)
     return result
 
 

@@ -1,4 +1,4 @@
-"""Time to quality: CPU-minutes each family needs to reach fixed FIDs on mnist, beside the peers (issue 13).
+"""Time to quality: CPU-minutes each family needs to reach fixed FIDs on mnist or colours, beside the peers (issues 13, 24).
 
 Contenders, each trained once for ``--minutes`` of this process's CPU time on one thread, with its EMA (or,
 for pythae, plain) weights kept when the training time first reaches 0.5, 1, 2, 4, ... minutes:
@@ -9,8 +9,8 @@ for pythae, plain) weights kept when the training time first reaches 0.5, 1, 2, 
 * **diffusers recipe** — ``UNet2DModel`` + ``DDPMScheduler`` with the defaults of diffusers'
   ``train_unconditional.py`` example (``bench_recipe.train_diffusers``), sampled by ``DDPMPipeline`` on
   100 steps, as that example does (diffvae's DDPM samples with its own default, DPM-Solver++(2M) on 20 steps).
-* **pythae VAE** — ``pythae.models.VAE`` with pythae's MNIST ResNet encoder/decoder
-  (``pythae.models.nn.benchmarks.mnist``), latent 16, its trainer's defaults (Adam, lr 1e-4, batch 64),
+* **pythae VAE** — ``pythae.models.VAE`` with pythae's ResNet encoder/decoder for the shape
+  (``pythae.models.nn.benchmarks.mnist`` for 1×28×28, ``.cifar`` for 3×32×32), latent 16, its trainer's defaults (Adam, lr 1e-4, batch 64),
   trained by a plain loop on its own loss (pythae's trainer is epoch-based and pickles its checkpoints);
   sampled from its N(0, I) prior. Skipped with a note if pythae is not installed (``pip install pythae``).
 
@@ -18,6 +18,7 @@ Every snapshot draws ``--samples`` images (seed 0) scored by the same code: FID 
 space against the held-out split. The time to reach an FID is the first snapshot at or below it.
 
     python benchmarks/bench_time_to_quality.py --minutes 8
+    python benchmarks/bench_time_to_quality.py --data colours --minutes 8
     python benchmarks/bench_time_to_quality.py --quick          # smoke setting (digits, seconds)
 """
 
@@ -41,11 +42,14 @@ from diffvae.api import DataConfig, load, train_run  # noqa: E402
 from diffvae.families import get_family  # noqa: E402
 from diffvae.metrics.distances import fid  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor  # noqa: E402
+from diffvae.presets import preset_config  # noqa: E402
 from diffvae.recipes import apply, for_budget  # noqa: E402
 from diffvae.runs import load_tensors, read_json, split_prefixed  # noqa: E402
 from diffvae.train import TrainConfig  # noqa: E402
 
-THRESHOLDS = (400.0, 200.0, 100.0, 50.0, 35.0)  # the diffusion families now reach ~30 within 4 CPU-minutes
+# FIDs each table reports the time to; each data set's feature space has its own scale (colours' FIDs run in thousands)
+THRESHOLDS = {"mnist": (400.0, 200.0, 100.0, 50.0, 35.0), "colours": (20000.0, 10000.0, 5000.0, 2500.0, 1000.0)}
+PYTHAE_NETS = {(1, 28, 28): "mnist", (3, 32, 32): "cifar"}  # pythae.models.nn.benchmarks.<module> for each shape
 FIRST_SNAPSHOT_MINUTES = 0.5
 SAMPLE_BATCH = 100
 
@@ -68,14 +72,17 @@ def in_batches(draw, n: int) -> torch.Tensor:
         return torch.cat([draw(min(SAMPLE_BATCH, n - i)) for i in range(0, n, SAMPLE_BATCH)])
 
 
-def diffvae_curve(family: str, data: str, minutes: float, out: Path, extractor, real, n: int) -> dict:
-    """Train ``family`` with snapshots; FID of every snapshot's EMA weights (default sampler, seed 0)."""
-    config_class, _ = get_family(family).load()
-    recipe, info = for_budget(get_family(family).recipes, minutes)
-    model_values, train_values = apply(recipe, {}, dict(get_family(family).train_defaults), set())
+def diffvae_curve(family: str, dataset, minutes: float, out: Path, extractor, real, n: int) -> dict:
+    """Train ``family`` as ``diffvae train --budget`` would (the budget's recipe over the shape's preset) with
+    snapshots; FID of every snapshot's EMA weights (default sampler, seed 0)."""
+    fam = get_family(family)
+    config_class, _ = fam.load()
+    recipe, info = for_budget(fam.recipes, minutes)
+    model_values, train_values = apply(recipe, {}, dict(fam.train_defaults), set())
+    model_config = preset_config(fam.spec(), config_class(**model_values), dataset.image_shape, given=set(model_values))
     train_config = TrainConfig(**train_values, budget_minutes=minutes, snapshot_first_minutes=marks(minutes)[0])
     run = out / family
-    train_run(family, DataConfig(data), config_class(**model_values), train_config, out=run, force=True, progress=False)
+    train_run(family, DataConfig(dataset.name), model_config, train_config, out=run, force=True, progress=False)
     model = load(run)
     points = []
     for entry in read_json(run / "snapshots" / "index.json")["snapshots"]:
@@ -105,17 +112,22 @@ def diffusers_curve(dataset, minutes: float, extractor, real, n: int, quick: boo
 
 def pythae_curve(dataset, minutes: float, extractor, real, n: int) -> dict:
     try:
+        import importlib
+
         from pythae.models import VAE, VAEConfig
-        from pythae.models.nn.benchmarks.mnist import Decoder_ResNet_AE_MNIST, Encoder_ResNet_VAE_MNIST
         from pythae.trainers import BaseTrainerConfig
     except ImportError:
         return {"points": [], "recipe": "not installed (pip install pythae)"}
-    if tuple(dataset.image_shape) != (1, 28, 28):
-        return {"points": [], "recipe": "pythae's MNIST networks take 1×28×28 images only"}
+    nets = PYTHAE_NETS.get(tuple(dataset.image_shape))
+    if nets is None:
+        shape = "×".join(str(int(s)) for s in dataset.image_shape)
+        return {"points": [], "recipe": f"pythae's benchmark networks take 1×28×28 or 3×32×32 images, not {shape}"}
+    module = importlib.import_module(f"pythae.models.nn.benchmarks.{nets}")
+    encoder, decoder = getattr(module, f"Encoder_ResNet_VAE_{nets.upper()}"), getattr(module, f"Decoder_ResNet_AE_{nets.upper()}")
     defaults = BaseTrainerConfig()
     torch.manual_seed(0)
     config = VAEConfig(input_dim=tuple(dataset.image_shape), latent_dim=16)
-    model = VAE(config, encoder=Encoder_ResNet_VAE_MNIST(config), decoder=Decoder_ResNet_AE_MNIST(config))
+    model = VAE(config, encoder=encoder(config), decoder=decoder(config))
     optimizer = torch.optim.Adam(model.parameters(), lr=defaults.learning_rate)
     data, batch = dataset.train.float() / 255.0, defaults.per_device_train_batch_size
     todo, snapshots, start, step = marks(minutes), [], time.process_time(), 0
@@ -137,7 +149,7 @@ def pythae_curve(dataset, minutes: float, extractor, real, n: int) -> dict:
         draw = lambda k: (snapshot.decoder(torch.randn(k, 16, generator=g))["reconstruction"].clamp(0, 1) * 255).round().to(torch.uint8)  # noqa: E731
         points.append({"minutes": at, "step": at_step, "fid": score(in_batches(draw, n), extractor, real)})
         print("pythae", points[-1], flush=True)
-    return {"points": points, "recipe": f"lr {defaults.learning_rate:g}, batch {batch}, ResNet MNIST nets, latent 16"}
+    return {"points": points, "recipe": f"lr {defaults.learning_rate:g}, batch {batch}, ResNet {nets.upper()} nets, latent 16"}
 
 
 def time_to(points: list[dict], threshold: float) -> float | None:
@@ -146,8 +158,8 @@ def time_to(points: list[dict], threshold: float) -> float | None:
 
 
 def tq_markdown(result: dict) -> str:
-    at = marks(result["minutes"])
-    lines = [f"**Time to quality** — mnist, each contender trained once for {result['minutes']:g} CPU-minutes on one thread; "
+    at, thresholds = marks(result["minutes"]), THRESHOLDS[result.get("data", "mnist")]
+    lines = [f"**Time to quality** — {result.get('data', 'mnist')}, each contender trained once for {result['minutes']:g} CPU-minutes on one thread; "
              f"FID of its weights when training first reached each time ({result['samples']} samples, seed 0, diffvae's "
              f"feature space, held-out split). {machine_line(result['machine'])}", "",
              "| contender | setting | " + " | ".join(f"FID @ {m:g} min" for m in at) + " |",
@@ -158,10 +170,10 @@ def tq_markdown(result: dict) -> str:
             near = [p for p in curve["points"] if abs(p["minutes"] - m) <= 0.25 * m]
             cells.append(f"{min(near, key=lambda p: abs(p['minutes'] - m))['fid']:.0f}" if near else "–")
         lines.append(f"| {name} | {curve['recipe'] or 'defaults'} | " + " | ".join(cells) + " |")
-    lines += ["", "| contender | " + " | ".join(f"minutes to FID ≤ {t:g}" for t in THRESHOLDS) + " |",
-              "|---|" + "---:|" * len(THRESHOLDS)]
+    lines += ["", "| contender | " + " | ".join(f"minutes to FID ≤ {t:g}" for t in thresholds) + " |",
+              "|---|" + "---:|" * len(thresholds)]
     for name, curve in result["curves"].items():
-        cells = [time_to(curve["points"], t) for t in THRESHOLDS]
+        cells = [time_to(curve["points"], t) for t in thresholds]
         lines.append(f"| {name} | " + " | ".join("–" if not curve["points"] else f"> {result['minutes']:g}" if c is None
                                                 else f"{c:.1f}" for c in cells) + " |")
     return "\n".join(lines)
@@ -174,6 +186,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="mnist", choices=sorted(THRESHOLDS))
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--contenders", default="vae,ddpm,ldm,flow,diffusers,pythae")
@@ -184,11 +197,11 @@ def main(argv: list[str] | None = None) -> dict:
     diffvae.train.wall_clock = time.process_time  # budgets and snapshot times in CPU-minutes
     from diffvae.data import load_data
 
-    data, minutes, n = ("digits", 0.1, 50) if args.quick else ("mnist", args.minutes, args.samples)
+    data, minutes, n = ("digits", 0.1, 50) if args.quick else (args.data, args.minutes, args.samples)
     dataset = load_data(data)
     extractor = get_feature_extractor(dataset)
     real = extractor.features(dataset.test)
-    out = Path(RESULTS_DIR) / ("time_to_quality_quick" if args.quick else "time_to_quality")
+    out = Path(RESULTS_DIR) / ("time_to_quality_quick" if args.quick else f"time_to_quality_{data}")
     curves = {}
     for name in args.contenders.split(","):
         if name == "diffusers":
@@ -196,11 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
         elif name == "pythae":
             curves["pythae VAE"] = pythae_curve(dataset, minutes, extractor, real, n)
         else:
-            curves[f"diffvae {name}"] = diffvae_curve(name, data, minutes, out, extractor, real, n)
-    result = {"machine": machine_info(), "minutes": minutes, "samples": n, "curves": curves}
+            curves[f"diffvae {name}"] = diffvae_curve(name, dataset, minutes, out, extractor, real, n)
+    result = {"machine": machine_info(), "data": "mnist" if args.quick else data, "minutes": minutes, "samples": n, "curves": curves}
     result["markdown"] = tq_markdown(result)
     print(result["markdown"])
-    write_json(args.out or results_path("bench_time_to_quality", args.quick), result)
+    write_json(args.out or results_path("bench_time_to_quality" + ("" if data == "mnist" or args.quick else f"_{data}"), args.quick), result)
     return result
 
 
