@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from typing import Any, Callable
 
 import torch
@@ -74,6 +75,45 @@ def cpu_kind() -> str:
 def cpu_supports_bf16() -> bool:
     """True where bf16 matmuls run natively (AVX-512 bf16 or AMX)."""
     return cpu_kind() != "avx2"
+
+
+def busy_cores_elsewhere(interval: float = 0.5, stat_path: str = "/proc/stat") -> float | None:
+    """How many cores other processes kept busy over the next ``interval`` seconds: the machine's busy time
+    (``/proc/stat``: all but idle and iowait) less this process's own CPU time, per second. None where the
+    kernel offers no ``/proc/stat`` (macOS, Windows)."""
+    def machine_busy() -> float | None:
+        try:
+            with open(stat_path) as f:
+                fields = [float(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        if len(fields) < 4:
+            return None
+        return (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)) / os.sysconf("SC_CLK_TCK")
+
+    def own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    busy0, own0, t0 = machine_busy(), own(), time.perf_counter()
+    if busy0 is None:
+        return None
+    time.sleep(interval)
+    busy1, own1 = machine_busy(), own()
+    if busy1 is None:
+        return None
+    return max(0.0, (busy1 - busy0 - (own1 - own0)) / max(1e-9, time.perf_counter() - t0))
+
+
+def threads_beside(busy_elsewhere: float | None, limit: int, cores: int | None = None) -> int:
+    """CPU threads for torch when ``busy_elsewhere`` cores are taken by other processes: the cores left
+    (at least 1, at most ``limit``, the count the run started with). On a busy machine fewer threads run
+    faster than more: a thread that waits for a core holds up the others at every barrier (RESULTS.md,
+    "A budget under load")."""
+    if busy_elsewhere is None:
+        return limit
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(limit, cores - int(round(busy_elsewhere))))
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

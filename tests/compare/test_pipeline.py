@@ -40,3 +40,26 @@ def test_a_write_that_fails_ends_the_compare_with_its_own_line(tmp_path):
     with pytest.raises(WriteError, match="cannot write .*checkpoint.safetensors: No space left on device"):
         run("train:vae", disk_full)
     assert "train:vae" not in run.stages.status
+
+
+def test_a_stage_runs_on_the_cores_other_processes_leave_and_records_it(tmp_path, monkeypatch):
+    """Issue 27: beside two busy processes, two threads ran a ddpm step at 3.3 it/s and one thread at 4.2; every stage
+    now measures the load first and drops threads while the cores are taken, never above the count it started with."""
+    import torch
+
+    from diffvae.compare import pipeline
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cores = os.cpu_count() or 1
+        load = {"busy": float(cores)}  # every core taken by others
+        monkeypatch.setattr(pipeline, "busy_cores_elsewhere", lambda interval: load["busy"])
+        run = _runner(tmp_path)
+        assert run("train:vae", lambda s: torch.get_num_threads()) == 1
+        assert run.stages.status["train:vae"]["threads"] == 1
+        load["busy"] = 0.0  # the load has gone: back to the count the compare started with, not more
+        assert run("curves", lambda s: torch.get_num_threads()) == min(2, cores)
+        assert run.stages.status["curves"]["threads"] == min(2, cores)
+    finally:
+        torch.set_num_threads(previous)

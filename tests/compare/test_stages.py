@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from diffvae.compare import stages
-from diffvae.compare.stages import EVAL_FLOORS, MIN_EVAL_SAMPLES, MIN_MIDPOINTS, compare_samples, evaluation_sizes, sized_eval_config
+from diffvae.compare.stages import (EVAL_FLOORS, EVAL_MINIMA, FEWEST_MIDPOINTS, MIN_EVAL_SAMPLES, MIN_MIDPOINTS, compare_samples,
+                                    evaluation_sizes, sized_eval_config)
 
 
 class _Spec:
@@ -58,11 +59,12 @@ def test_pairs_shrink_first_then_samples_until_the_most_expensive_family_fits(tm
     fake_families.update(vae=_Spec(1, cheap=True), ddpm=_Spec(1.0), flow=_Spec(40.0))
     ctx = _context(tmp_path, fake_families)
     n, pairs = evaluation_sizes(("vae", "ddpm", "flow"), ctx, {f: seconds for f in fake_families})
-    assert MIN_EVAL_SAMPLES <= n <= 200 and MIN_MIDPOINTS <= pairs <= n // 2
-    assert n == 200 or pairs == MIN_MIDPOINTS  # the samples shrink only once the pairs are at their floor
+    assert MIN_EVAL_SAMPLES <= n <= 200 and FEWEST_MIDPOINTS <= pairs <= n // 2
+    assert n == 200 or pairs <= MIN_MIDPOINTS  # the samples shrink only once the pairs are at their floor
+    assert pairs >= MIN_MIDPOINTS or n == MIN_EVAL_SAMPLES  # and the pairs go below it only once the samples are at theirs
     spec = fake_families["flow"]
     limit = seconds * spec.eval_main_share()
-    assert _floor_cost(spec, n, pairs) <= limit or (n, pairs) == (MIN_EVAL_SAMPLES, MIN_MIDPOINTS)  # fits, or at the floors
+    assert _floor_cost(spec, n, pairs) <= limit or (n, pairs) == (MIN_EVAL_SAMPLES, FEWEST_MIDPOINTS)  # fits, or at the end
     if pairs < 100 and n == 200:
         assert _floor_cost(spec, n, int(pairs / 0.7) + 1) > limit * 0.7  # not shrunk far past what fits
     assert fake_families["ddpm"].unit_calls <= 1 and fake_families["flow"].unit_calls <= 1  # measured once per family
@@ -74,14 +76,33 @@ def test_families_not_trained_are_skipped(tmp_path, fake_families):
     assert evaluation_sizes(("ddpm",), ctx, {"ddpm": 1.0}) == (200, 100)
 
 
-def test_sized_config_keeps_the_shared_count_and_never_goes_below_the_floors(fake_families):
-    fake_families.update(flow=_Spec(50.0))
-    tight = sized_eval_config(None, "flow", 1.0, seed=3, n_samples=70)
-    assert tight.n_samples == 70 and tight.midpoints == 35 and tight.seed == 3
-    assert sized_eval_config(None, "flow", 1.0, seed=3, n_samples=70, midpoints=25).midpoints == 25
-    assert all(getattr(tight, name) == floor for name, floor in EVAL_FLOORS.items())
+def test_sized_config_keeps_the_shared_count_and_stays_at_the_floors_while_they_fit(fake_families):
+    fake_families.update(flow=_Spec(50.0))  # the floors at n = 70, 35 pairs: 50 × 349 evaluations × 1 ms = 17.45 s
+    at_floors = sized_eval_config(None, "flow", 40.0, seed=3, n_samples=70)
+    assert at_floors.n_samples == 70 and at_floors.midpoints == 35 and at_floors.seed == 3
+    assert sized_eval_config(None, "flow", 40.0, seed=3, n_samples=70, midpoints=25).midpoints == 25
+    assert all(getattr(at_floors, name) >= floor for name, floor in EVAL_FLOORS.items())
+    assert any(getattr(at_floors, name) == floor for name, floor in EVAL_FLOORS.items())  # some at the floor, none below
     roomy = sized_eval_config(None, "flow", 1e9, seed=3, n_samples=70)
     assert roomy.bound_n > EVAL_FLOORS["bound_n"] and roomy.probe_train > EVAL_FLOORS["probe_train"]
+
+
+@pytest.mark.parametrize("seconds", [0.01, 1.0, 20.0])
+def test_below_the_floors_when_they_do_not_fit_never_below_the_minima(fake_families, seconds):
+    """Issue 27: on a busy machine the floors alone took 146 s of a 12 s share; the sizes go on down to the
+    minima, shrinking together with the time there is, and keep the shared counts."""
+    spec = _Spec(50.0)
+    fake_families.update(flow=spec)
+    sized = sized_eval_config(None, "flow", seconds, seed=3, n_samples=70)
+    assert (sized.n_samples, sized.midpoints) == (70, 35)
+    assert all(EVAL_MINIMA[name] <= getattr(sized, name) <= EVAL_FLOORS[name] for name in EVAL_FLOORS)
+    floors_cost = spec.evaluation_cost(None, SimpleNamespace(n_samples=70, midpoints=35, **EVAL_FLOORS))
+    assert spec.evaluation_cost(None, sized) < floors_cost
+    if seconds < 1.0:
+        assert all(getattr(sized, name) == low for name, low in EVAL_MINIMA.items())
+    else:  # part of the way: the probe keeps its share of the time there is (20 s of the 34.9 s the floors need)
+        expected = max(EVAL_MINIMA["probe_train"], int(EVAL_FLOORS["probe_train"] * 0.5 * seconds / (floors_cost * spec.unit)))
+        assert sized.probe_train == expected
 
 
 def test_the_sampler_sweep_sizes_each_setting_with_the_cost_it_just_measured(tmp_path, monkeypatch):

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from diffvae.compare import stages as st
 from diffvae.compare.control import check_conditional, control_family
 from diffvae.compare.forecasts import default_target, forecast_results, parse_target
@@ -35,7 +37,7 @@ from diffvae.compare.report import write_report
 from diffvae.compare.stages import StageInputs
 from diffvae.configs import DataFields
 from diffvae.data import DataConfig
-from diffvae.device import resolve_device
+from diffvae.device import busy_cores_elsewhere, resolve_device, threads_beside
 from diffvae.errors import DiffvaeError, WriteError
 from diffvae.evaluate import _jsonable
 from diffvae.families import FAMILIES, get_family
@@ -208,7 +210,11 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     with _open_out(out, resume=config.resume, force=config.force):
         if stored is None:
             write_json(out / SETTINGS, settings)
-        return _run_stages(StageContext(config, data_config, dataset, out))
+        threads = torch.get_num_threads()
+        try:
+            return _run_stages(StageContext(config, data_config, dataset, out))
+        finally:
+            torch.set_num_threads(threads)  # a stage may have run on fewer (StageRunner.fit_threads)
 
 
 def parse_families(text: str) -> tuple[str, ...]:
@@ -272,6 +278,14 @@ class StageRunner:
     def __init__(self, the_plan: ComparePlan, stages: Stages, out: Path, budget_minutes: float):
         self.plan, self.stages, self.out, self.budget_minutes = the_plan, stages, out, budget_minutes
         self.start = time.perf_counter()
+        self.threads = torch.get_num_threads()  # the most a stage uses; fewer while other processes take cores
+
+    def fit_threads(self) -> int:
+        """torch's CPU threads for the next stage: the cores other processes leave (at most the count the
+        compare started with). On a busy machine one thread outruns two (RESULTS.md, "A budget under load")."""
+        if self.threads > 1:
+            torch.set_num_threads(threads_beside(busy_cores_elsewhere(0.25), self.threads))
+        return torch.get_num_threads()
 
     def allot(self, stage: str) -> float:
         """This stage's share of what is left of the budget."""
@@ -286,9 +300,11 @@ class StageRunner:
         if self.stages.done(stage):
             _log(f"[{stage}] done earlier, reused")
             return None
+        threads = self.fit_threads()
         seconds = self.allot(stage)
         eta = time.strftime("%H:%M:%S", time.localtime(time.time() + seconds))
-        _log(f"[{stage}] {seconds / 60:.1f} min (until about {eta}) — {_elapsed(self.start)} of {self.budget_minutes:g} min used")
+        busy = f", {threads} of {self.threads} threads (the machine is busy)" if threads < self.threads else ""
+        _log(f"[{stage}] {seconds / 60:.1f} min (until about {eta}) — {_elapsed(self.start)} of {self.budget_minutes:g} min used{busy}")
         t0 = time.perf_counter()
         try:
             value = fn(seconds)
@@ -300,10 +316,10 @@ class StageRunner:
                 message = f"{type(e).__name__}: {message}"
                 with (self.out / "errors.log").open("a") as log:
                     log.write(f"[{stage}]\n{traceback.format_exc()}\n")
-            self.stages.record(stage, "failed", time.perf_counter() - t0, error=message)
+            self.stages.record(stage, "failed", time.perf_counter() - t0, error=message, threads=threads)
             _log(f"[{stage}] FAILED: {message}")
             return None
-        self.stages.record(stage, "done", time.perf_counter() - t0)
+        self.stages.record(stage, "done", time.perf_counter() - t0, threads=threads)
         return value
 
 
