@@ -85,7 +85,8 @@ UNET_COLOUR = {
 COLOUR_CANDIDATES = {
     "ddpm": UNET_COLOUR,
     "flow": UNET_COLOUR,
-    "vae": {"logistic": ({}, {}), "gaussian": ({"decoder": "gaussian"}, {}), "latent64": ({"latent_dim": 64}, {})},
+    "vae": {"logistic": ({}, {}), "gaussian": ({"decoder": "gaussian"}, {}), "latent64": ({"latent_dim": 64}, {}),
+            "latent16": ({"latent_dim": 16}, {}), "depth2": ({"depth": 2}, {})},
     "ldm": {"default": ({}, {}), "ae70": ({"ae_steps_fraction": 0.7}, {}), "ae45": ({"ae_steps_fraction": 0.45}, {})},
 }
 CANDIDATES_FOR = {"mnist": CANDIDATES, "colours": COLOUR_CANDIDATES}
