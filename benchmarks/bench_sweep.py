@@ -86,7 +86,10 @@ COLOUR_CANDIDATES = {
     "ddpm": UNET_COLOUR,
     "flow": UNET_COLOUR,
     "vae": {"logistic": ({}, {}), "gaussian": ({"decoder": "gaussian"}, {}), "latent64": ({"latent_dim": 64}, {}),
-            "latent16": ({"latent_dim": 16}, {}), "depth2": ({"depth": 2}, {})},
+            "latent16": ({"latent_dim": 16}, {}), "depth2": ({"depth": 2}, {}),
+            "width128": ({"width": 128}, {}), "lr3e-4": ({}, {"lr": 3e-4}),
+            "beta4": ({"beta": 4.0}, {}), "beta16": ({"beta": 16.0}, {}),
+            "beta64": ({"beta": 64.0}, {})},
     "ldm": {"default": ({}, {}), "ae70": ({"ae_steps_fraction": 0.7}, {}), "ae45": ({"ae_steps_fraction": 0.45}, {})},
 }
 CANDIDATES_FOR = {"mnist": CANDIDATES, "colours": COLOUR_CANDIDATES}
