@@ -28,7 +28,7 @@ from common import machine_info, results_path, write_json  # noqa: E402
 from diffvae.api import load  # noqa: E402
 from diffvae.cli import main as cli  # noqa: E402
 from diffvae.data import load_data  # noqa: E402
-from diffvae.metrics.coverage import class_coverage  # noqa: E402
+from diffvae.metrics.coverage import label_coverage  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor, recognisability  # noqa: E402
 
 SETTINGS = {  # name: (seconds, stage 1 only, train flags)
@@ -44,8 +44,8 @@ SETTINGS = {  # name: (seconds, stage 1 only, train flags)
 
 def coverage(extractor, dataset, images: torch.Tensor) -> dict:
     rec = recognisability(extractor.predict_proba(images))
-    expected = torch.bincount(dataset.test_labels, minlength=dataset.num_classes).double() / len(dataset.test_labels)
-    return {**class_coverage(rec["class_histogram"], expected.tolist()), "histogram": [round(v, 3) for v in rec["class_histogram"]]}
+    return {**label_coverage(rec["class_histogram"], dataset.test_labels, dataset.num_classes),
+            "histogram": [round(v, 3) for v in rec["class_histogram"]]}
 
 
 def measure(name: str, seconds: float, ae_only: bool, flags: list[str], folder: Path) -> dict:

@@ -32,7 +32,7 @@ from common import RESULTS_DIR, machine_info, machine_line, results_path, setup_
 from diffvae.api import DataConfig, load, train_run  # noqa: E402
 from diffvae.families import get_family  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor, recognisability  # noqa: E402
-from diffvae.metrics.coverage import class_coverage  # noqa: E402
+from diffvae.metrics.coverage import label_coverage  # noqa: E402
 from diffvae.metrics.distances import fid  # noqa: E402
 from diffvae.presets import preset_config  # noqa: E402
 import diffvae.train  # noqa: E402
@@ -135,7 +135,7 @@ def coverage_of(images: torch.Tensor, extractor, dataset) -> dict:
     if getattr(dataset, "test_labels", None) is None or not getattr(dataset, "num_classes", 0):
         return {}
     histogram = recognisability(extractor.predict_proba(images))["class_histogram"]
-    return class_coverage(histogram, torch.bincount(dataset.test_labels, minlength=dataset.num_classes).numpy())
+    return label_coverage(histogram, dataset.test_labels, dataset.num_classes)
 
 
 def markdown(result: dict) -> str:

@@ -49,7 +49,7 @@ from diffvae.data import run_data
 from diffvae.errors import DiffvaeError
 from diffvae.interpolation import latent_path, roundtrip
 from diffvae.metrics.bootstrap import wilson_interval
-from diffvae.metrics.coverage import class_coverage, entropy_ratio_interval
+from diffvae.metrics.coverage import entropy_ratio_interval, label_coverage
 from diffvae.metrics.distances import as_feature_matrix, fid, kid, precision_recall
 from diffvae.metrics.features import get_feature_extractor, recognisability
 from diffvae.metrics.paired import estimate as metric_estimate
@@ -219,8 +219,7 @@ def sample_quality(samples_uint8: torch.Tensor, dataset, config: EvalConfig | No
 def _class_coverage(histogram: list[float], n: int, dataset, config: EvalConfig) -> dict[str, Any]:
     """Class coverage (:mod:`diffvae.metrics.coverage`) of the samples' class histogram against the held-out
     split's label frequencies, with the entropy ratio's jackknife interval unless ``config.bootstrap`` is 0."""
-    expected = torch.bincount(dataset.test_labels, minlength=dataset.num_classes)
-    out = class_coverage(histogram, expected.numpy())
+    out = label_coverage(histogram, dataset.test_labels, dataset.num_classes)
     if config.bootstrap and n >= 2:
         counts = (torch.tensor(histogram, dtype=torch.float64) * n).round()
         out["class_entropy_ratio_ci95"] = list(entropy_ratio_interval(counts.numpy()))

@@ -7,7 +7,9 @@ import os
 import types
 
 import pytest
+import torch
 
+from diffvae.compare import pipeline
 from diffvae.compare.pipeline import Stages, StageRunner
 from diffvae.errors import DiffvaeError, WriteError
 from diffvae.runs import write_error
@@ -45,10 +47,6 @@ def test_a_write_that_fails_ends_the_compare_with_its_own_line(tmp_path):
 def test_a_stage_runs_on_the_cores_other_processes_leave_and_records_it(tmp_path, monkeypatch):
     """Issue 27: beside two busy processes, two threads ran a ddpm step at 3.3 it/s and one thread at 4.2; every stage
     now measures the load first and drops threads while the cores are taken, never above the count it started with."""
-    import torch
-
-    from diffvae.compare import pipeline
-
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from diffvae.errors import DiffvaeError
-from diffvae.metrics.coverage import class_coverage, entropy_ratio_interval
+from diffvae.metrics.coverage import class_coverage, entropy_ratio_interval, label_coverage
 
 
 def test_an_even_histogram_covers_every_class():
@@ -106,3 +106,14 @@ def test_the_interval_covers_the_expected_figure_at_this_n(shares):
     target = np.mean([_ratio(rng.multinomial(n, shares)) for _ in range(4000)])
     covered = [low <= target <= high for low, high in (entropy_ratio_interval(rng.multinomial(n, shares)) for _ in range(400))]
     assert np.mean(covered) >= 0.9
+
+
+def test_label_coverage_measures_against_the_labels_own_frequencies():
+    """Unequal classes: 6, 3 and 1 labels. A histogram in that mix has no class under half; one that drops the
+    third class has it missing and under half, exactly as class_coverage given the counts by hand."""
+    labels = np.array([0] * 6 + [1] * 3 + [2])
+    assert label_coverage([0.6, 0.3, 0.1], labels, 3) == class_coverage([0.6, 0.3, 0.1], [6, 3, 1])
+    dropped = label_coverage([0.7, 0.3, 0.0], labels, 3)
+    assert dropped["classes_missing"] == 1 and dropped["classes_below_half"] == pytest.approx(1 / 3)
+    padded = label_coverage([0.5, 0.5, 0.0, 0.0], np.array([0, 1]), 4)  # classes no label has are not expected
+    assert padded["classes_missing"] == 0 and padded["classes_below_half"] == 0.0

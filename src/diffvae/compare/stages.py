@@ -143,12 +143,13 @@ def sized_eval_config(model, family: str, seconds: float, seed: int, n_samples: 
     if cost is None:
         return full
     unit = spec.unit_cost_seconds(model)
-    fits = lambda sizes: spec.evaluation_cost(model, dataclasses.replace(full, **sizes)) * unit <= 0.5 * seconds  # noqa: E731
-    scale = min(1.0, 0.5 * seconds / max(1e-9, cost * unit))
-    sized = {name: max(floor, int(getattr(full, name) * scale)) for name, floor in EVAL_FLOORS.items()}
-    if not fits(sized):  # the floors' own cost, scaled to what is left, down to the minima
-        floor_scale = 0.5 * seconds / max(1e-9, spec.evaluation_cost(model, dataclasses.replace(full, **EVAL_FLOORS)) * unit)
-        sized = {name: max(EVAL_MINIMA[name], int(EVAL_FLOORS[name] * floor_scale)) for name in EVAL_FLOORS}
+    floors_seconds = spec.evaluation_cost(model, dataclasses.replace(full, **EVAL_FLOORS)) * unit
+    if floors_seconds > 0.5 * seconds:  # even the floors do not fit: scale them to what is left, down to the minima
+        scale = 0.5 * seconds / floors_seconds
+        sized = {name: max(EVAL_MINIMA[name], int(floor * scale)) for name, floor in EVAL_FLOORS.items()}
+    else:
+        scale = min(1.0, 0.5 * seconds / max(1e-9, cost * unit))
+        sized = {name: max(floor, int(getattr(full, name) * scale)) for name, floor in EVAL_FLOORS.items()}
     return dataclasses.replace(full, **sized)
 
 

@@ -43,6 +43,12 @@ def entropy_ratio(shares: np.ndarray) -> float:
     return 1.0 if shares.size == 1 else entropy_bits(shares) / math.log2(shares.size)
 
 
+def label_coverage(histogram, labels, num_classes: int) -> dict:
+    """:func:`class_coverage` of ``histogram`` against the frequencies of the integer class ``labels`` (e.g. the
+    held-out split's) over ``num_classes`` classes."""
+    return class_coverage(histogram, np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes))
+
+
 def class_coverage(histogram, expected) -> dict:
     """``class_entropy_ratio``, ``classes_below_half`` and ``classes_missing`` (see the module) of the generated
     class ``histogram`` (counts or shares, length K) against the ``expected`` shares (counts or shares, length K)."""
