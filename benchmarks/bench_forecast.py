@@ -40,7 +40,7 @@ from diffvae.api import DataConfig, load  # noqa: E402
 from diffvae.compare.curves import CurveSettings, SnapshotMeasure  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffvae.compare.forecasts import curve_metrics, forecast_results, parse_target  # noqa: E402
+from diffvae.compare.forecasts import curve_metrics, family_forecast, forecast_results, parse_target  # noqa: E402
 from diffvae.forecast import ForecastRefused, fit_power_law  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor  # noqa: E402
 from diffvae.runs import read_json  # noqa: E402
@@ -89,8 +89,30 @@ def measure_runs(out: Path, families: list[str], measure: SnapshotMeasure, final
     return points
 
 
-def score(forecast: dict, measured: dict[str, dict], seed: int) -> dict:
-    """Cells (family × metric) with coverage, and per metric whether the ranking and the winner held."""
+def recipe_name(results: dict, family: str) -> str | None:
+    return (((results.get("training") or {}).get(family) or {}).get("recipe") or {}).get("recipe")
+
+
+def trained_gflop(results: dict, family: str) -> float | None:
+    return ((results.get("training") or {}).get(family) or {}).get("gflop")
+
+
+def at_long_compute(short: dict, long: dict, family: str, key: str, seed: int) -> dict | None:
+    """The forecast of ``key`` at the GFLOP the long compare's ``family`` actually trained (not k× the short
+    one's): the method's own check, free of how the long compare split its minutes."""
+    gflop = trained_gflop(long, family)
+    points = short["learning_curves"].get(family) or []
+    ci_key = next((ci for k, _, ci in curve_metrics(points) if k == key), None)
+    if not gflop:
+        return None
+    entry, _ = family_forecast(short, family, points, key, ci_key, {"kind": "gflop", "value": gflop}, seed=seed, replicates=1000)
+    return entry if entry["status"] == "forecast" else None
+
+
+def score(forecast: dict, measured: dict[str, dict], seed: int, short: dict | None = None, long: dict | None = None) -> dict:
+    """Cells (family × metric) with coverage, and per metric whether the ranking and the winner held. With both
+    compares' results, a cell also says whether the long compare trained the same recipe and how many times the
+    short one's GFLOP it trained, and is scored again at that GFLOP (``covered_at_long_compute``)."""
     cells, refused, rankings = [], [], []
     for fam, metrics in forecast["families"].items():
         for key, entry in metrics.items():
@@ -102,6 +124,8 @@ def score(forecast: dict, measured: dict[str, dict], seed: int) -> dict:
                               "pi95": entry["pi95"], "measured": value,
                               "covered": entry["pi95"][0] <= value <= entry["pi95"][1],
                               "curve_covered": entry["ci95"][0] <= value <= entry["ci95"][1]})
+                if short is not None and long is not None:
+                    cells[-1].update(long_compare_check(short, long, fam, key, value, seed))
     for key, winner in forecast["winners"].items():
         mine = [c for c in cells if c["metric"] == key]
         predicted = [c["family"] for c in sorted(mine, key=lambda c: c["predicted"])]
@@ -113,6 +137,19 @@ def score(forecast: dict, measured: dict[str, dict], seed: int) -> dict:
     return {"cells": cells, "refused": refused, "rankings": rankings}
 
 
+def long_compare_check(short: dict, long: dict, family: str, key: str, value: float, seed: int) -> dict:
+    """What the long compare trained against what the short one forecast: recipe, GFLOP multiple, coverage there."""
+    short_gflop, long_gflop = trained_gflop(short, family), trained_gflop(long, family)
+    out = {"short_recipe": recipe_name(short, family), "long_recipe": recipe_name(long, family),
+           "gflop_multiple": long_gflop / short_gflop if short_gflop and long_gflop else None}
+    out["same_recipe"] = out["short_recipe"] == out["long_recipe"]
+    at_long = at_long_compute(short, long, family, key, seed)
+    if at_long is not None:
+        out.update(predicted_at_long_compute=at_long["value"], pi95_at_long_compute=at_long["pi95"],
+                   covered_at_long_compute=at_long["pi95"][0] <= value <= at_long["pi95"][1])
+    return out
+
+
 def markdown(report: dict) -> str:
     args, cells = report["settings"], report["cells"]
     covered = sum(c["covered"] for c in cells)
@@ -121,9 +158,20 @@ def markdown(report: dict) -> str:
              f"--multiple {args['multiple']:g} --seeds {args['seeds']}{' --cpu-clock' if args.get('cpu_clock') else ''}{' --all-snapshots' if args.get('all_snapshots') else ''}` on {report['machine_line']}.", "",
              f"Coverage of the 95% forecast intervals (a measurement's): **{covered} of {len(cells)}** family × metric × seed cells "
              f"({covered / len(cells):.0%})" if cells else "No cell could be scored (every forecast was refused).",
-             "", "| seed | family | metric | predicted [95%] | measured | covered |", "|---:|---|---|---|---:|---|"]
+             ""]
+    same = [c for c in cells if c.get("same_recipe", True)]
+    at_long = [c for c in same if "covered_at_long_compute" in c]
+    if len(same) < len(cells):
+        lines += [f"Cells where the long compare trained the recipe the forecast was about: {sum(c['covered'] for c in same)} of "
+                  f"{len(same)} covered ({len(cells) - len(same)} cell(s) crossed a recipe switch the short compare's "
+                  "measured speed did not predict).", ""]
+    if at_long:
+        lines += [f"At the GFLOP each long run actually trained (the method's own check): "
+                  f"**{sum(c['covered_at_long_compute'] for c in at_long)} of {len(at_long)}** covered.", ""]
+    lines += ["| seed | family | metric | predicted [95%] | measured | covered | long/short GFLOP | same recipe | "
+              "at that GFLOP: predicted [95%] | covered |", "|---:|---|---|---|---:|---|---:|---|---|---|"]
     lines += [f"| {c['seed']} | {c['family']} | {c['metric']} | {c['predicted']:.4g} [{c['pi95'][0]:.4g}, {c['pi95'][1]:.4g}] | "
-              f"{c['measured']:.4g} | {'yes' if c['covered'] else 'no'} |" for c in cells]
+              f"{c['measured']:.4g} | {'yes' if c['covered'] else 'no'} | {_multiple(c)} | {_same(c)} | {_at_long(c)} |" for c in cells]
     lines += ["", "Points fitted per family: " + "; ".join(f"seed {seed}: " + ", ".join(f"{f} {n}" for f, n in counts.items())
                                                       for seed, counts in report.get("points", {}).items())]
     lines += ["", "Refused forecasts:" if report["refused"] else "No forecast was refused."]
@@ -133,6 +181,24 @@ def markdown(report: dict) -> str:
               f"{' < '.join(r['measured_order']) or '—'}; decided winner {r['decided_winner'] or 'none'}"
               + (f" ({'held' if r['winner_held'] else 'did not hold'})" if r["decided_winner"] else "") for r in report["rankings"]]
     return "\n".join(lines) + "\n"
+
+
+def _multiple(cell: dict) -> str:
+    return f"{cell['gflop_multiple']:.2f}" if cell.get("gflop_multiple") else "–"
+
+
+def _same(cell: dict) -> str:
+    if "same_recipe" not in cell:
+        return "–"
+    return "yes" if cell["same_recipe"] else f"no ({cell['short_recipe']} → {cell['long_recipe']})"
+
+
+def _at_long(cell: dict) -> str:
+    if "covered_at_long_compute" not in cell:
+        return "– | –"
+    low, high = cell["pi95_at_long_compute"]
+    return (f"{cell['predicted_at_long_compute']:.4g} [{low:.4g}, {high:.4g}] | "
+            f"{'yes' if cell['covered_at_long_compute'] else 'no'}")
 
 
 # --synthetic: the bootstrap's calibration where the truth is known. (E, A at the last point, α, relative σ)
@@ -214,7 +280,7 @@ def main() -> None:
         finals = measure_runs(work / f"{target_minutes:g}min", families, measure, final_only=True)
         keys = [k for k, _, _ in curve_metrics([p for pts in short["learning_curves"].values() for p in pts])]
         measured = {f: {k: pts[-1].get(k) for k in keys} for f, pts in finals.items()}
-        for part, rows in score(forecast, measured, seed).items():
+        for part, rows in score(forecast, measured, seed, short, long).items():
             report[part] += rows
         report.setdefault("long_compare_minutes", {})[seed] = long.get("elapsed_minutes")
     write_json(args.out, report)

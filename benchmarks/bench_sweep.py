@@ -90,7 +90,11 @@ COLOUR_CANDIDATES = {
             "width128": ({"width": 128}, {}), "lr3e-4": ({}, {"lr": 3e-4}),
             "beta4": ({"beta": 4.0}, {}), "beta16": ({"beta": 16.0}, {}),
             "beta64": ({"beta": 64.0}, {})},
-    "ldm": {"default": ({}, {}), "ae70": ({"ae_steps_fraction": 0.7}, {}), "ae45": ({"ae_steps_fraction": 0.45}, {})},
+    "ldm": {"default": ({}, {}), "ae70": ({"ae_steps_fraction": 0.7}, {}), "ae45": ({"ae_steps_fraction": 0.45}, {}),
+            # the latent prior's recipe (stage 2 only: the colour preset fixes stage 1's batch and lr)
+            "prior-lr2e-3": ({}, {"lr": 2e-3}), "prior-batch32-lr2e-3": ({}, {"batch_size": 32, "lr": 2e-3}),
+            "prior-width32-batch32-lr2e-3": ({"channels": 32}, {"batch_size": 32, "lr": 2e-3}),
+            "kl1e-4": ({"kl_weight": 1e-4}, {})},
 }
 CANDIDATES_FOR = {"mnist": CANDIDATES, "colours": COLOUR_CANDIDATES}
 DIFFUSION_SAMPLERS = [{"sampler": "dpm++2m", "steps": 20}, {"sampler": "ddpm", "steps": 100}, {"sampler": "ddim", "steps": 20}]
@@ -98,15 +102,16 @@ SAMPLERS = {"ddpm": DIFFUSION_SAMPLERS, "ldm": DIFFUSION_SAMPLERS}
 QUICK_RECIPES = ["default", "width16", "denoiser32"]
 
 
-def train_and_score(family, name, model_over, train_over, minutes, dataset, extractor, real, samples, out_dir, quick):
+def train_and_score(family, name, model_over, train_over, minutes, dataset, extractor, real, samples, out_dir, quick,
+                    seed: int = 0):
     """Train one recipe for ``minutes`` of this process's CPU time (the engine's --budget, on the CPU
     clock) and score its samples with every sampler of ``SAMPLERS``."""
     fam = get_family(family)
     config_class, _ = fam.load()
     model_config = preset_config(fam.spec(), config_class(**model_over), dataset.image_shape, given=set(model_over))
-    train_config = TrainConfig(**{**fam.train_defaults, **train_over},
+    train_config = TrainConfig(**{**fam.train_defaults, **train_over, "seed": seed},
                                **({"steps": 20} if quick else {"budget_minutes": minutes}))
-    out = Path(out_dir) / f"{dataset.name}-{family}-{name}-{minutes:g}"
+    out = Path(out_dir) / f"{dataset.name}-{family}-{name}-{minutes:g}-s{seed}"
     t0, cpu0 = time.perf_counter(), time.process_time()
     train_run(family, DataConfig(dataset.name), model_config, train_config, out=out, force=True,
               progress=False, dataset=dataset)
@@ -115,12 +120,12 @@ def train_and_score(family, name, model_over, train_over, minutes, dataset, extr
     steps = int(model.trained_steps)
     rows = []
     for sampling in SAMPLERS.get(family, [{}]):
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         with torch.inference_mode():
             images = torch.cat([model.sample(min(250, samples - i), generator=g, **sampling) for i in range(0, samples, 250)])
         ms = 1000 * (time.perf_counter() - t0) / samples
-        rows.append({"family": family, "recipe": name, "minutes": minutes, "steps": steps, "train_cpu_seconds": train_cpu,
+        rows.append({"family": family, "recipe": name, "seed": seed, "minutes": minutes, "steps": steps, "train_cpu_seconds": train_cpu,
                      "train_seconds": train_seconds, "sampler": sampling.get("sampler", "default"),
                      "sample_steps": sampling.get("steps"), "fid": fid(real, extractor.features(images)),
                      "ms_per_sample": ms, "samples": samples, "model": model_over, "train": train_over,
@@ -144,8 +149,9 @@ def markdown(result: dict) -> str:
 
 
 def sweep_markdown(rows: list[dict], info: dict, samples: int, data: str = "mnist") -> str:
+    seeds = ", ".join(str(s) for s in sorted({r.get("seed", 0) for r in rows})) or "0"
     lines = [f"**Recipe sweep** — {data}, each recipe trained for the budget in CPU-minutes (the engine's --budget on this "
-             f"process's CPU clock), n samples per row (seed 0; {samples} unless the row says), FID in diffvae features against "
+             f"process's CPU clock), n samples per row (seed {seeds}; {samples} unless the row says), FID in diffvae features against "
              f"the held-out split; ms/sample on the same thread, as busy as the machine was. {machine_line(info)}", "",
              "| family | budget (min) | recipe | steps | sampler | n | FID | ms/sample | class entropy / max | classes under half |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
@@ -177,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samplers", nargs="*", default=None, metavar="NAME:STEPS",
                         help="the diffusion samplers to score (default: every one of DIFFUSION_SAMPLERS on mnist, "
                              "the family's default elsewhere)")
+    parser.add_argument("--seed", type=int, default=0, help="training and sampling seed")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.samplers:
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if args.recipes and name not in args.recipes:
                     continue
                 rows += train_and_score(family, name, model_over, train_over, minutes, dataset, extractor, real,
-                                        50 if args.quick else args.samples, os.path.join(RESULTS_DIR, "sweep"), args.quick)
+                                        50 if args.quick else args.samples, os.path.join(RESULTS_DIR, "sweep"), args.quick,
+                                        args.seed)
     info = machine_info()
     text = sweep_markdown(rows, info, args.samples, dataset.name)
     print(text)

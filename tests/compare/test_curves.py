@@ -243,10 +243,34 @@ def test_a_loaded_machine_gets_fewer_samples_per_point_not_fewer_points(vae_run,
     assert points[-1]["step"] == final  # the latest weights are always among them
 
 
+def test_a_family_short_of_a_forecasts_points_is_topped_up_within_the_overrun(vae_run, monkeypatch):
+    """Issue 25's validation: a 15-minute compare on one core measured 3 points per diffusion family (25 samples
+    each, the floor) and every forecast was refused ("only 3 measured points"). Here a point costs 50 s on a
+    simulated clock and the stage gets 150 s: two points fit its time, the other two are measured within OVERRUN × 150 s."""
+    from diffvae.compare import curves as curves_module
+    from diffvae.forecast import MIN_POINTS
+    from diffvae.vae.model import VAE
+
+    clock = VirtualClock(per_image=2.0)
+    real_sample = VAE.sample
+
+    def slow_sample(self, n, *args, **kwargs):
+        clock.now += clock.per_image * n
+        return real_sample(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(curves_module, "clock", clock)
+    monkeypatch.setattr(VAE, "sample", slow_sample)
+    results = learning_curves(["vae"], DataConfig("digits").load(), vae_run, 150.0, PixelFeatures(), budget_minutes=3.0,
+                              seed=0, device="cpu")
+    assert results["learning_curve_settings"]["n_samples"] == 25
+    assert len(results["learning_curves"]["vae"]) == MIN_POINTS == curves_module.MIN_POINTS == 4
+    assert 150.0 < clock.now <= curves_module.OVERRUN * 150.0  # it ran past its time, within the overrun
+
+
 def test_affordable_samples_halves_to_the_floor():
-    from diffvae.compare.curves import MIN_CURVE_SAMPLES, affordable_samples
+    from diffvae.compare.curves import MIN_CURVE_SAMPLES, MIN_POINTS, affordable_samples
 
     assert affordable_samples(100, 1e9, [1.0, 2.0]) == 100
-    assert affordable_samples(100, 3 * 50 * 3.0, [1.0, 2.0]) == 50  # exactly 3 points each at 50 samples
-    assert affordable_samples(100, 3 * 50 * 3.0 - 1, [1.0, 2.0]) == 25
+    assert affordable_samples(100, MIN_POINTS * 50 * 3.0, [1.0, 2.0]) == 50  # exactly MIN_POINTS points each at 50 samples
+    assert affordable_samples(100, MIN_POINTS * 50 * 3.0 - 1, [1.0, 2.0]) == 25
     assert affordable_samples(200, 0.0, [1.0]) == MIN_CURVE_SAMPLES

@@ -74,6 +74,17 @@ def test_no_forecast_across_a_recipe_switch():
     assert same["families"]["ddpm"]["fid"]["status"] == "forecast"
 
 
+@pytest.mark.parametrize("target, status", [("14", "refused"), ("16", "refused"), ("12", "forecast")])
+def test_a_target_near_a_recipe_threshold_is_refused(target, status):
+    """The validation's 60-minute mnist compare could train either DDPM recipe: 4× the 15-minute compare's
+    budget was 3% under ddpm-default's threshold, and the longer run measures the machine's speed again.
+    Here the threshold is 50,000: 14 min buys 49,000 (2% under), 16 min 56,000 (12% over: a switch), 12 min 42,000."""
+    entry = forecast_results(synthetic_results(recipe=SWITCH), parse_target(target, 2.0), replicates=100)["families"]["ddpm"]["fid"]
+    assert entry["status"] == status
+    if target == "14":
+        assert "within 10% of the threshold of 'ddpm-default'" in entry["reason"]
+
+
 def test_a_gflop_target_inside_a_family_range_is_refused_for_that_family():
     forecast = forecast_results(synthetic_results(), parse_target("1500gflop"), replicates=100)
     assert forecast["families"]["ddpm"]["fid"]["status"] == "refused"  # measured up to 2000

@@ -8,7 +8,9 @@ and the bound (bits/dim) on a fixed subset of held-out images with the cheap opt
 ``bound`` takes (diffusion: the K-draw estimate, reverse variances fitted on a few training images).
 It is sized to its time share: the cost of one snapshot is estimated from a pilot batch, the
 snapshots that fit are spread over the schedule (the final weights first), and a snapshot whose
-measured cost no longer fits is skipped, never started.
+measured cost no longer fits is skipped, never started. A forecast needs four points
+(:data:`diffvae.forecast.MIN_POINTS`): a family short of them is topped up, the stage running to at most
+``OVERRUN`` × its time (the evaluation stages after it then get less).
 
 ``results.json["learning_curves"][family]`` is a list, in training order, of
 ``{"step", "minutes", "gflop", "fid", "fid_ci95", "bpd"}`` (minutes and GFLOP include earlier
@@ -35,6 +37,7 @@ from diffvae.compare.verdicts import fmt
 from diffvae.contract import BoundOptions, spec_of
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
+from diffvae.forecast import MIN_POINTS as FORECAST_MIN_POINTS
 from diffvae.metrics.paired import metric_interval, normal_comparison
 from diffvae.metrics.distances import fid
 from diffvae.runs import load_tensors, split_prefixed
@@ -58,7 +61,8 @@ class CurveSettings:
     clock: str = "CPU-minutes"  # what the minutes axis measures
 
 
-MIN_POINTS = 3  # points per family the sample count is chosen to afford
+MIN_POINTS = FORECAST_MIN_POINTS  # points per family the sample count is chosen to afford: the fewest a forecast fits
+OVERRUN = 1.5  # the stage may run to this many times its time to give each family MIN_POINTS (later stages get less)
 MIN_CURVE_SAMPLES = 25  # the fewest samples per point (the count halves from curve_samples() down to this)
 
 
@@ -106,6 +110,8 @@ def learning_curves(families: Sequence[str], dataset, out: Path, seconds: float,
         curve.extend(deadline=clock() + left(), most=1)
     for i, curve in enumerate(curves.values()):
         curve.extend(deadline=clock() + left() / (len(curves) - i))
+    for curve in curves.values():  # fewer than MIN_POINTS refuses the forecast: top up within OVERRUN × the time
+        curve.extend(deadline=started + OVERRUN * seconds, most=MIN_POINTS - len(curve.points))
     return {"learning_curves": {f: c.points_in_order() for f, c in curves.items()},
             "learning_curve_settings": {**asdict(settings), "skipped_steps": {f: c.skipped() for f, c in curves.items()}}}
 
