@@ -8,6 +8,7 @@ import torch
 
 from diffvae.api import DataConfig, load, train_run
 from diffvae.cli import main
+from diffvae.compare import curves as curves_module
 from diffvae.compare.curves import (
     CurveSettings,
     compare_curves,
@@ -20,10 +21,11 @@ from diffvae.compare.curves import (
 from diffvae.compare.pipeline import parse_split, plan
 from diffvae.vae.family import COLLAPSE_SHARE
 from diffvae.errors import DiffvaeError
+from diffvae.forecast import MIN_POINTS as FORECAST_MIN_POINTS
 from diffvae.metrics.distances import fid
 from diffvae.snapshots import read_index, snapshot_folder
 from diffvae.train import TrainConfig
-from diffvae.vae.model import VAEConfig
+from diffvae.vae.model import VAE, VAEConfig
 
 # ----------------------------------------------------------------------------- crossovers
 
@@ -218,14 +220,9 @@ class VirtualClock:
         return self.now
 
 
-def test_a_loaded_machine_gets_fewer_samples_per_point_not_fewer_points(vae_run, monkeypatch):
-    """Issue 27: on a busy machine the curves' first point alone cost more than the stage's time, and a 3-minute
-    compare kept 0 snapshots per family. The stage now sizes the samples per point from the costs it measures
-    (on a simulated slow clock here: 1 s per sample, the stage given 150 s, one 100-sample point ~200 s)."""
-    from diffvae.compare import curves as curves_module
-    from diffvae.vae.model import VAE
-
-    clock = VirtualClock(per_image=1.0)
+def curves_on_a_slow_clock(vae_run, monkeypatch, per_image: float, seconds: float = 150.0):
+    """The curves stage on ``vae_run``'s snapshots given ``seconds`` on a :class:`VirtualClock`: (results, clock)."""
+    clock = VirtualClock(per_image=per_image)
     real_sample = VAE.sample
 
     def slow_sample(self, n, *args, **kwargs):
@@ -234,11 +231,19 @@ def test_a_loaded_machine_gets_fewer_samples_per_point_not_fewer_points(vae_run,
 
     monkeypatch.setattr(curves_module, "clock", clock)
     monkeypatch.setattr(VAE, "sample", slow_sample)
-    results = learning_curves(["vae"], DataConfig("digits").load(), vae_run, 150.0, PixelFeatures(), budget_minutes=3.0,
+    results = learning_curves(["vae"], DataConfig("digits").load(), vae_run, seconds, PixelFeatures(), budget_minutes=3.0,
                               seed=0, device="cpu")
+    return results, clock
+
+
+def test_a_loaded_machine_gets_fewer_samples_per_point_not_fewer_points(vae_run, monkeypatch):
+    """Issue 27: on a busy machine the curves' first point alone cost more than the stage's time, and a 3-minute
+    compare kept 0 snapshots per family. The stage now sizes the samples per point from the costs it measures
+    (on a simulated slow clock here: 1 s per sample, the stage given 150 s, one 100-sample point ~200 s)."""
+    results, clock = curves_on_a_slow_clock(vae_run, monkeypatch, per_image=1.0)
     points = results["learning_curves"]["vae"]
     assert len(points) >= curves_module.MIN_POINTS and clock.now <= 150.0  # the stage kept to its time
-    assert results["learning_curve_settings"]["n_samples"] == 25  # 100 → 50 → 25: 3 points × 2 × 25 s (with margin) fit
+    assert results["learning_curve_settings"]["n_samples"] == 25  # 100 → 50 → 25: 4 points × 2 × 25 s (with margin) fit
     final = read_index(vae_run / "runs" / "vae")["snapshots"][-1]["step"]
     assert points[-1]["step"] == final  # the latest weights are always among them
 
@@ -247,23 +252,9 @@ def test_a_family_short_of_a_forecasts_points_is_topped_up_within_the_overrun(va
     """Issue 25's validation: a 15-minute compare on one core measured 3 points per diffusion family (25 samples
     each, the floor) and every forecast was refused ("only 3 measured points"). Here a point costs 50 s on a
     simulated clock and the stage gets 150 s: two points fit its time, the other two are measured within OVERRUN × 150 s."""
-    from diffvae.compare import curves as curves_module
-    from diffvae.forecast import MIN_POINTS
-    from diffvae.vae.model import VAE
-
-    clock = VirtualClock(per_image=2.0)
-    real_sample = VAE.sample
-
-    def slow_sample(self, n, *args, **kwargs):
-        clock.now += clock.per_image * n
-        return real_sample(self, n, *args, **kwargs)
-
-    monkeypatch.setattr(curves_module, "clock", clock)
-    monkeypatch.setattr(VAE, "sample", slow_sample)
-    results = learning_curves(["vae"], DataConfig("digits").load(), vae_run, 150.0, PixelFeatures(), budget_minutes=3.0,
-                              seed=0, device="cpu")
+    results, clock = curves_on_a_slow_clock(vae_run, monkeypatch, per_image=2.0)
     assert results["learning_curve_settings"]["n_samples"] == 25
-    assert len(results["learning_curves"]["vae"]) == MIN_POINTS == curves_module.MIN_POINTS == 4
+    assert len(results["learning_curves"]["vae"]) == FORECAST_MIN_POINTS == curves_module.MIN_POINTS == 4
     assert 150.0 < clock.now <= curves_module.OVERRUN * 150.0  # it ran past its time, within the overrun
 
 
