@@ -41,7 +41,7 @@ from diffvae.compare.curves import CurveSettings, SnapshotMeasure  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffvae.compare.forecasts import curve_metrics, family_forecast, forecast_results, parse_target  # noqa: E402
-from diffvae.forecast import ForecastRefused, fit_power_law  # noqa: E402
+from diffvae.forecast import REPLICATES, ForecastRefused, fit_power_law  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor  # noqa: E402
 from diffvae.runs import read_json  # noqa: E402
 from diffvae.snapshots import read_index, snapshot_folder  # noqa: E402
@@ -101,11 +101,12 @@ def at_long_compute(short: dict, long: dict, family: str, key: str, seed: int) -
     """The forecast of ``key`` at the GFLOP the long compare's ``family`` actually trained (not k× the short
     one's): the method's own check, free of how the long compare split its minutes."""
     gflop = trained_gflop(long, family)
-    points = short["learning_curves"].get(family) or []
-    ci_key = next((ci for k, _, ci in curve_metrics(points) if k == key), None)
     if not gflop:
         return None
-    entry, _ = family_forecast(short, family, points, key, ci_key, {"kind": "gflop", "value": gflop}, seed=seed, replicates=1000)
+    points = short["learning_curves"].get(family) or []
+    ci_key = next((ci for k, _, ci in curve_metrics(points) if k == key), None)
+    entry, _ = family_forecast(short, family, points, key, ci_key, {"kind": "gflop", "value": gflop}, seed=seed,
+                               replicates=REPLICATES)
     return entry if entry["status"] == "forecast" else None
 
 

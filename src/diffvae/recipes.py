@@ -35,11 +35,17 @@ SPEED_CALLS = 30  # timed calls of the reference convolution; the best is the sp
 
 @functools.lru_cache(maxsize=8)
 def machine_gflops(device: str = "cpu", dtype: torch.dtype | None = None, threads: int | None = None) -> float:
-    """GFLOP/s of a 3×3, 64→64 convolution on a batch of 16 28×28 maps (best of ``SPEED_CALLS`` calls after a
-    warm-up) on ``device`` in ``dtype`` (None = fp32): the reference speed of :func:`compute_gflop`.
+    """The reference speed of :func:`compute_gflop`: :func:`probe_gflops` with ``SPEED_CALLS`` calls, once per
+    (device, dtype, threads).
 
     The best of many: beside other processes a call often runs on a cold cache, and the best of a few varied
     enough on one machine to flip a recipe near its threshold (benchmarks/RESULTS.md, the forecast validation)."""
+    return probe_gflops(device, dtype, SPEED_CALLS)
+
+
+def probe_gflops(device: str = "cpu", dtype: torch.dtype | None = None, calls: int = SPEED_CALLS) -> float:
+    """GFLOP/s of a 3×3, 64→64 convolution on a batch of 16 28×28 maps (best of ``calls`` calls after a
+    warm-up) on ``device`` in ``dtype`` (None = fp32)."""
     dev = torch.device(device)
     kind = dtype or torch.float32
     g = torch.Generator().manual_seed(0)
@@ -48,7 +54,7 @@ def machine_gflops(device: str = "cpu", dtype: torch.dtype | None = None, thread
     flops = 2.0 * 9 * 64 * 64 * 28 * 28 * 16
     best = float("inf")
     with torch.no_grad():
-        for i in range(SPEED_CALLS + 1):
+        for i in range(calls + 1):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()

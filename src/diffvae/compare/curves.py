@@ -37,7 +37,7 @@ from diffvae.compare.verdicts import fmt
 from diffvae.contract import BoundOptions, spec_of
 from diffvae.device import resolve_device
 from diffvae.errors import DiffvaeError
-from diffvae.forecast import MIN_POINTS as FORECAST_MIN_POINTS
+from diffvae.forecast import MIN_POINTS  # per family: the fewest a forecast fits; the sample count is chosen to afford them
 from diffvae.metrics.paired import metric_interval, normal_comparison
 from diffvae.metrics.distances import fid
 from diffvae.runs import load_tensors, split_prefixed
@@ -61,7 +61,6 @@ class CurveSettings:
     clock: str = "CPU-minutes"  # what the minutes axis measures
 
 
-MIN_POINTS = FORECAST_MIN_POINTS  # points per family the sample count is chosen to afford: the fewest a forecast fits
 OVERRUN = 1.5  # the stage may run to this many times its time to give each family MIN_POINTS (later stages get less)
 MIN_CURVE_SAMPLES = 25  # the fewest samples per point (the count halves from curve_samples() down to this)
 

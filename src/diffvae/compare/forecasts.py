@@ -34,7 +34,7 @@ from diffvae.recipes import Recipe, choose
 
 DEFAULT_MULTIPLE = 10.0  # --forecast's default: 10× the budget
 # a target this close to a recipe threshold is refused: the run that trains there measures the machine's speed
-# again, and two compares on one machine measured 403 and 415 GFLOP/s (3% apart; more under load)
+# again, and it varies by a few percent between runs (benchmarks/RESULTS.md, the forecast validation)
 SWITCH_MARGIN = 0.1
 BAND_POINTS = 16  # points of a forecast band in results.json (the figures draw them)
 CROSSING_GRID = 200
