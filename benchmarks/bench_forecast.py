@@ -18,7 +18,7 @@ forecast families is the predicted one; a decided winner *held* when it measured
 the points its curves stage had time for (a 2-minute compare measures 0–3 per family: too few to fit): it checks
 the forecasting method on the compare's own runs, not the compare's choice of points.
 
-    python benchmarks/bench_forecast.py --data mnist --budget 15 --multiple 4 --seeds 0,1
+    python benchmarks/bench_forecast.py --data mnist --budget 15 --multiple 4 --seeds 0,1 --cpu-clock --recipes-at-forecast
     python benchmarks/bench_forecast.py --data colours --budget 15 --multiple 3 --seeds 0,1
     python benchmarks/bench_forecast.py --data digits --budget 2 --multiple 3 --seeds 0 --cpu-clock --all-snapshots  # small
 """
@@ -55,11 +55,13 @@ CPU_CLOCK = ("import sys, time, torch; time.perf_counter = time.process_time; to
              "from diffvae.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-def run_compare(data: str, budget: float, seed: int, out: Path, forecast: float | None = None, cpu_clock: bool = False) -> dict:
+def run_compare(data: str, budget: float, seed: int, out: Path, forecast: float | None = None, cpu_clock: bool = False,
+                recipes_at_forecast: bool = False) -> dict:
     """``diffvae compare`` in a subprocess (this checkout's source), unless ``out`` already has its results."""
     if not (out / "results.json").exists() or "elapsed_minutes" not in read_json(out / "results.json"):
         argv = ["compare", "--data", data, "--budget", f"{budget:g}", "--seed", str(seed), "--out", str(out), "--quiet"]
         argv += (["--force"] if out.exists() else []) + (["--forecast", f"{forecast:g}"] if forecast is not None else [])
+        argv += ["--recipes-at-forecast"] if recipes_at_forecast else []
         env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         start = [sys.executable, "-c", CPU_CLOCK] if cpu_clock else [sys.executable, "-m", "diffvae"]
         subprocess.run(start + argv, check=True, env=env)
@@ -253,6 +255,8 @@ def main() -> None:
     parser.add_argument("--cpu-clock", action="store_true", help="budgets in this process's CPU time on one thread (a shared machine)")
     parser.add_argument("--all-snapshots", action="store_true",
                         help="fit every snapshot of the short compare, measured here, not only the points its curves stage measured")
+    parser.add_argument("--recipes-at-forecast", action="store_true",
+                        help="the short compare trains the recipes of the long one's budget (compare --recipes-at-forecast)")
     parser.add_argument("--synthetic", type=int, default=0, metavar="REPEATS",
                         help="only the calibration on known power laws, over this many draws each (no training)")
     args = parser.parse_args()
@@ -264,13 +268,14 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     target_minutes = args.budget * args.multiple
     report = {"settings": {"data": args.data, "budget": args.budget, "multiple": args.multiple, "seeds": args.seeds,
-                           "cpu_clock": args.cpu_clock, "all_snapshots": args.all_snapshots},
+                           "cpu_clock": args.cpu_clock, "all_snapshots": args.all_snapshots,
+                           "recipes_at_forecast": args.recipes_at_forecast},
               "machine": machine_info(), "cells": [], "refused": [], "rankings": []}
     report["machine_line"] = machine_line(report["machine"])
     for seed in seeds:
         work = Path(args.work) / f"{args.data}_s{seed}"
         short = run_compare(args.data, args.budget, seed, work / f"{args.budget:g}min", forecast=target_minutes,
-                            cpu_clock=args.cpu_clock)
+                            cpu_clock=args.cpu_clock, recipes_at_forecast=args.recipes_at_forecast)
         long = run_compare(args.data, target_minutes, seed, work / f"{target_minutes:g}min", cpu_clock=args.cpu_clock)
         measure = snapshot_measure(short["learning_curve_settings"], args.data)
         families = list(short.get("families_requested") or short["learning_curves"])

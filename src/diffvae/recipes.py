@@ -106,7 +106,8 @@ def for_budget(recipes: tuple[Recipe, ...], budget_minutes: float, device: str =
 
 
 def describe(info: dict[str, Any]) -> str:
-    """One line for the log: which recipe, from how much compute."""
-    return (f"recipe {info['recipe']!r}: the budget buys {info['budget_gflop']:,.0f} reference GFLOP at "
+    """One line for the log: which recipe, from how much compute (``chosen_for_gflop``: chosen for a larger budget's)."""
+    chosen_for = (f", chosen for the forecast's {info['chosen_for_gflop']:,.0f}" if "chosen_for_gflop" in info else "")
+    return (f"recipe {info['recipe']!r}: the budget buys {info['budget_gflop']:,.0f} reference GFLOP{chosen_for} at "
             f"{info['machine_gflops']:.0f} GFLOP/s ({info['precision']}); thresholds "
             + ", ".join(f"{k} ≥ {v:,.0f}" for k, v in info["candidates"].items()))

@@ -178,8 +178,9 @@ def check_compare_settings(settings: Any, path: Path, family_order: tuple[str, .
     if not settings["families"] or any(f not in family_order for f in settings["families"]):
         raise DiffvaeError(f"{path}: field 'families' must list some of {', '.join(family_order)}, "
                            f"got {_show(settings['families'])}")
-    if not isinstance(settings.get("conditional", False), bool):
-        raise DiffvaeError(f"{path}: field 'conditional' must be true or false, got {_show(settings['conditional'])}")
+    for name in ("conditional", "recipes_at_forecast"):
+        if not isinstance(settings.get(name, False), bool):
+            raise DiffvaeError(f"{path}: field {name!r} must be true or false, got {_show(settings[name])}")
     if not settings["budget_minutes"] > 0:
         raise DiffvaeError(f"{path}: field 'budget_minutes' must be > 0, got {settings['budget_minutes']}")
     split = settings["split"]

@@ -141,3 +141,73 @@ def test_compare_forecasts_ten_times_its_budget_by_default_and_survives_a_failin
     broken = {"budget_minutes": 2.0, "learning_curves": {"vae": [1, 2]}}  # points that are not objects
     assert "error" in _forecast(broken, {"kind": "minutes", "value": 20.0}, seed=0)  # the report says so; the compare goes on
     assert section_lines(_forecast(broken, {"kind": "minutes", "value": 20.0}, seed=0))[0].startswith("The forecast failed")
+
+
+class _RecordingContext:
+    """A compare context whose ``train`` records the configs instead of training."""
+
+    def __init__(self, out):
+        from diffvae.compare.pipeline import CompareConfig
+
+        self.config, self.out, self.trained = CompareConfig(spec="mnist", out=str(out), device="cpu"), out, {}
+        self.dataset = type("Data", (), {"image_shape": (1, 28, 28)})()
+
+    def train(self, family, run_dir, model_config, train_config):
+        self.trained[family] = (model_config, train_config)
+
+
+@pytest.mark.parametrize("multiple, recipe, channels", [(1.0, "ddpm-small", 16), (10.0, "ddpm-default", 32)])
+def test_recipes_at_forecast_train_the_targets_recipe_and_forecast_it(tmp_path, monkeypatch, multiple, recipe, channels):
+    """2 minutes at 1,000 GFLOP/s buy 120,000 reference GFLOP (ddpm-small, under ddpm-default's 225,000); 20 minutes
+    buy 1,200,000. With the forecast's multiple the share trains ddpm-default, records its own 120,000, and the
+    forecast at 10× is about the recipe trained; without it the forecast crosses the switch and is refused."""
+    import diffvae.recipes
+    from diffvae.compare.stages import train_family
+
+    monkeypatch.setattr(diffvae.recipes, "machine_gflops", lambda *args, **kwargs: 1000.0)
+    ctx = _RecordingContext(tmp_path)
+    summary = train_family("ddpm", ctx, 120.0, recipe_multiple=multiple)
+    model_config, train_config = ctx.trained["ddpm"]
+    assert (train_config.recipe, model_config.channels) == (recipe, channels)
+    assert summary["recipe"]["budget_gflop"] == pytest.approx(120_000.0)
+    assert summary["recipe"].get("chosen_for_gflop") == (pytest.approx(1_200_000.0) if multiple > 1 else None)
+    results = synthetic_results(recipe=summary["recipe"])
+    entry = forecast_results(results, parse_target("20", 2.0), replicates=100)["families"]["ddpm"]["fid"]
+    assert entry["status"] == ("forecast" if multiple > 1 else "refused")
+
+
+@pytest.mark.parametrize("forecast, multiple", [(None, 10.0), ("45", 3.0), ("2e5gflop", None)])
+def test_recipes_at_forecast_take_the_forecast_multiple_in_minutes(forecast, multiple):
+    from diffvae.compare.pipeline import CompareConfig, recipe_multiple
+
+    config = CompareConfig(spec="digits", out="x", budget_minutes=15.0, forecast=forecast, recipes_at_forecast=True)
+    if multiple is None:
+        with pytest.raises(DiffvaeError, match="needs the forecast in minutes"):
+            recipe_multiple(config)
+    else:
+        assert recipe_multiple(config) == pytest.approx(multiple)
+    assert recipe_multiple(CompareConfig(spec="digits", out="x", budget_minutes=15.0, forecast=forecast or "45")) == 1.0
+
+
+def test_compare_refuses_recipes_at_a_gflop_forecast_before_writing(tmp_path, capsys):
+    from diffvae.cli import main
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--data", "digits", "--budget", "2", "--out", str(out), "--forecast", "1e6gflop", "--recipes-at-forecast"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffvae: error:") and "needs the forecast in minutes" in err and not out.exists()
+
+
+def test_compare_json_keeps_recipes_at_forecast_for_resume(tmp_path):
+    from diffvae.compare.pipeline import CompareConfig, read_settings
+
+    settings = {"data": {"spec": "digits"}, "content_hash": "x", "families": ["ddpm"], "budget_minutes": 1.0, "split": None, "seed": 0}
+    (tmp_path / "compare.json").write_text(json.dumps(settings))  # written before the flag existed
+    stored = read_settings(tmp_path)
+    assert stored["recipes_at_forecast"] is False
+    assert CompareConfig(spec="digits", out="x").resolved({**stored, "recipes_at_forecast": True}).recipes_at_forecast is True
+    assert CompareConfig(spec="digits", out="x", recipes_at_forecast=False).resolved({**stored, "recipes_at_forecast": True}).recipes_at_forecast is False
+    (tmp_path / "compare.json").write_text(json.dumps({**settings, "recipes_at_forecast": "yes"}))
+    with pytest.raises(DiffvaeError, match="'recipes_at_forecast' must be true or false"):
+        read_settings(tmp_path)

@@ -27,11 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--forecast", default=None, metavar="MINUTES|Ngflop",
                    help="forecast every family's learning curves at this budget (e.g. 150, or 2e5gflop; default 10× --budget)")
+    p.add_argument("--recipes-at-forecast", action="store_true", default=None,
+                   help="train each family with the recipe its --forecast budget would get, so that recipe's curve is "
+                        "forecast (default: the recipe of this budget; a forecast across a recipe switch is refused)")
 
 
 def run(args) -> int:
     run_compare(CompareConfig(spec=args.data, out=args.out, budget_minutes=args.budget, families=args.families,
                               split=args.split, seed=args.seed, conditional=args.conditional, device=args.device, size=args.size, key=args.key,
                               binarize=args.binarize, limit=args.limit, resume=args.resume, force=args.force, quiet=args.quiet,
-                              forecast=args.forecast))
+                              forecast=args.forecast, recipes_at_forecast=args.recipes_at_forecast))
     return 0

@@ -79,6 +79,7 @@ class CompareConfig(DataFields):
     force: bool = False
     quiet: bool = False
     forecast: str | None = None  # --forecast MINUTES|<N>gflop (default: 10× the budget; diffvae.compare.forecasts)
+    recipes_at_forecast: bool | None = None  # train the recipes recipes.py picks at the forecast's budget (--recipes-at-forecast)
 
     @property
     def data(self) -> str:
@@ -101,7 +102,10 @@ class CompareConfig(DataFields):
         budget = self.budget_minutes if self.budget_minutes is not None else stored["budget_minutes"] if stored else DEFAULT_BUDGET_MINUTES
         seed = self.seed if self.seed is not None else stored["seed"] if stored else 0
         conditional = self.conditional if self.conditional is not None else bool(stored.get("conditional", False)) if stored else False
-        return dataclasses.replace(self, families=families, split=split, budget_minutes=budget, seed=seed, conditional=conditional)
+        at_forecast = self.recipes_at_forecast if self.recipes_at_forecast is not None else \
+            bool(stored.get("recipes_at_forecast", False)) if stored else False
+        return dataclasses.replace(self, families=families, split=split, budget_minutes=budget, seed=seed, conditional=conditional,
+                                   recipes_at_forecast=at_forecast)
 
 
 def family_order() -> tuple[str, ...]:
@@ -197,14 +201,14 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     _check_out(out, resume=config.resume, force=config.force)
     stored = read_settings(out) if config.resume else None
     config = config.resolved(stored)
-    forecast_target(config)  # a bad --forecast is refused before anything is written
+    recipe_multiple(config)  # a bad --forecast is refused before anything is written
     data_config = config.data_config()
     dataset = data_config.load()  # fails early, before anything is written, on bad data
     if config.conditional:
         check_conditional(dataset, config.families)
     settings = {"data": dataclasses.asdict(data_config), "content_hash": dataset.content_hash(),
                 "families": list(config.families), "budget_minutes": config.budget_minutes, "split": config.split,
-                "seed": config.seed, "conditional": config.conditional}
+                "seed": config.seed, "conditional": config.conditional, "recipes_at_forecast": config.recipes_at_forecast}
     if stored is not None:
         _check_same_settings(stored, settings, out)
     with _open_out(out, resume=config.resume, force=config.force):
@@ -238,6 +242,7 @@ def read_settings(out: Path) -> dict[str, Any]:
     settings = read_json(path)
     check_compare_settings(settings, path, family_order())
     settings.setdefault("conditional", False)  # written before --conditional existed
+    settings.setdefault("recipes_at_forecast", False)  # ... and --recipes-at-forecast
     if (out / "stages.json").exists():
         check_stages(read_json(out / "stages.json"), out / "stages.json")
     if (out / "results.json").exists() and not isinstance(read_json(out / "results.json"), dict):
@@ -332,7 +337,7 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
     earlier = sum(v.get("seconds", 0.0) for v in run.stages.status.values() if v.get("status") == "done")  # --resume reuses them
     results = _initial_results(ctx, the_plan)
     for fam in families:
-        _store(results, ("training", fam), run(f"train:{fam}", lambda s, fam=fam: st.train_family(fam, ctx, s)))
+        _store(results, ("training", fam), run(f"train:{fam}", lambda s, fam=fam: st.train_family(fam, ctx, s, recipe_multiple(config))))
     for fam in families:
         for stage in get_family(fam).spec().extra_stages:
             _store(results, (stage.name,), run(stage.name, lambda s, stage=stage: stage.run(ctx, s)))
@@ -368,6 +373,18 @@ def forecast_target(config: CompareConfig) -> dict[str, Any]:
     if config.forecast is None:
         return default_target(config.budget_minutes)
     return parse_target(config.forecast, config.budget_minutes)
+
+
+def recipe_multiple(config: CompareConfig) -> float:
+    """How many times its share a family's recipe is chosen for: 1, or with ``--recipes-at-forecast`` the
+    forecast's multiple of the budget, so the curve measured is that of the recipe a run at the target trains."""
+    target = forecast_target(config)
+    if not config.recipes_at_forecast:
+        return 1.0
+    if target["kind"] != "minutes":
+        raise DiffvaeError("--recipes-at-forecast needs the forecast in minutes (e.g. --forecast 150): a recipe is chosen "
+                           "by the compute a budget's minutes buy on this machine")
+    return target["value"] / config.budget_minutes
 
 
 def _forecast(results: dict[str, Any], target: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -80,12 +80,15 @@ def model_config_for(family: str, image_shape: tuple[int, int, int], seconds: fl
     return config_class(**values)
 
 
-def train_family(family: str, ctx: CompareContext, seconds: float) -> dict[str, Any]:
-    """Train ``family`` for ``seconds`` (its --budget recipe, if any) into runs/<family>; returns
-    ``results["training"][family]``."""
+def train_family(family: str, ctx: CompareContext, seconds: float, recipe_multiple: float = 1.0) -> dict[str, Any]:
+    """Train ``family`` for ``seconds`` (its --budget recipe for ``recipe_multiple`` × ``seconds``, if it has
+    recipes) into runs/<family>; returns ``results["training"][family]``."""
     run_dir = Path(ctx.out) / "runs" / family
     fam = get_family(family)
-    recipe, recipe_info = for_budget(fam.recipes, seconds / 60.0, ctx.config.device)
+    recipe, recipe_info = for_budget(fam.recipes, seconds / 60.0 * recipe_multiple, ctx.config.device)
+    if recipe is not None and recipe_multiple != 1.0:  # the record keeps this share's compute, and what the recipe was chosen for
+        recipe_info = {**recipe_info, "chosen_for_gflop": recipe_info["budget_gflop"],
+                       "budget_gflop": round(recipe_info["budget_gflop"] / recipe_multiple, 1)}
     if recipe is not None:
         print(f"[train:{family}] {describe(recipe_info)}", file=sys.stderr, flush=True)
     conditional = {"conditional": True} if ctx.config.conditional and fam.spec().conditional else {}
