@@ -68,6 +68,8 @@ class TrainConfig:
     snapshot_factor: float = 2.0  # ... then each time the training minutes grow by this factor (diffvae.snapshots)
     sample_every: int = field(default=0, metadata=_cli("write samples/step_N.png every N steps (0 = never)", "N"))
     eval_every: int = field(default=0, metadata=_cli("append a cheap held-out bound/FID row to metrics.jsonl every N steps (0 = never)", "N"))
+    early_stop_every: int = field(default=0, metadata=_cli("keep the EMA weights with the best bound on a validation part of "
+                                                           "the training images, measured every N steps (0 = never)", "N"))
     tensorboard: bool = field(default=False, metadata=_cli("also write TensorBoard event files into RUN/tensorboard"))
     hflip: bool = field(default=False, metadata=_cli("mirror each training image left-right with probability 1/2"))
     recipe: str | None = None  # the compute-aware recipe a --budget run was given (diffvae.recipes), for the record
@@ -84,7 +86,7 @@ class TrainConfig:
             raise DiffvaeError(f"--precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if not isinstance(self.device, str):
             raise DiffvaeError(f"--device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
-        for name in ("sample_every", "eval_every"):
+        for name in ("sample_every", "eval_every", "early_stop_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
                 raise DiffvaeError(f"--{name.replace('_', '-')} must be a whole number of steps >= 0 (0 = never), got {value!r}")

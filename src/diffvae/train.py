@@ -44,6 +44,7 @@ from diffvae.device import (autocast, collective_device, cpu_supports_bf16, dist
                             fused_adamw_available, launched_world_size, on_rank_zero, rank_seed, resolve_device,
                             resolve_precision)
 from diffvae.errors import DiffvaeError
+from diffvae.holdout import BestWeights, split_for_early_stopping
 from diffvae.loader import LoaderSource, batch_indices
 from diffvae.monitor import Monitor
 from diffvae.pack import shard_of
@@ -349,7 +350,7 @@ class TrainState:
             self.scaler.load_state_dict(meta["grad_scaler"])
 
     def checkpoint(self, run: RunDir | None, elapsed: float, rank: int, world: int, device: torch.device,
-                   extra_metadata: dict[str, Any] | None = None) -> None:
+                   extra_metadata: dict[str, Any] | None = None, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Write the checkpoint (rank 0; every rank takes part in gathering the RNG states)."""
         if run is None:
             return
@@ -360,7 +361,7 @@ class TrainState:
             rng_states[0]["cuda"] = torch.cuda.get_rng_state(device)
         opt_tensors, groups = optimizer_tensors(self.optimizer)
         tensors = {**add_prefix(self.model.state_dict(), "model"), **add_prefix(self.ema.state_dict(), "ema"),
-                   **add_prefix(opt_tensors, "optimizer")}
+                   **add_prefix(opt_tensors, "optimizer"), **(extra_tensors or {})}
         for r, states in enumerate(rng_states):
             tensors.update({_rng_key(name, r): value for name, value in states.items()})
         meta = {"step": self.step, "total_steps": self.total_steps, "optimizer_param_groups": groups, "loss": self.loss,
@@ -457,16 +458,20 @@ def train(
     if is_conditional(model) and (labels if source is None else getattr(source, "labels", True)) is None:
         raise DiffvaeError("a conditional model needs labelled training data (these images have no labels)")
     torch.set_flush_denormal(True)  # subnormal floats (tiny gradients, Adam moments) slow CPUs by 10-100×
+    best = None
+    if config.early_stop_every:  # a validation part of the training images, never trained on (diffvae.holdout)
+        images, labels, best = split_for_early_stopping(model, images, labels, source, config, device)
     torch.manual_seed(rank_seed(config.seed, rank))
     state = TrainState.new(model, config, device)
-    if _start(state, run, config, rank, device, resume):
+    if _start(state, run, config, rank, device, resume, best):
         return state.ema.eval(), TrainResult(state.step, state.elapsed_before, state.loss, 0.0)
     if source is None and shard_of(images) is not None:  # a packed split (diffvae.pack): read batches, never map it all
         source = LoaderSource(images, config.batch_size, config.seed, labels, rank, world, device, hflip=config.hflip)
     source = source or BatchSource(images, config.batch_size, config.seed, labels, rank, world, device, hflip=config.hflip)
     settings = StepSettings(device, resolve_precision(config.precision, device), config.grad_clip, config.ema_decay, world)
     loop = TrainLoop(state, source, config, settings, run, rank=rank, description=description, progress=progress,
-                     extra_metadata=extra_metadata, compute_before=compute_before, resume=resume)
+                     extra_metadata=extra_metadata, compute_before=compute_before, resume=resume,
+                     best=best if rank == 0 else None)
     return loop.run_loop()
 
 
@@ -479,12 +484,15 @@ def _placement(config: TrainConfig) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def _start(state: TrainState, run: RunDir | None, config: TrainConfig, rank: int, device: torch.device, resume: bool) -> bool:
-    """Restore ``state`` to resume (True: the run had already finished), or start the metrics afresh."""
+def _start(state: TrainState, run: RunDir | None, config: TrainConfig, rank: int, device: torch.device, resume: bool,
+           best: BestWeights | None = None) -> bool:
+    """Restore ``state`` (and ``best``) to resume (True: the run had already finished), or start the metrics afresh."""
     if resume:
         if run is None:
             raise DiffvaeError("resume needs a run directory")
         state.restore(run, config, rank, device)
+        if best is not None:
+            best.restore(*run.load_checkpoint())
         if rank == 0:
             run.truncate_metrics(state.step)
         if state.total_steps is not None and state.step >= state.total_steps:
@@ -500,9 +508,9 @@ class TrainLoop:
 
     def __init__(self, state: TrainState, source: BatchSource, config: TrainConfig, settings: StepSettings,
                  run: RunDir | None, *, rank: int, description: str, progress: bool, extra_metadata: dict[str, Any] | None,
-                 compute_before: Compute | None, resume: bool):
+                 compute_before: Compute | None, resume: bool, best: BestWeights | None = None):
         self.state, self.source, self.config, self.settings, self.run, self.rank = state, source, config, settings, run, rank
-        self.extra_metadata = extra_metadata
+        self.extra_metadata, self.best = extra_metadata, best
         self.loss_module: nn.Module = _LossModule(state.model)
         if settings.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -534,6 +542,9 @@ class TrainLoop:
                 self.bar.close()
             raise
         state.total_steps = self.schedule.total_steps
+        if self.best is not None:  # the last step measured too, then the run ends with the best weights
+            self.measure_holdout(force=True)
+            self.best.load_into(state.ema)
         elapsed = wall_clock() - self.start
         if self.snapshots is not None:
             self.snapshots.finish(state.step, elapsed, state.ema)  # before the checkpoint: a saved final step has its snapshot
@@ -563,6 +574,7 @@ class TrainLoop:
         state.total_steps = schedule.total_steps
         if self.monitor is not None:  # before the step's metrics row and checkpoint: both include what it wrote
             self.monitor.after_step(state.step, state.ema)
+        self.measure_holdout()
         self.log_step(lr)
         if self.bar is not None:
             self.bar.update(1)
@@ -579,6 +591,14 @@ class TrainLoop:
                     self.bar.refresh()
             self.save(elapsed)
 
+    def measure_holdout(self, force: bool = False) -> None:
+        """Early stopping (diffvae.holdout): the held-out bound every ``early_stop_every`` steps, as a metrics row."""
+        step = self.state.step
+        if self.best is not None and (self.best.due(step) or (force and step != self.best.measured_step)):
+            row = self.best.measure(step, self.state.ema)
+            if self.run is not None:
+                self.run.append_metrics(row)
+
     def log_step(self, lr: float) -> None:
         step = self.state.step
         if step % self.config.log_every == 0 or step == self.state.total_steps:
@@ -592,7 +612,9 @@ class TrainLoop:
                 self.bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
 
     def save(self, elapsed: float) -> None:
-        self.state.checkpoint(self.run, elapsed, self.rank, self.settings.world, self.settings.device, self.extra_metadata)
+        best = self.best.metadata() if self.best is not None else {}
+        self.state.checkpoint(self.run, elapsed, self.rank, self.settings.world, self.settings.device,
+                              {**(self.extra_metadata or {}), **best}, self.best.tensors() if self.best is not None else None)
 
 
 def _rng_key(name: str, rank: int) -> str:

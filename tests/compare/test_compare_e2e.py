@@ -9,6 +9,7 @@ import pytest
 from diffvae.cli import main
 from diffvae.compare.report import ROWS, lookup
 from diffvae.families import FAMILIES
+from diffvae.runs import RunDir
 
 BUDGET_MINUTES = 2.0
 
@@ -86,3 +87,14 @@ def test_resume_reuses_finished_stages(report, capsys):
     assert time.perf_counter() - t0 < 60
     assert "done earlier, reused" in capsys.readouterr().err
     assert (out / "runs" / "vae" / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_the_vae_stops_early_on_held_out_training_images(report):
+    """compare's VAE keeps its best weights by the bound on a validation part of its training images (diffvae.holdout):
+    its run measured them, and its final checkpoint's EMA are the weights of the best row."""
+    out, _, _ = report
+    run = RunDir(out / "runs" / "vae")
+    rows = [r for r in run.read_metrics() if "holdout_bpd" in r]
+    assert rows and run.read_config()["train"]["early_stop_every"] == 200
+    best = min(rows, key=lambda r: r["holdout_bpd"])
+    assert rows[-1]["best_step"] == best["step"] and run.load_checkpoint()[1]["early_stopping"]["best_step"] == best["step"]
