@@ -155,6 +155,19 @@ def test_pixel_diffusion_reports_its_probability_flow_ode_likelihood(runs, resul
     assert "ode_bpd" not in evaluate(model, EvalConfig.quick(ode_n=0, n_samples=20, midpoints=4, probe_train=40, probe_test=20))
 
 
+def test_one_ode_image_has_no_spread_and_no_warning(runs):
+    """ode_n 1 (compare under load): the bits/dim of one image, its SEM NaN, without torch's degrees-of-freedom warning."""
+    import warnings
+
+    from diffvae.evaluate import likelihood
+    from diffvae.data import load_data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = likelihood(runs["ddpm"], load_data("digits"), EvalConfig.quick(bound_n=2, ode_n=1, variance_fit_n=0))
+    assert out["ode_bpd_n"] == 1 and 0 < out["ode_bpd"] < 20 and out["ode_bpd_sem"] != out["ode_bpd_sem"]
+
+
 def test_every_interval_contains_its_figure(results):
     """Issue 23: each ``<metric>_ci95`` is an interval for the printed ``<metric>`` (FID@N at this N against this
     reference, not a population value it may exclude), so it contains it; nothing is clipped."""

@@ -253,7 +253,8 @@ def likelihood(model, dataset, config: EvalConfig, evidence: dict[str, torch.Ten
     for key, value in (ode or {}).items():  # the probability-flow ODE's bits/dim on the first ode_n of those images
         out[key] = float(value.double().mean())
         if key == "ode_bpd":
-            out["ode_bpd_sem"], out["ode_bpd_n"] = float(value.double().std() / math.sqrt(max(1, value.numel()))), int(value.numel())
+            spread = value.double().std() if value.numel() > 1 else torch.tensor(float("nan"))  # one image: no spread to tell
+            out["ode_bpd_sem"], out["ode_bpd_n"] = float(spread / math.sqrt(value.numel())), int(value.numel())
     return out
 
 
