@@ -169,7 +169,7 @@ def test_recipes_at_forecast_train_the_targets_recipe_and_forecast_it(tmp_path, 
     summary = train_family("ddpm", ctx, 120.0, recipe_multiple=multiple)
     model_config, train_config = ctx.trained["ddpm"]
     assert (train_config.recipe, model_config.channels) == (recipe, channels)
-    assert summary["recipe"]["budget_gflop"] == pytest.approx(120_000.0)
+    assert summary["recipe"]["budget_gflop"] == pytest.approx(120_000.0) and summary["recipe"]["planned_gflop"] == pytest.approx(120_000.0)
     assert summary["recipe"].get("chosen_for_gflop") == (pytest.approx(1_200_000.0) if multiple > 1 else None)
     results = synthetic_results(recipe=summary["recipe"])
     entry = forecast_results(results, parse_target("20", 2.0), replicates=100)["families"]["ddpm"]["fid"]
@@ -211,3 +211,21 @@ def test_compare_json_keeps_recipes_at_forecast_for_resume(tmp_path):
     (tmp_path / "compare.json").write_text(json.dumps({**settings, "recipes_at_forecast": "yes"}))
     with pytest.raises(DiffvaeError, match="'recipes_at_forecast' must be true or false"):
         read_settings(tmp_path)
+
+
+def test_a_short_stage_that_got_less_than_its_plan_is_scaled_from_its_plan(tmp_path, monkeypatch):
+    """A 15-minute compare's DDPM stage had 1.9 of its planned 2.3 minutes (fixed costs weigh more in a short compare),
+    while the 60-minute compare's had 9.2 of 9.3: the recipe a compare 4× longer trains is the one for 4× the plan.
+    Here the stage trains 50 of its planned 60 seconds at 1,000 GFLOP/s: 4× what it got is 200,000 reference GFLOP
+    (ddpm-small), 4× its plan 240,000 (ddpm-default)."""
+    import diffvae.recipes
+    from diffvae.compare.stages import train_family
+
+    monkeypatch.setattr(diffvae.recipes, "machine_gflops", lambda *args, **kwargs: 1000.0)
+    ctx = _RecordingContext(tmp_path)
+    summary = train_family("ddpm", ctx, 50.0, planned_seconds=60.0, recipe_multiple=4.0)
+    assert ctx.trained["ddpm"][1].recipe == "ddpm-default" and summary["recipe"]["chosen_for_gflop"] == pytest.approx(240_000.0)
+    short = train_family("ddpm", ctx, 50.0, planned_seconds=60.0)  # without the flag: the recipe of the 50 seconds
+    assert ctx.trained["ddpm"][1].recipe == "ddpm-small" and short["recipe"]["planned_gflop"] == pytest.approx(60_000.0)
+    entry = forecast_results(synthetic_results(recipe=short["recipe"]), parse_target("8", 2.0), replicates=100)["families"]["ddpm"]["fid"]
+    assert entry["status"] == "refused" and "240,000" in entry["reason"]  # 4× the plan crosses the switch; 4× 50,000 would not

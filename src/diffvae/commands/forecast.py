@@ -77,6 +77,8 @@ def _check_training(summary: Any, where: str) -> None:
     if not (isinstance(candidates, dict) and all(_number(v) for v in candidates.values()) and _number(recipe.get("budget_gflop"))
             and isinstance(recipe.get("recipe"), str)):
         raise DiffvaeError(f"{where}.recipe needs recipe, budget_gflop and candidates (name: GFLOP), got {recipe!r}"[:300])
+    if recipe.get("planned_gflop") is not None and not (_number(recipe["planned_gflop"]) and recipe["planned_gflop"] > 0):
+        raise DiffvaeError(f"{where}.recipe.planned_gflop must be a positive number, got {recipe['planned_gflop']!r}")
 
 
 def _check_points(points: Any, where: str) -> None:

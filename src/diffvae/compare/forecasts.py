@@ -165,11 +165,13 @@ def _target_refusal(x_target: float, last_gflop: float) -> str | None:
 
 def recipe_switch(recipe_info: dict[str, Any] | None, multiple: float) -> str | None:
     """Why a forecast ``multiple`` × the family's training compute crosses a recipe switch, or may (within
-    ``SWITCH_MARGIN`` of a threshold), or None."""
+    ``SWITCH_MARGIN`` of a threshold), or None. The target's reference GFLOP are ``multiple`` × the family's
+    planned share (``planned_gflop``; older results: the share it trained, ``budget_gflop``)."""
     if not recipe_info or not recipe_info.get("candidates"):
         return None
     recipes = tuple(Recipe(name, float(g)) for name, g in sorted(recipe_info["candidates"].items(), key=lambda kv: kv[1]))
-    budget_gflop = float(recipe_info["budget_gflop"]) * multiple
+    # the share a compare at the target plans for the family (a short compare's stage got less than its plan)
+    budget_gflop = float(recipe_info.get("planned_gflop") or recipe_info["budget_gflop"]) * multiple
     trained = recipe_info.get("recipe")
     chosen = choose(recipes, budget_gflop).name
     if chosen != trained:

@@ -337,7 +337,8 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
     earlier = sum(v.get("seconds", 0.0) for v in run.stages.status.values() if v.get("status") == "done")  # --resume reuses them
     results = _initial_results(ctx, the_plan)
     for fam in families:
-        _store(results, ("training", fam), run(f"train:{fam}", lambda s, fam=fam: st.train_family(fam, ctx, s, recipe_multiple(config))))
+        _store(results, ("training", fam), run(f"train:{fam}", lambda s, fam=fam: st.train_family(
+            fam, ctx, s, the_plan.seconds[f"train:{fam}"], recipe_multiple(config))))
     for fam in families:
         for stage in get_family(fam).spec().extra_stages:
             _store(results, (stage.name,), run(stage.name, lambda s, stage=stage: stage.run(ctx, s)))

@@ -25,7 +25,7 @@ from diffvae.metrics.distances import as_feature_matrix
 from diffvae.metrics.paired import metric_interval
 from diffvae.metrics.sharpness import laplacian_variance, sharpness
 from diffvae.precision import sampling_precision
-from diffvae.recipes import describe, for_budget
+from diffvae.recipes import choose, describe, for_budget
 from diffvae.runs import RunDir
 from diffvae.snapshots import read_index
 from diffvae.train import TrainConfig
@@ -80,15 +80,23 @@ def model_config_for(family: str, image_shape: tuple[int, int, int], seconds: fl
     return config_class(**values)
 
 
-def train_family(family: str, ctx: CompareContext, seconds: float, recipe_multiple: float = 1.0) -> dict[str, Any]:
-    """Train ``family`` for ``seconds`` (its --budget recipe for ``recipe_multiple`` × ``seconds``, if it has
-    recipes) into runs/<family>; returns ``results["training"][family]``."""
+def train_family(family: str, ctx: CompareContext, seconds: float, planned_seconds: float | None = None,
+                 recipe_multiple: float = 1.0) -> dict[str, Any]:
+    """Train ``family`` for ``seconds`` into runs/<family>, with its --budget recipe, if it has recipes: the recipe
+    for ``seconds``, or with ``recipe_multiple`` ≠ 1 (``--recipes-at-forecast``) the recipe a compare that many times
+    longer would train, for ``recipe_multiple`` × ``planned_seconds`` (the plan's share: a stage of a short compare
+    gets less than its share, fixed costs weighing more). Returns ``results["training"][family]``."""
     run_dir = Path(ctx.out) / "runs" / family
     fam = get_family(family)
-    recipe, recipe_info = for_budget(fam.recipes, seconds / 60.0 * recipe_multiple, ctx.config.device)
+    planned_seconds = seconds if planned_seconds is None else planned_seconds
+    recipe, recipe_info = for_budget(fam.recipes, seconds / 60.0, ctx.config.device)
+    if recipe is not None:
+        speed = recipe_info["machine_gflops"]  # planned_gflop: what forecasts scale to a longer compare's share
+        recipe_info["planned_gflop"] = round(planned_seconds * speed, 1)
     if recipe is not None and recipe_multiple != 1.0:  # the record keeps this share's compute, and what the recipe was chosen for
-        recipe_info = {**recipe_info, "chosen_for_gflop": recipe_info["budget_gflop"],
-                       "budget_gflop": round(recipe_info["budget_gflop"] / recipe_multiple, 1)}
+        chosen_for = recipe_info["planned_gflop"] * recipe_multiple
+        recipe = choose(fam.recipes, chosen_for)
+        recipe_info = {**recipe_info, "recipe": recipe.name, "note": recipe.note, "chosen_for_gflop": round(chosen_for, 1)}
     if recipe is not None:
         print(f"[train:{family}] {describe(recipe_info)}", file=sys.stderr, flush=True)
     conditional = {"conditional": True} if ctx.config.conditional and fam.spec().conditional else {}
