@@ -40,6 +40,7 @@ from diffvae.api import DataConfig, load  # noqa: E402
 from diffvae.compare.curves import CurveSettings, SnapshotMeasure  # noqa: E402
 import numpy as np  # noqa: E402
 
+from diffvae.compare import forecasts  # noqa: E402
 from diffvae.compare.forecasts import curve_metrics, family_forecast, forecast_results, parse_target  # noqa: E402
 from diffvae.forecast import REPLICATES, ForecastRefused, fit_power_law  # noqa: E402
 from diffvae.metrics.features import get_feature_extractor  # noqa: E402
@@ -257,6 +258,9 @@ def main() -> None:
                         help="fit every snapshot of the short compare, measured here, not only the points its curves stage measured")
     parser.add_argument("--recipes-at-forecast", action="store_true",
                         help="the short compare trains the recipes of the long one's budget (compare --recipes-at-forecast)")
+    parser.add_argument("--switch-margin", type=float, default=None, metavar="SHARE",
+                        help="score with this recipe margin instead of forecasts.SWITCH_MARGIN (0: forecast next to a threshold "
+                             "too, to see how those forecasts would have done)")
     parser.add_argument("--synthetic", type=int, default=0, metavar="REPEATS",
                         help="only the calibration on known power laws, over this many draws each (no training)")
     args = parser.parse_args()
@@ -265,11 +269,13 @@ def main() -> None:
         write_json(os.path.join(RESULTS_DIR, "bench_forecast_synthetic.json"), {"rows": rows, "machine": machine_info()})
         print(synthetic_markdown(rows))
         return
+    if args.switch_margin is not None:
+        forecasts.SWITCH_MARGIN = args.switch_margin
     seeds = [int(s) for s in args.seeds.split(",")]
     target_minutes = args.budget * args.multiple
     report = {"settings": {"data": args.data, "budget": args.budget, "multiple": args.multiple, "seeds": args.seeds,
                            "cpu_clock": args.cpu_clock, "all_snapshots": args.all_snapshots,
-                           "recipes_at_forecast": args.recipes_at_forecast},
+                           "recipes_at_forecast": args.recipes_at_forecast, "switch_margin": forecasts.SWITCH_MARGIN},
               "machine": machine_info(), "cells": [], "refused": [], "rankings": []}
     report["machine_line"] = machine_line(report["machine"])
     for seed in seeds:

@@ -138,6 +138,7 @@ class FamilySpec:
     summary: str = ""  # one line for ``diffvae train --help``
     train_defaults: dict[str, Any] = field(default_factory=dict, compare=False)  # TrainConfig fields it changes
     recipes: tuple = ()  # compute-aware defaults for --budget runs, small to large (diffvae.recipes.Recipe)
+    forecast_refusal: str = ""  # why compare's learning curve of the family cannot forecast a longer compare ("": it can)
 
     # ------------------------------------------------------------------ a new run's config
     def preset_for(self, image_shape: tuple[int, int, int]) -> dict[str, Any]:

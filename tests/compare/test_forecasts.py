@@ -229,3 +229,15 @@ def test_a_short_stage_that_got_less_than_its_plan_is_scaled_from_its_plan(tmp_p
     assert ctx.trained["ddpm"][1].recipe == "ddpm-small" and short["recipe"]["planned_gflop"] == pytest.approx(60_000.0)
     entry = forecast_results(synthetic_results(recipe=short["recipe"]), parse_target("8", 2.0), replicates=100)["families"]["ddpm"]["fid"]
     assert entry["status"] == "refused" and "240,000" in entry["reason"]  # 4× the plan crosses the switch; 4× 50,000 would not
+
+
+def test_latent_diffusion_is_refused_for_its_own_reason():
+    """Its curve is a longer prior on one autoencoder (FamilySpec.forecast_refusal): refused whatever the fit."""
+    results = synthetic_results()
+    results["learning_curves"]["ldm"] = results["learning_curves"].pop("ddpm")
+    results["training"]["ldm"] = results["training"].pop("ddpm")
+    forecast = forecast_results(results, parse_target("20", 2.0), replicates=100)
+    for key in ("fid", "bpd"):
+        assert forecast["families"]["ldm"][key]["status"] == "refused"
+        assert "trains a longer autoencoder too" in forecast["families"]["ldm"][key]["reason"]
+    assert forecast["families"]["vae"]["fid"]["status"] == "forecast"

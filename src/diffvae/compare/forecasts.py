@@ -29,6 +29,7 @@ import numpy as np
 from diffvae.compare.style import short
 from diffvae.compare.verdicts import fmt
 from diffvae.errors import DiffvaeError
+from diffvae.families import FAMILIES, get_family
 from diffvae.forecast import REPLICATES, ForecastRefused, fit_power_law, percentile_interval, sigma_from_interval
 from diffvae.recipes import Recipe, choose
 
@@ -132,7 +133,7 @@ def family_forecast(results: dict[str, Any], fam: str, points: list[dict[str, An
     last = max(usable, key=lambda p: p["gflop"])
     trained = (results.get("training") or {}).get(fam) or {}
     x_target = target_gflop(target, trained.get("gflop") or last["gflop"], results.get("budget_minutes"))
-    reason = _target_refusal(x_target, last["gflop"]) or recipe_switch(trained.get("recipe"), x_target / (trained.get("gflop") or last["gflop"]))
+    reason = _structural_refusal(fam) or _target_refusal(x_target, last["gflop"]) or recipe_switch(trained.get("recipe"), x_target / (trained.get("gflop") or last["gflop"]))
     if reason:
         return {"status": "refused", "reason": reason, "target_gflop": x_target}, None
     sigma = None if ci_key is None else [sigma_from_interval(p[ci_key]) for p in usable]
@@ -154,6 +155,11 @@ def target_gflop(target: dict[str, Any], trained_gflop: float, budget_minutes: f
     if not budget_minutes:
         raise DiffvaeError("the compare's results have no budget_minutes: give the forecast in GFLOP (e.g. 1e5gflop)")
     return float(trained_gflop) * target["value"] / float(budget_minutes)
+
+
+def _structural_refusal(fam: str) -> str | None:
+    """The family's own reason its curve cannot forecast a longer compare (``FamilySpec.forecast_refusal``)."""
+    return (get_family(fam).spec().forecast_refusal or None) if fam in FAMILIES else None
 
 
 def _target_refusal(x_target: float, last_gflop: float) -> str | None:

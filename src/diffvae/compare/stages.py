@@ -111,7 +111,7 @@ def train_family(family: str, ctx: CompareContext, seconds: float, planned_secon
 
 def training_summary(family: str, run_dir: Path, minutes: float, recipe_info: dict | None) -> dict[str, Any]:
     """What the report shows of a family's training: objective, minutes, steps, loss curve, speed, GFLOP."""
-    rows = RunDir(run_dir).read_metrics()
+    rows = [r for r in RunDir(run_dir).read_metrics() if "loss" in r and "step" in r]  # training rows (not eval/holdout)
     index = read_index(run_dir) or {}
     final = (index.get("snapshots") or [{}])[-1]
     return {
@@ -119,7 +119,7 @@ def training_summary(family: str, run_dir: Path, minutes: float, recipe_info: di
         "minutes": minutes,
         "steps": int(rows[-1]["step"]) if rows else 0,
         "final_loss": float(rows[-1]["loss"]) if rows else None,
-        "curve": [[int(r["step"]), float(r["loss"])] for r in rows if "loss" in r and "step" in r],
+        "curve": [[int(r["step"]), float(r["loss"])] for r in rows],
         "images_per_s": float(sum(r.get("images_per_s", 0) for r in rows[-5:]) / max(1, len(rows[-5:]))) if rows else None,
         "gflop_per_image": index.get("gflop_per_image"),  # of one training step, measured (several stages: the last one's)
         "gflop": final.get("gflop"),  # to reach the final weights (every stage and pass included)
