@@ -30,3 +30,39 @@ def test_compute_is_the_budget_times_the_measured_speed():
     assert speed > 0.1  # any CPU that runs the tests does a 3×3 convolution faster than this
     assert compute_gflop(2.0) == pytest.approx(2 * compute_gflop(1.0))
     assert compute_gflop(1.0) == pytest.approx(60 * speed)
+
+
+def test_the_speed_is_the_best_this_machine_has_shown(tmp_path, monkeypatch):
+    """A busy moment reads slower, never faster (233 against 495 GFLOP/s on one machine within an hour): the speed
+    a recipe is chosen by is the best stored for this machine, kept in the cache; a damaged or unwritable cache
+    gives the measured speed."""
+    from diffvae.recipes import SPEED_FILE, remembered_best
+
+    monkeypatch.setenv("DIFFVAE_CACHE", str(tmp_path))
+    assert remembered_best("cpu-a", 495.0) == 495.0
+    assert remembered_best("cpu-a", 233.0) == 495.0  # the busy reading does not lower it
+    assert remembered_best("cpu-b", 100.0) == 100.0  # another machine (or dtype, or thread count) has its own
+    assert remembered_best("cpu-a", 510.0) == 510.0 and remembered_best("cpu-a", 300.0) == 510.0
+    (tmp_path / SPEED_FILE).write_text('{"cpu-a": "fast", "cpu-b": -3, ')  # damaged: read as empty, rewritten
+    assert remembered_best("cpu-a", 250.0) == 250.0 and remembered_best("cpu-a", 200.0) == 250.0
+    (tmp_path / SPEED_FILE).write_text('[1, 2]')
+    assert remembered_best("cpu-a", 240.0) == 240.0
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("DIFFVAE_CACHE", str(blocked / "cache"))  # cannot be created
+    assert remembered_best("cpu-a", 42.0) == 42.0
+
+
+def test_machine_gflops_reads_the_remembered_speed(tmp_path, monkeypatch):
+    import json
+
+    import diffvae.recipes as recipes
+
+    monkeypatch.setenv("DIFFVAE_CACHE", str(tmp_path))
+    key = recipes.speed_key("cpu", None, 1)
+    (tmp_path / recipes.SPEED_FILE).write_text(json.dumps({key: 1e9}))
+    recipes.machine_gflops.cache_clear()
+    try:
+        assert recipes.machine_gflops("cpu", None, 1) == 1e9
+    finally:
+        recipes.machine_gflops.cache_clear()

@@ -51,7 +51,7 @@ import torch
 
 from diffvae.errors import DiffvaeError
 from diffvae.marker import enclosing_folder
-from diffvae.runs import _fsync_dir, is_unmarked_run, load_tensors, read_json, save_tensors, write_error, write_json
+from diffvae.runs import _fsync_dir, cache_dir, is_unmarked_run, load_tensors, read_json, save_tensors, write_error, write_json
 from diffvae.schema import check_fields
 from diffvae.sources import MAX_CLASSES, ImageDataset, hash_header
 
@@ -579,14 +579,6 @@ def _check_class_count(root: Path, manifest: dict[str, Any], tensors: dict[str, 
 # The folder cache
 # --------------------------------------------------------------------------------------------
 
-
-def cache_dir() -> Path:
-    """``$DIFFVAE_CACHE``, else ``$XDG_CACHE_HOME/diffvae``, else ``~/.cache/diffvae``."""
-    if os.environ.get("DIFFVAE_CACHE"):
-        return Path(os.environ["DIFFVAE_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "diffvae"
-    return Path.home() / ".cache" / "diffvae"
 
 
 def folder_fingerprint(root: Path, files: list[Path]) -> str:

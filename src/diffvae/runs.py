@@ -41,6 +41,16 @@ CHECKPOINT = "checkpoint.safetensors"
 LOCK = ".lock"
 
 
+
+def cache_dir() -> Path:
+    """diffvae's cache (feature networks, packs, the machine's speed): ``$DIFFVAE_CACHE``, else
+    ``$XDG_CACHE_HOME/diffvae``, else ``~/.cache/diffvae``."""
+    if os.environ.get("DIFFVAE_CACHE"):
+        return Path(os.environ["DIFFVAE_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "diffvae"
+    return Path.home() / ".cache" / "diffvae"
+
 def write_error(path: str | Path, err: OSError, needed_bytes: int | None = None) -> DiffvaeError:
     """One line for a failed write (disk full, no permission, read-only, ...): the path, the reason, the space needed."""
     needed = f" ({_size_text(needed_bytes)} to write)" if needed_bytes else ""

@@ -16,7 +16,7 @@ translations by up to ~7% of the image side), so its cost is bounded. It is dete
 initialisation, shuffling and augmentation draw from generators seeded by it and the global
 torch RNG is left untouched.
 
-The cache is ``$DIFFVAE_CACHE`` (default ``~/.cache/diffvae``)
+The cache is :func:`diffvae.runs.cache_dir` (``$DIFFVAE_CACHE``, default ``~/.cache/diffvae``)
 ``/features/<content hash>-<kind>[-labels<labels digest>]-seed<S>-<config digest>.safetensors`` (a classifier's
 file names its labels too: a relabelled data set gets its own classifier): the weights, with the
 configuration and training record as JSON in the safetensors metadata, written atomically
@@ -42,7 +42,7 @@ from torch import nn
 
 from diffvae.errors import DiffvaeError
 from diffvae.images import to_signed
-from diffvae.runs import load_tensors, save_tensors
+from diffvae.runs import cache_dir as runs_cache_dir, load_tensors, save_tensors
 
 FORMAT_VERSION = 1
 FEATURE_DIM = 128
@@ -252,11 +252,6 @@ class FeatureExtractor:
         return self._batched(images_uint8, lambda x: self.net.logits(x).softmax(dim=1))
 
 
-def default_cache_dir() -> Path:
-    """``$DIFFVAE_CACHE`` if set, else ``~/.cache/diffvae``."""
-    return Path(os.environ.get("DIFFVAE_CACHE") or Path.home() / ".cache" / "diffvae")
-
-
 def _labels_of(dataset) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None]:
     train_labels, test_labels, num_classes = dataset.train_labels, dataset.test_labels, dataset.num_classes
     if train_labels is None or test_labels is None or not num_classes or num_classes < 2:
@@ -342,7 +337,7 @@ def _config_and_path(dataset, cache_dir: str | Path | None, seed: int, steps: in
         num_classes=num_classes,
         steps=steps,
     )
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = Path(cache_dir) if cache_dir is not None else runs_cache_dir()
     labels = f"-labels{labels_digest(train_labels, test_labels)}" if num_classes else ""  # a relabelled set: another classifier
     return config, folder / "features" / f"{dataset.content_hash()}-{config.kind}{labels}-seed{seed}-{config.digest()}.safetensors"
 
