@@ -301,15 +301,18 @@ class StageRunner:
         return max(5.0, left * share)
 
     def __call__(self, stage: str, fn: Callable[[float], Any]) -> Any:
-        """``fn(seconds)``'s result, or None if the stage was done earlier or failed."""
+        """``fn(seconds)``'s result, or None if the stage was done earlier or failed. ``seconds`` is the stage's
+        share of what is left (:meth:`allot`); a stage the plan has no share for (a fixed cost, such as training
+        the feature network) gets none, and the stages after it share what it left."""
         if self.stages.done(stage):
             _log(f"[{stage}] done earlier, reused")
             return None
         threads = self.fit_threads()
-        seconds = self.allot(stage)
+        seconds = self.allot(stage) if stage in self.plan.seconds else 0.0
         eta = time.strftime("%H:%M:%S", time.localtime(time.time() + seconds))
         busy = f", {threads} of {self.threads} threads (the machine is busy)" if threads < self.threads else ""
-        _log(f"[{stage}] {seconds / 60:.1f} min (until about {eta}) — {_elapsed(self.start)} of {self.budget_minutes:g} min used{busy}")
+        share = f"{seconds / 60:.1f} min (until about {eta})" if stage in self.plan.seconds else "fixed cost"
+        _log(f"[{stage}] {share} — {_elapsed(self.start)} of {self.budget_minutes:g} min used{busy}")
         t0 = time.perf_counter()
         try:
             value = fn(seconds)
@@ -321,10 +324,10 @@ class StageRunner:
                 message = f"{type(e).__name__}: {message}"
                 with (self.out / "errors.log").open("a") as log:
                     log.write(f"[{stage}]\n{traceback.format_exc()}\n")
-            self.stages.record(stage, "failed", time.perf_counter() - t0, error=message, threads=threads)
+            self.stages.record(stage, "failed", time.perf_counter() - t0, error=message, threads=threads, allotted=round(seconds, 2))
             _log(f"[{stage}] FAILED: {message}")
             return None
-        self.stages.record(stage, "done", time.perf_counter() - t0, threads=threads)
+        self.stages.record(stage, "done", time.perf_counter() - t0, threads=threads, allotted=round(seconds, 2))
         return value
 
 
@@ -342,6 +345,8 @@ def _run_stages(ctx: StageContext) -> dict[str, Any]:
     for fam in families:
         for stage in get_family(fam).spec().extra_stages:
             _store(results, (stage.name,), run(stage.name, lambda s, stage=stage: stage.run(ctx, s)))
+    if not all(run.stages.done(s) for s in the_plan.seconds if s == "curves" or s.startswith("eval:")):
+        run("features", lambda s: ctx.extractor())  # a fixed cost before the curves: inside their share it overran it
     curves = run("curves", lambda s: learning_curves(families, dataset, out, s, ctx.extractor(), budget_minutes=config.budget_minutes,
                                                      seed=config.seed, device=config.device, quiet=config.quiet))
     results.update(curves or {})
