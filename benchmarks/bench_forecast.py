@@ -154,12 +154,20 @@ def long_compare_check(short: dict, long: dict, family: str, key: str, value: fl
     return out
 
 
+def command_line(args: dict) -> str:
+    """The command that measured a report, from its settings (every flag that changes the result)."""
+    flags = [f"--data {args['data']}", f"--budget {args['budget']:g}", f"--multiple {args['multiple']:g}", f"--seeds {args['seeds']}"]
+    flags += [f"--{name.replace('_', '-')}" for name in ("cpu_clock", "all_snapshots", "recipes_at_forecast") if args.get(name)]
+    if args.get("switch_margin") is not None:
+        flags.append(f"--switch-margin {args['switch_margin']:g}")
+    return "python benchmarks/bench_forecast.py " + " ".join(flags)
+
+
 def markdown(report: dict) -> str:
     args, cells = report["settings"], report["cells"]
     covered = sum(c["covered"] for c in cells)
     lines = [f"## Forecast validation: {args['data']}, {args['budget']:g} → {args['budget'] * args['multiple']:g} minutes "
-             f"(issue 25)", "", f"Measured by `python benchmarks/bench_forecast.py --data {args['data']} --budget {args['budget']:g} "
-             f"--multiple {args['multiple']:g} --seeds {args['seeds']}{' --cpu-clock' if args.get('cpu_clock') else ''}{' --all-snapshots' if args.get('all_snapshots') else ''}` on {report['machine_line']}.", "",
+             f"(issue 25)", "", f"Measured by `{command_line(args)}` on {report['machine_line']}.", "",
              f"Coverage of the 95% forecast intervals (a measurement's): **{covered} of {len(cells)}** family × metric × seed cells "
              f"({covered / len(cells):.0%})" if cells else "No cell could be scored (every forecast was refused).",
              ""]

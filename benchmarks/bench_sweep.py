@@ -94,7 +94,7 @@ COLOUR_CANDIDATES = {
             # the latent prior's recipe (stage 2 only: the colour preset fixes stage 1's batch and lr)
             "prior-lr2e-3": ({}, {"lr": 2e-3}), "prior-batch32-lr2e-3": ({}, {"batch_size": 32, "lr": 2e-3}),
             "prior-width32-batch32-lr2e-3": ({"channels": 32}, {"batch_size": 32, "lr": 2e-3}),
-            "kl1e-4": ({"kl_weight": 1e-4}, {})},
+            "kl1e-4": ({"kl_weight": 1e-4}, {}), "latent8": ({"latent_channels": 8}, {})},
 }
 CANDIDATES_FOR = {"mnist": CANDIDATES, "colours": COLOUR_CANDIDATES}
 DIFFUSION_SAMPLERS = [{"sampler": "dpm++2m", "steps": 20}, {"sampler": "ddpm", "steps": 100}, {"sampler": "ddim", "steps": 20}]

@@ -9,7 +9,7 @@ from diffvae.compare.forecasts import forecast_results, parse_target
 from forecast_fixtures import LAWS, synthetic_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from bench_forecast import markdown, score  # noqa: E402
+from bench_forecast import command_line, markdown, score  # noqa: E402
 
 SWITCH = {"budget_gflop": 7000.0, "candidates": {"ddpm-small": 0.0, "ddpm-default": 50000.0}, "recipe": "ddpm-small"}
 
@@ -41,3 +41,14 @@ def test_refused_forecasts_are_listed_not_counted():
     scored = score(forecast, {"vae": {"fid": _truth("vae", 10.0)}, "ddpm": {"fid": _truth("ddpm", 10.0)}}, seed=0)
     assert [c["family"] for c in scored["cells"]] == ["vae"]
     assert {r["family"] for r in scored["refused"]} == {"ddpm"} and "recipe switch" in scored["refused"][0]["reason"]
+
+
+def test_the_report_names_the_command_that_measured_it_with_every_flag():
+    """The validation's reports once printed the command without --recipes-at-forecast, the flag its numbers rest on."""
+    settings = {"data": "colours", "budget": 15.0, "multiple": 3.0, "seeds": "0", "cpu_clock": True, "all_snapshots": False,
+                "recipes_at_forecast": True, "switch_margin": 0.1}
+    assert command_line(settings) == ("python benchmarks/bench_forecast.py --data colours --budget 15 --multiple 3 --seeds 0 "
+                                      "--cpu-clock --recipes-at-forecast --switch-margin 0.1")
+    plain = {**settings, "cpu_clock": False, "recipes_at_forecast": False, "switch_margin": None}
+    assert command_line(plain).endswith("--seeds 0")
+    assert command_line(settings) in markdown({"settings": settings, "machine_line": "test", "cells": [], "refused": [], "rankings": []})
