@@ -102,7 +102,8 @@ def test_ldm_trains_a_colour_autoencoder_longer_at_a_smaller_batch_unless_told_o
     for shape in ((3, 32, 32), (3, 64, 64)):
         assert COLOUR_AUTOENCODER.items() <= spec.preset_for(shape).items()
     grey = preset_config(spec, config_class(), (1, 28, 28))
-    assert (grey.ae_batch_size, grey.ae_lr, grey.ae_steps_fraction) == (0, 0.0, 0.3)  # mnist's sweep stands
+    assert (grey.ae_batch_size, grey.ae_lr, grey.ae_steps_fraction, grey.mse_weight) == (0, 0.0, 0.3, 0.0)  # mnist's sweep stands
+    assert preset_config(spec, config_class(), (3, 32, 32)).mse_weight == 200.0  # the colour autoencoder's squared error
     colour = preset_config(spec, config_class(), (3, 32, 32))
     ae, prior = stage_train_configs(TrainConfig(budget_minutes=3.0, batch_size=64), colour)
     assert (ae.batch_size, ae.lr, prior.batch_size) == (16, 2e-3, 64) and ae.budget_minutes == pytest.approx(1.8)

@@ -31,7 +31,8 @@ def test_mnist_with_factor_4_gives_7x7_latents():
     assert AutoencoderKL((1, 28, 28), latent_channels=3, downsample=4, width=8).latent_shape == (3, 7, 7)
 
 
-@pytest.mark.parametrize("bad", [dict(downsample=3), dict(width=12), dict(kl_weight=-1.0)])
+@pytest.mark.parametrize("bad", [dict(downsample=3), dict(width=12), dict(kl_weight=-1.0), dict(mse_weight=-0.5),
+                                 dict(mse_weight=float("nan"))])
 def test_bad_settings_raise_one_clear_error(bad):
     with pytest.raises(DiffvaeError):
         AutoencoderKL((1, 8, 8), **{"width": 8, **bad})
@@ -66,6 +67,33 @@ def test_loss_is_reconstruction_plus_weighted_analytic_kl_per_dimension():
     assert logs["recon_nats"] == pytest.approx(float(recon), rel=1e-5)
     assert float(loss.detach()) * 64 == pytest.approx(float(recon + 0.3 * kl), rel=1e-5)
     assert logs["recon_bpd"] == pytest.approx(float(recon) / (64 * math.log(2)), rel=1e-5)
+
+
+def test_squared_error_term_adds_the_decoders_mean_error_and_leaves_the_likelihood_alone():
+    """mse_weight adds w·‖x − x̂‖² (x and the decoder mean x̂ on [−1, 1], summed per image) to the loss, computed
+    here by hand from the decoder's parameters; p(x|z), which every bound uses, is the logistic either way."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    ae = AutoencoderKL((1, 8, 8), latent_channels=2, downsample=2, width=8, mse_weight=200.0)
+    plain = AutoencoderKL((1, 8, 8), latent_channels=2, downsample=2, width=8)
+    plain.load_state_dict(ae.state_dict())
+    torch.manual_seed(5)
+    loss, logs = ae.training_loss(x)
+    torch.manual_seed(5)
+    base, base_logs = plain.training_loss(x)
+    with torch.no_grad():
+        mean, logvar = ae.posterior(x)
+        torch.manual_seed(5)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        dec_mean, _ = ae.decoder_params(z)
+        by_hand = (dec_mean - (x.float() / 127.5 - 1.0)).square().flatten(1).sum(1).mean()
+    assert logs["squared_error"] == pytest.approx(float(by_hand), rel=1e-5) and "squared_error" not in base_logs
+    assert float(loss.detach()) * 64 == pytest.approx(float(base.detach()) * 64 + 200.0 * float(by_hand), rel=1e-5)
+    assert logs["recon_nats"] == pytest.approx(base_logs["recon_nats"], rel=1e-6)  # the same likelihood
+    with torch.no_grad():
+        assert torch.equal(ae.reconstruction_log_likelihood(x, z), plain.reconstruction_log_likelihood(x, z))
+    (grad,) = torch.autograd.grad(64 * (loss - base), ae.decoder.conv_out.bias)
+    assert float(grad.abs().sum()) > 0  # the term reaches the decoder
 
 
 def test_perceptual_term_adds_feature_distance_with_gradient_to_the_decoder():

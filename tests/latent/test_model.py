@@ -65,7 +65,7 @@ def test_ldm_config_is_a_diffusion_config_with_the_same_flat_keys_and_defaults()
 
     config = LDMConfig()
     assert isinstance(config, DiffusionConfig)
-    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS | {"conditional", "num_classes", "p_uncond", "norm_groups", "ae_batch_size", "ae_lr"}  # + issues 16, 27, 24
+    assert set(dataclasses.asdict(config)) == OLD_LDM_KEYS | {"conditional", "num_classes", "p_uncond", "norm_groups", "ae_batch_size", "ae_lr", "mse_weight"}  # + issues 16, 27, 24
     old = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(tiny_config()))).items() if k in OLD_LDM_KEYS}
     loaded = LDMConfig.from_saved(old)  # a run saved before conditioning and norm_groups still loads, with its group count
     assert loaded == dataclasses.replace(tiny_config(), norm_groups=saved_run_groups(loaded.channels, loaded.channel_mult))
@@ -78,7 +78,8 @@ def test_ldm_config_is_a_diffusion_config_with_the_same_flat_keys_and_defaults()
 
 
 @pytest.mark.parametrize("bad", [dict(downsample=3), dict(ae_steps_fraction=1.0), dict(ae_steps=-1), dict(latent_scale=0.0),
-                                 dict(kl_weight=float("nan")), dict(sampler="euler")])
+                                 dict(kl_weight=float("nan")), dict(sampler="euler"), dict(mse_weight=-1.0),
+                                 dict(mse_weight=float("inf"))])
 def test_bad_settings_raise_one_clear_error(bad):
     with pytest.raises(DiffvaeError):
         LatentDiffusion(tiny_config(**bad), (1, 8, 8))

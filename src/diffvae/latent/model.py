@@ -72,6 +72,7 @@ class LDMConfig(DiffusionConfig):
     ae_res_blocks: int = 1
     kl_weight: float = 1e-6  # weight of KL(q(z|x) ‖ N(0, I)) next to −log p(x|z)
     perceptual_weight: float = 0.0  # feature-space L2 with a feature network, injected by diffvae.latent.fit (0 = off)
+    mse_weight: float = 0.0  # squared error of the decoder mean on [-1, 1] beside the logistic, stage 1's training only (0 = off)
     ae_steps_fraction: float = 0.3  # share of --steps / --budget spent on stage 1
     ae_steps: int = 0  # stage-1 steps out of --steps (0 = use ae_steps_fraction)
     ae_batch_size: int = 0  # stage-1 batch (0 = the run's --batch)
@@ -89,7 +90,7 @@ class LDMConfig(DiffusionConfig):
             raise DiffvaeError(f"ldm ae_width must be a positive multiple of {GROUPS}, got {self.ae_width}")
         if self.ae_res_blocks < 1:
             raise DiffvaeError(f"ldm ae_res_blocks must be at least 1, got {self.ae_res_blocks}")
-        for name in ("kl_weight", "perceptual_weight"):
+        for name in ("kl_weight", "perceptual_weight", "mse_weight"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise DiffvaeError(f"ldm {name} must be a finite number >= 0, got {value}")
@@ -119,7 +120,7 @@ class LatentDiffusion(nn.Module):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_dims = math.prod(self.image_shape)
         self.autoencoder = AutoencoderKL(self.image_shape, config.latent_channels, config.downsample, config.ae_width,
-                                         config.ae_res_blocks, config.kl_weight, config.perceptual_weight)
+                                         config.ae_res_blocks, config.kl_weight, config.perceptual_weight, config.mse_weight)
         self.latent_shape = self.autoencoder.latent_shape
         self.denoiser = Denoiser(config, self.latent_shape)
 
