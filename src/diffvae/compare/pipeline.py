@@ -308,10 +308,11 @@ class StageRunner:
             _log(f"[{stage}] done earlier, reused")
             return None
         threads = self.fit_threads()
-        seconds = self.allot(stage) if stage in self.plan.seconds else 0.0
+        planned = stage in self.plan.seconds
+        seconds = self.allot(stage) if planned else 0.0
         eta = time.strftime("%H:%M:%S", time.localtime(time.time() + seconds))
         busy = f", {threads} of {self.threads} threads (the machine is busy)" if threads < self.threads else ""
-        share = f"{seconds / 60:.1f} min (until about {eta})" if stage in self.plan.seconds else "fixed cost"
+        share = f"{seconds / 60:.1f} min (until about {eta})" if planned else "fixed cost"
         _log(f"[{stage}] {share} — {_elapsed(self.start)} of {self.budget_minutes:g} min used{busy}")
         t0 = time.perf_counter()
         try:
